@@ -1,0 +1,175 @@
+//! Pending calls with deadlines: the bookkeeping that makes sure no call
+//! waits forever. Used by the server for calls it forwarded to a provider and
+//! by clients for calls they made.
+
+use alloc::collections::{BTreeMap, BinaryHeap};
+use core::cmp::Reverse;
+
+use crate::time::Instant;
+
+/// Identifies a call within one [`CallTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId(pub u64);
+
+/// The table is at its capacity; the call was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{capacity} calls are already in flight on this connection; wait for some to finish")]
+pub struct TableFull {
+    /// The table's capacity.
+    pub capacity: usize,
+}
+
+/// Calls in flight, each with a deadline. Bounded: inserting into a full
+/// table fails instead of growing.
+///
+/// Sans-IO contract: call [`CallTable::poll_timeout`] after every change to
+/// learn when to wake up, and [`CallTable::expire`] when that time comes,
+/// until it returns `None`.
+#[derive(Debug)]
+pub struct CallTable<V> {
+    entries: BTreeMap<CallId, (Instant, V)>,
+    /// Deadlines in order; entries whose call already finished are skipped
+    /// lazily and the heap is rebuilt when they outnumber the live ones.
+    deadlines: BinaryHeap<Reverse<(Instant, CallId)>>,
+    capacity: usize,
+}
+
+impl<V> CallTable<V> {
+    /// An empty table holding at most `capacity` calls.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            deadlines: BinaryHeap::new(),
+            capacity,
+        }
+    }
+
+    /// Adds a call. Fails without adding when the table is full or the id
+    /// is already in use (the value is handed back in both cases).
+    pub fn insert(
+        &mut self,
+        id: CallId,
+        deadline: Instant,
+        value: V,
+    ) -> Result<(), (TableFull, V)> {
+        if self.entries.len() >= self.capacity || self.entries.contains_key(&id) {
+            return Err((
+                TableFull {
+                    capacity: self.capacity,
+                },
+                value,
+            ));
+        }
+        self.entries.insert(id, (deadline, value));
+        self.deadlines.push(Reverse((deadline, id)));
+        Ok(())
+    }
+
+    /// Removes a finished call, returning its value if it was pending.
+    pub fn remove(&mut self, id: CallId) -> Option<V> {
+        let (_, value) = self.entries.remove(&id)?;
+        if self.deadlines.len() > 2 * self.entries.len() + 64 {
+            self.deadlines = self
+                .entries
+                .iter()
+                .map(|(id, (deadline, _))| Reverse((*deadline, *id)))
+                .collect();
+        }
+        Some(value)
+    }
+
+    /// The value of a pending call.
+    pub fn get(&self, id: CallId) -> Option<&V> {
+        self.entries.get(&id).map(|(_, v)| v)
+    }
+
+    /// Number of pending calls.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no call is pending.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The earliest deadline of a pending call.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, id))) = self.deadlines.peek().copied() {
+            match self.entries.get(&id) {
+                Some((d, _)) if *d == deadline => return Some(deadline),
+                _ => {
+                    self.deadlines.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Removes and returns one call whose deadline is at or before `now`.
+    pub fn expire(&mut self, now: Instant) -> Option<(CallId, V)> {
+        let deadline = self.poll_timeout()?;
+        if deadline > now {
+            return None;
+        }
+        let Reverse((_, id)) = self.deadlines.pop()?;
+        self.entries.remove(&id).map(|(_, v)| (id, v))
+    }
+
+    /// Removes every pending call (the connection closed).
+    pub fn drain(&mut self) -> impl Iterator<Item = (CallId, V)> + '_ {
+        self.deadlines.clear();
+        core::mem::take(&mut self.entries)
+            .into_iter()
+            .map(|(id, (_, v))| (id, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn calls_expire_in_deadline_order_and_only_when_due() {
+        let mut table = CallTable::new(8);
+        table.insert(CallId(1), t(300), "late").unwrap();
+        table.insert(CallId(2), t(100), "early").unwrap();
+        assert_eq!(table.poll_timeout(), Some(t(100)));
+        assert!(table.expire(t(99)).is_none());
+        assert_eq!(table.expire(t(100)), Some((CallId(2), "early")));
+        assert_eq!(table.poll_timeout(), Some(t(300)));
+    }
+
+    #[test]
+    fn finished_calls_never_expire() {
+        let mut table = CallTable::new(8);
+        table.insert(CallId(1), t(100), ()).unwrap();
+        assert_eq!(table.remove(CallId(1)), Some(()));
+        assert_eq!(table.poll_timeout(), None);
+        assert!(table.expire(t(1_000)).is_none());
+    }
+
+    #[test]
+    fn a_full_table_refuses_instead_of_growing() {
+        let mut table = CallTable::new(2);
+        table.insert(CallId(1), t(1), ()).unwrap();
+        table.insert(CallId(2), t(1), ()).unwrap();
+        let (err, ()) = table.insert(CallId(3), t(1), ()).unwrap_err();
+        assert_eq!(err.capacity, 2);
+        assert!(table.insert(CallId(1), t(1), ()).is_err(), "duplicate id");
+    }
+
+    #[test]
+    fn deadline_heap_stays_bounded_under_churn() {
+        let mut table = CallTable::new(4);
+        for i in 0..100_000 {
+            table.insert(CallId(i), t(1_000_000), ()).unwrap();
+            table.remove(CallId(i));
+        }
+        assert!(table.deadlines.len() <= 64 + 2, "{}", table.deadlines.len());
+    }
+}

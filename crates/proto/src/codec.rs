@@ -1,0 +1,441 @@
+//! Decoding frames into [`Message`]s.
+//!
+//! Decoding is strict about what the router relies on (ids are strings,
+//! `args` is an array, `kwargs` an object) and lenient about the rest, as the
+//! official clients are: unknown fields are ignored, missing `kwargs`,
+//! `objects` and `call-stack-id` take their defaults.
+
+use alloc::borrow::Cow;
+use alloc::string::{String, ToString};
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::message::{AuthOk, Call, Hello, Message, Outcome, Reply, WireStr};
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Deepest allowed nesting of arrays and objects in one frame.
+    pub max_depth: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self { max_depth: 64 }
+    }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}")]
+pub struct DecodeError {
+    /// What was wrong.
+    pub kind: DecodeErrorKind,
+    /// The literal id of the offending message when it had a usable one, so
+    /// the error can be answered as a reply to that message.
+    pub id: Option<String>,
+}
+
+/// What was wrong with a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// The text is not JSON.
+    #[error("message is not valid JSON ({detail}); send one JSON object per text frame")]
+    NotJson {
+        /// The parser's description, with line and column.
+        detail: String,
+    },
+    /// The JSON is nested deeper than allowed.
+    #[error("message nests arrays/objects deeper than {limit} levels; flatten the value")]
+    TooDeep {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A field the message kind needs is missing.
+    #[error("{message} is missing the required field \"{field}\"")]
+    Missing {
+        /// The message kind.
+        message: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("field \"{field}\" of {message} must be {expected}")]
+    WrongType {
+        /// The message kind.
+        message: &'static str,
+        /// The field.
+        field: &'static str,
+        /// The expected JSON type.
+        expected: &'static str,
+    },
+    /// The message has none of the fields that identify a kind.
+    #[error("message has no \"type\" and is not a key message or a reply; nothing to do with it")]
+    Unrecognised,
+}
+
+/// The flat union of every field ferrolink reads. Each is kept raw so that a
+/// wrongly typed field is reported by name (and answered by id) instead of
+/// failing the whole frame.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    command: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    args: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    kwargs: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    objects: Option<&'a RawValue>,
+    #[serde(
+        rename = "call-stack-id",
+        borrow,
+        default,
+        deserialize_with = "present"
+    )]
+    call_stack_id: Option<&'a RawValue>,
+    #[serde(
+        rename = "liveObjectCall",
+        borrow,
+        default,
+        deserialize_with = "present"
+    )]
+    live_object_call: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    response: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    output: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    v: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    device: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    auth: Option<&'a RawValue>,
+    #[serde(rename = "priv", borrow, default, deserialize_with = "present")]
+    privilege: Option<&'a RawValue>,
+    #[serde(rename = "app-info", borrow, default, deserialize_with = "present")]
+    app_info: Option<&'a RawValue>,
+    #[serde(rename = "requestId", borrow, default, deserialize_with = "present")]
+    request_id: Option<&'a RawValue>,
+    #[serde(rename = "lastChunk", borrow, default, deserialize_with = "present")]
+    last_chunk: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    event: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as `Some("null")`, so "present but null" and
+/// "absent" stay distinct (`"response": null` is a valid result).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+    WireStr::from_raw(raw).map(|s| s.value())
+}
+
+fn is_array(raw: &RawValue) -> bool {
+    raw.get().starts_with('[')
+}
+
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().starts_with('{')
+}
+
+/// A non-empty `objects` array, or `None` for absent, `null` and `[]`.
+fn nonempty_array(raw: Option<&RawValue>) -> Option<&RawValue> {
+    let raw = raw?;
+    let text = raw.get();
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    (!inner.trim().is_empty()).then_some(raw)
+}
+
+const EMPTY_ARRAY: &str = "[]";
+const EMPTY_OBJECT: &str = "{}";
+
+fn empty_array() -> &'static RawValue {
+    // Both literals are valid JSON; `from_borrowed` cannot fail on them.
+    serde_json::from_str(EMPTY_ARRAY).unwrap_or_else(|_| unreachable!("[] is JSON"))
+}
+
+fn empty_object() -> &'static RawValue {
+    serde_json::from_str(EMPTY_OBJECT).unwrap_or_else(|_| unreachable!("{{}} is JSON"))
+}
+
+/// Decodes one text frame.
+///
+/// Never panics, whatever the input; the work is linear in the frame length.
+pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Message<'a>, DecodeError> {
+    if let Err(_depth) = crate::json::check_depth(text, limits.max_depth) {
+        return Err(DecodeError {
+            kind: DecodeErrorKind::TooDeep {
+                limit: limits.max_depth,
+            },
+            id: None,
+        });
+    }
+    let f: Fields<'a> = serde_json::from_str(text).map_err(|e| DecodeError {
+        kind: DecodeErrorKind::NotJson {
+            detail: e.to_string(),
+        },
+        id: None,
+    })?;
+    let id = f.id.and_then(WireStr::from_raw);
+    let fail = |kind| DecodeError {
+        kind,
+        id: id.map(|i| i.literal().to_string()),
+    };
+
+    if let Some(kind) = f.kind {
+        let Some(kind) = string_value(kind) else {
+            return Err(fail(DecodeErrorKind::WrongType {
+                message: "message",
+                field: "type",
+                expected: "a string",
+            }));
+        };
+        return match &*kind {
+            "CALL" => decode_call(&f, id).map_err(fail).map(Message::Call),
+            "REGISTER" => {
+                let name = f.name.ok_or(DecodeErrorKind::Missing {
+                    message: "REGISTER",
+                    field: "name",
+                });
+                let name = name.and_then(|n| {
+                    string_value(n).ok_or(DecodeErrorKind::WrongType {
+                        message: "REGISTER",
+                        field: "name",
+                        expected: "a string",
+                    })
+                });
+                name.map(|name| Message::Register { name }).map_err(fail)
+            }
+            "REGISTER_LIVE_OBJECT_BACKEND" => Ok(Message::RegisterLiveObjectBackend),
+            "CHUNK_HEADER" => Ok(Message::ChunkHeader {
+                request_id: f.request_id.and_then(WireStr::from_raw),
+                last_chunk: f.last_chunk.is_some_and(|l| l.get() == "true"),
+            }),
+            "MEDIA_ERROR" => Ok(Message::MediaError {
+                request_id: f.request_id.and_then(WireStr::from_raw),
+            }),
+            _ => Ok(Message::Unknown { kind, id }),
+        };
+    }
+    if let Some(key) = f.key {
+        return Ok(Message::Hello(Hello {
+            key: string_value(key).unwrap_or(Cow::Borrowed("")),
+            version: f.v.and_then(|v| v.get().parse::<f64>().ok()),
+            device: f.device.and_then(string_value),
+        }));
+    }
+    if f.auth.is_some() {
+        return Ok(Message::AuthOk(AuthOk {
+            privilege: f.privilege.and_then(string_value),
+            app_info: f.app_info,
+        }));
+    }
+    if let Some(output) = f.output {
+        let text = string_value(output).unwrap_or(Cow::Borrowed(output.get()));
+        return Ok(Message::Output { id, text });
+    }
+    if f.response.is_some() || f.error.is_some() {
+        let Some(id) = id else {
+            if let Some(error) = f.error.filter(|_| f.id.is_none()) {
+                let error = string_value(error).unwrap_or(Cow::Borrowed(error.get()));
+                return Ok(Message::Fatal { error });
+            }
+            return Err(fail(DecodeErrorKind::WrongType {
+                message: "reply",
+                field: "id",
+                expected: "a string",
+            }));
+        };
+        let outcome = match (f.response, f.error) {
+            (_, Some(error)) => Outcome::Error(error),
+            (Some(response), None) => Outcome::Response(response),
+            (None, None) => unreachable!("checked above"),
+        };
+        return Ok(Message::Reply(Reply {
+            id,
+            outcome,
+            objects: nonempty_array(f.objects),
+        }));
+    }
+    if let Some(event) = f.event {
+        return Ok(Message::Event { event });
+    }
+    Err(fail(DecodeErrorKind::Unrecognised))
+}
+
+fn decode_call<'a>(f: &Fields<'a>, id: Option<WireStr<'a>>) -> Result<Call<'a>, DecodeErrorKind> {
+    const M: &str = "CALL";
+    let Some(id) = id else {
+        return Err(match f.id {
+            None => DecodeErrorKind::Missing {
+                message: M,
+                field: "id",
+            },
+            Some(_) => DecodeErrorKind::WrongType {
+                message: M,
+                field: "id",
+                expected: "a string",
+            },
+        });
+    };
+    let command = match (f.command, f.live_object_call) {
+        (Some(c), _) => string_value(c).ok_or(DecodeErrorKind::WrongType {
+            message: M,
+            field: "command",
+            expected: "a string",
+        })?,
+        (None, Some(_)) => {
+            return Err(DecodeErrorKind::WrongType {
+                message: M,
+                field: "liveObjectCall",
+                expected: "absent (live objects are not supported; call a function by name)",
+            });
+        }
+        (None, None) => {
+            return Err(DecodeErrorKind::Missing {
+                message: M,
+                field: "command",
+            });
+        }
+    };
+    let args = match f.args {
+        None => empty_array(),
+        Some(a) if is_array(a) => a,
+        Some(_) => {
+            return Err(DecodeErrorKind::WrongType {
+                message: M,
+                field: "args",
+                expected: "an array",
+            });
+        }
+    };
+    let kwargs = match f.kwargs {
+        None => empty_object(),
+        Some(k) if k.get() == "null" => empty_object(),
+        Some(k) if is_object(k) => k,
+        Some(_) => {
+            return Err(DecodeErrorKind::WrongType {
+                message: M,
+                field: "kwargs",
+                expected: "an object",
+            });
+        }
+    };
+    let call_stack_id = match f.call_stack_id {
+        None => None,
+        Some(c) if c.get() == "null" => None,
+        Some(c) => Some(string_value(c).ok_or(DecodeErrorKind::WrongType {
+            message: M,
+            field: "call-stack-id",
+            expected: "a string",
+        })?),
+    };
+    Ok(Call {
+        id,
+        command,
+        args,
+        kwargs,
+        objects: nonempty_array(f.objects),
+        call_stack_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(text: &str) -> Result<Message<'_>, DecodeError> {
+        decode(text, &DecodeLimits::default())
+    }
+
+    #[test]
+    fn py_call_keeps_args_raw_and_defaults_nothing_it_was_given() {
+        // Field order and extra fields exactly as PY 0.7.0 sends them.
+        let text = r#"{"type": "CALL", "id": "a8Kq2LmZ0p", "args": ["hi", 1.50], "kwargs": {"x": 1},
+            "call-stack-id": "outbound-Q7fT1xWmNc", "originating-call": null,
+            "step-in": false, "paused": false, "span-ctx": null,
+            "command": "anvil.private.echo", "objects": []}"#;
+        let Message::Call(call) = dec(text).unwrap() else {
+            panic!("expected a call")
+        };
+        assert_eq!(call.id.literal(), r#""a8Kq2LmZ0p""#);
+        assert_eq!(call.command, "anvil.private.echo");
+        assert_eq!(call.args.get(), r#"["hi", 1.50]"#, "number text preserved");
+        assert_eq!(call.kwargs.get(), r#"{"x": 1}"#);
+        assert!(call.objects.is_none(), "empty objects is no objects");
+        assert_eq!(call.call_stack_id.as_deref(), Some("outbound-Q7fT1xWmNc"));
+    }
+
+    #[test]
+    fn pico_call_without_kwargs_gets_an_empty_object() {
+        let text = r#"{"type":"CALL","id":"pico-call-1-2","command":"log","args":[21.5]}"#;
+        let Message::Call(call) = dec(text).unwrap() else {
+            panic!("expected a call")
+        };
+        assert_eq!(call.kwargs.get(), "{}");
+        assert!(call.call_stack_id.is_none());
+    }
+
+    #[test]
+    fn call_with_bad_args_reports_field_and_keeps_id() {
+        let err = dec(r#"{"type":"CALL","id":"x1","command":"f","args":{}}"#).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some(r#""x1""#));
+        assert_eq!(err.to_string(), r#"field "args" of CALL must be an array"#);
+    }
+
+    #[test]
+    fn null_response_is_a_response_not_absent() {
+        let Message::Reply(r) = dec(r#"{"id":"s-1","response":null}"#).unwrap() else {
+            panic!("expected a reply")
+        };
+        assert!(matches!(r.outcome, Outcome::Response(v) if v.get() == "null"));
+    }
+
+    #[test]
+    fn error_without_id_is_fatal() {
+        let Message::Fatal { error } = dec(r#"{"error":"Incorrect uplink key"}"#).unwrap() else {
+            panic!("expected fatal")
+        };
+        assert_eq!(error, "Incorrect uplink key");
+    }
+
+    #[test]
+    fn escaped_ids_are_echoed_byte_for_byte() {
+        let Message::Reply(r) = dec(r#"{"id":"a\"b\u0041","response":1}"#).unwrap() else {
+            panic!("expected a reply")
+        };
+        assert_eq!(r.id.literal(), r#""a\"b\u0041""#);
+        assert_eq!(r.id.value(), "a\"bA");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = alloc::format!("{{\"args\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        let err = dec(&deep).unwrap_err();
+        assert_eq!(err.kind, DecodeErrorKind::TooDeep { limit: 64 });
+    }
+
+    #[test]
+    fn hello_with_non_string_key_never_matches() {
+        let Message::Hello(h) = dec(r#"{"key":12,"v":8}"#).unwrap() else {
+            panic!("expected hello")
+        };
+        assert_eq!(h.key, "");
+        assert_eq!(h.version, Some(8.0));
+    }
+}

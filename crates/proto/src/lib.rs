@@ -1,0 +1,51 @@
+//! The Anvil Uplink wire protocol as ferrolink speaks it: message model,
+//! codec and sans-IO state machines for both ends of a connection.
+//!
+//! This crate never opens a socket, reads a clock or draws randomness:
+//! drivers (the tokio server and client, the embassy device client) do the
+//! IO and feed it frames and [`Instant`]s. Everything it holds is bounded.
+//!
+//! Where to start:
+//! - [`codec::decode`] turns one text frame into a borrowed [`Message`];
+//!   values the router does not inspect stay raw JSON.
+//! - [`encode`] writes frames; forwarded values are copied, not re-encoded.
+//! - [`server::ServerSession`] checks what one uplink may send, and when.
+//! - [`client::ClientConnection`] is the client side: key, registrations,
+//!   calls with deadlines, heartbeat.
+//! - [`calls::CallTable`] tracks calls in flight with their deadlines.
+//!
+//! What it deliberately does not do: routing between connections (the
+//! server's job), media transfer, live objects.
+//!
+//! ```
+//! use ferrolink_proto::codec::{decode, DecodeLimits};
+//! use ferrolink_proto::Message;
+//!
+//! let frame = r#"{"type":"CALL","id":"c1","command":"blink","args":[3]}"#;
+//! let Ok(Message::Call(call)) = decode(frame, &DecodeLimits::default()) else {
+//!     panic!("not a call");
+//! };
+//! assert_eq!(call.command, "blink");
+//! assert_eq!(call.args.get(), "[3]");
+//! assert_eq!(call.kwargs.get(), "{}"); // defaulted, as the official server does
+//! ```
+//!
+//! The crate is `no_std` and needs `alloc`.
+
+#![no_std]
+#![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+
+extern crate alloc;
+
+pub mod calls;
+pub mod client;
+pub mod codec;
+pub mod encode;
+mod json;
+pub mod message;
+pub mod server;
+mod time;
+
+pub use json::push_str_literal;
+pub use message::{Message, error_type};
+pub use time::Instant;

@@ -1,0 +1,56 @@
+//! Server settings, as a typed value the CLI builds (libraries never read
+//! files or the environment).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferrolink_proto::server::SessionConfig;
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// The data directory (SQLite database and, later, app files).
+    pub data_dir: PathBuf,
+    /// Deadline of a routed call; past it the caller gets `anvil.server.TimeoutError`.
+    pub call_timeout: Duration,
+    /// Largest websocket message accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most calls one connection may have in flight; more get `QuotaExceededError`.
+    pub max_pending_calls: usize,
+    /// Most bytes queued for one connection that is not reading; past it the
+    /// connection is closed as a slow consumer.
+    pub max_queued_bytes: usize,
+    /// Initial read buffer per connection, in bytes (grows for large frames).
+    pub read_buffer_bytes: usize,
+    /// How often the key table is checked for revocations made by the CLI.
+    pub revocation_poll: Duration,
+    /// Per-connection protocol limits and timeouts.
+    pub session: SessionConfig,
+    /// Environment name shown to clients (`anvil.app.environment.name`).
+    pub environment: String,
+    /// Public origin of the server (`https://host`), answered to
+    /// `anvil.private.get_app_origin`; defaults to `http://<listen address>`.
+    pub public_origin: Option<String>,
+}
+
+impl ServerConfig {
+    /// Defaults for a server on `listen` using `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            call_timeout: Duration::from_secs(30),
+            max_frame_bytes: 4 * 1024 * 1024,
+            max_pending_calls: 1024,
+            max_queued_bytes: 16 * 1024 * 1024,
+            read_buffer_bytes: 4096,
+            revocation_poll: Duration::from_secs(1),
+            session: SessionConfig::default(),
+            environment: "ferrolink".to_owned(),
+            public_origin: None,
+        }
+    }
+}

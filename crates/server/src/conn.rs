@@ -1,0 +1,228 @@
+//! What other tasks may see of a live connection: its identity and its
+//! outbound queue. Everything else about a connection is owned by its driver
+//! task (`uplink.rs`).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+use ferrolink_proto::encode::{self, Privilege};
+use ferrolink_proto::error_type;
+
+use crate::keys::KeyId;
+
+/// A message for a connection's driver.
+pub(crate) enum Outbound {
+    /// A finished frame to write.
+    Frame(String),
+    /// A call to forward to this connection, which becomes pending on it.
+    Call(Box<ForwardedCall>),
+}
+
+impl Outbound {
+    fn weight(&self) -> usize {
+        match self {
+            Self::Frame(f) => f.len(),
+            Self::Call(c) => c.frame.len(),
+        }
+    }
+}
+
+/// A call on its way to its provider.
+pub(crate) struct ForwardedCall {
+    /// The server's id for the call, unique on the provider's connection.
+    pub(crate) id: u64,
+    /// The encoded `CALL` frame.
+    pub(crate) frame: String,
+    /// Where the answer goes.
+    pub(crate) reply: ReplyTo,
+    /// How many calls deep this call is nested (1 = top level).
+    pub(crate) depth: u8,
+}
+
+/// The caller of a forwarded call. Dropping it (answered or not) releases
+/// the caller's in-flight slot, so the count can never leak.
+pub(crate) struct ReplyTo {
+    pub(crate) caller: std::sync::Arc<ConnShared>,
+    /// The caller's id for the call, as a JSON literal.
+    pub(crate) caller_id: Box<str>,
+    /// The function called, for error messages.
+    pub(crate) command: Box<str>,
+}
+
+impl ReplyTo {
+    /// Takes one of `caller`'s in-flight slots, released when this is dropped.
+    pub(crate) fn new(caller: std::sync::Arc<ConnShared>, caller_id: &str, command: &str) -> Self {
+        caller.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            caller,
+            caller_id: caller_id.into(),
+            command: command.into(),
+        }
+    }
+
+    /// Sends the answer frame to the caller.
+    pub(crate) fn deliver(self, frame: String) {
+        let _ = self.caller.enqueue(Outbound::Frame(frame));
+    }
+
+    /// Answers the caller with an error made by the server.
+    pub(crate) fn fail(self, error_type: &str, message: &str) {
+        let mut frame = String::new();
+        encode::reply_error(&mut frame, &self.caller_id, error_type, message);
+        self.deliver(frame);
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        self.caller.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Queue {
+    items: VecDeque<Outbound>,
+    bytes: usize,
+    closed: Option<String>,
+}
+
+/// The shared part of an authenticated connection.
+pub(crate) struct ConnShared {
+    /// Server-wide connection number.
+    pub(crate) id: u64,
+    /// The key it authenticated with.
+    pub(crate) key_id: KeyId,
+    /// The device named by that key, if any.
+    pub(crate) device: Option<Box<str>>,
+    /// The key's privilege.
+    pub(crate) privilege: Privilege,
+    /// The official Pico W library (`"device": "PICO_W"`), which cannot take
+    /// non-empty `objects`.
+    pub(crate) is_pico: bool,
+    /// The client's protocol version.
+    pub(crate) protocol_version: u32,
+    /// The peer address, shown to providers in `client.ip`.
+    pub(crate) ip: Box<str>,
+    /// Calls this connection made that are awaiting an answer.
+    pub(crate) in_flight: AtomicUsize,
+    max_queued_bytes: usize,
+    queue: Mutex<Queue>,
+    /// Wakes the driver when the queue gains items.
+    pub(crate) wake: Notify,
+    /// Wakes the driver to close the connection.
+    pub(crate) kill: Notify,
+}
+
+/// The connection is closed (or closing); nothing more can be queued.
+pub(crate) struct Closed(pub(crate) Outbound);
+
+impl ConnShared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: u64,
+        key_id: KeyId,
+        device: Option<String>,
+        privilege: Privilege,
+        is_pico: bool,
+        protocol_version: u32,
+        ip: String,
+        max_queued_bytes: usize,
+    ) -> Self {
+        Self {
+            id,
+            key_id,
+            device: device.map(Into::into),
+            privilege,
+            is_pico,
+            protocol_version,
+            ip: ip.into(),
+            in_flight: AtomicUsize::new(0),
+            max_queued_bytes,
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: 0,
+                closed: None,
+            }),
+            wake: Notify::new(),
+            kill: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Queue operations cannot panic half-way; a poisoned lock is usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a message for this connection's driver.
+    ///
+    /// A connection whose queue exceeds its byte limit (a peer that does not
+    /// read) is closed instead of growing without bound.
+    pub(crate) fn enqueue(&self, item: Outbound) -> Result<(), Closed> {
+        let mut q = self.lock();
+        if q.closed.is_some() {
+            return Err(Closed(item));
+        }
+        let weight = item.weight();
+        if q.bytes + weight > self.max_queued_bytes {
+            q.closed = Some(format!(
+                "ferrolink: closing a connection that stopped reading: over {} bytes were waiting to be sent to it",
+                self.max_queued_bytes
+            ));
+            drop(q);
+            self.kill.notify_one();
+            return Err(Closed(item));
+        }
+        q.bytes += weight;
+        q.items.push_back(item);
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Moves every queued message into `into` (which should be empty).
+    pub(crate) fn take_queued(&self, into: &mut VecDeque<Outbound>) {
+        let mut q = self.lock();
+        std::mem::swap(&mut q.items, into);
+        q.bytes = 0;
+        if q.items.capacity() > 256 {
+            q.items = VecDeque::new();
+        }
+    }
+
+    /// Asks the driver to close the connection, telling the peer `reason`.
+    pub(crate) fn close_with(&self, reason: String) {
+        let mut q = self.lock();
+        if q.closed.is_none() {
+            q.closed = Some(reason);
+        }
+        drop(q);
+        self.kill.notify_one();
+    }
+
+    /// Why the connection was asked to close, if it was.
+    pub(crate) fn close_reason(&self) -> Option<String> {
+        self.lock().closed.clone()
+    }
+
+    /// Refuses further messages and hands back whatever was still queued,
+    /// so calls in it can be answered.
+    pub(crate) fn shut(&self, reason: &str) -> VecDeque<Outbound> {
+        let mut q = self.lock();
+        if q.closed.is_none() {
+            q.closed = Some(reason.to_owned());
+        }
+        q.bytes = 0;
+        std::mem::take(&mut q.items)
+    }
+}
+
+/// Answers every call in `items` with `UplinkDisconnectedError`.
+pub(crate) fn fail_queued_calls(items: VecDeque<Outbound>, message: &str) {
+    for item in items {
+        if let Outbound::Call(call) = item {
+            call.reply.fail(error_type::UPLINK_DISCONNECTED, message);
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The server's shared state: the key cache, each app's runtime, the live
+//! connections per key (so revocation can close them), and the clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use ferrolink_proto::Instant;
+
+use crate::config::ServerConfig;
+use crate::conn::ConnShared;
+use crate::keys::{KeyId, KeyRecord, Secret};
+use crate::router::AppRuntime;
+use crate::storage::{Store, StoreError};
+
+/// Why a key was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthError {
+    #[error("{}", ferrolink_proto::server::INCORRECT_KEY)]
+    Incorrect,
+    #[error("uplink key {id} was revoked on {}; create a new key with `ferrolink key create`", format_date(*at))]
+    Revoked { id: KeyId, at: i64 },
+    #[error("the server could not check the key; try again shortly")]
+    Store(#[source] StoreError),
+}
+
+/// `YYYY-MM-DD` for seconds since the Unix epoch (UTC).
+pub(crate) fn format_date(secs: i64) -> String {
+    // Civil-from-days (H. Hinnant), valid for the whole i64 day range we use.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub(crate) struct Hub {
+    pub(crate) config: ServerConfig,
+    pub(crate) store: Arc<Store>,
+    keys: RwLock<HashMap<KeyId, KeyRecord>>,
+    apps: Mutex<HashMap<String, Arc<AppRuntime>>>,
+    live: Mutex<HashMap<KeyId, Vec<Weak<ConnShared>>>>,
+    next_call_id: AtomicU64,
+    next_conn_id: AtomicU64,
+    epoch: tokio::time::Instant,
+    /// Public origin answered to `anvil.private.get_app_origin`.
+    pub(crate) origin: String,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        config: ServerConfig,
+        store: Arc<Store>,
+        origin: String,
+    ) -> Result<Self, StoreError> {
+        let keys = load_keys(&store)?;
+        Ok(Self {
+            config,
+            store,
+            keys: RwLock::new(keys),
+            apps: Mutex::default(),
+            live: Mutex::default(),
+            next_call_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(1),
+            epoch: tokio::time::Instant::now(),
+            origin,
+        })
+    }
+
+    /// Now, on the protocol core's clock.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    /// The tokio instant of a protocol instant.
+    pub(crate) fn to_tokio(&self, t: Instant) -> tokio::time::Instant {
+        self.epoch + std::time::Duration::from_millis(t.as_millis())
+    }
+
+    pub(crate) fn next_call_id(&self) -> u64 {
+        self.next_call_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Checks a presented key. Keys created by the CLI since the last cache
+    /// refresh are found in the database.
+    pub(crate) async fn authenticate(self: &Arc<Self>, key: &str) -> Result<KeyRecord, AuthError> {
+        let secret = Secret::new(key);
+        let Some(id) = secret.id() else {
+            return Err(AuthError::Incorrect);
+        };
+        let cached = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        let record = match cached {
+            Some(r) => r,
+            None => {
+                let hub = self.clone();
+                let lookup_id = id.clone();
+                let found = tokio::task::spawn_blocking(move || hub.store.key(&lookup_id))
+                    .await
+                    .map_err(|_| AuthError::Incorrect)?
+                    .map_err(AuthError::Store)?;
+                let Some(r) = found else {
+                    return Err(AuthError::Incorrect);
+                };
+                self.keys
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), r.clone());
+                r
+            }
+        };
+        if !secret.matches(&record.hash) {
+            return Err(AuthError::Incorrect);
+        }
+        if let Some(at) = record.revoked_at {
+            return Err(AuthError::Revoked { id, at });
+        }
+        Ok(record)
+    }
+
+    /// The runtime of app `name`, created on first use.
+    pub(crate) fn app(&self, name: &str) -> Arc<AppRuntime> {
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        apps.entry(name.to_owned())
+            .or_insert_with(|| Arc::new(AppRuntime::new(name)))
+            .clone()
+    }
+
+    /// Records a live connection under its key, for revocation.
+    pub(crate) fn attach(&self, conn: &Arc<ConnShared>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let list = live.entry(conn.key_id.clone()).or_default();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(conn));
+    }
+
+    /// Forgets a closed connection.
+    pub(crate) fn detach(&self, conn: &ConnShared) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = live.get_mut(&conn.key_id) {
+            list.retain(|w| w.strong_count() > 0 && w.as_ptr() != std::ptr::from_ref(conn));
+            if list.is_empty() {
+                live.remove(&conn.key_id);
+            }
+        }
+    }
+
+    /// Number of authenticated connections.
+    pub(crate) fn live_connections(&self) -> usize {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.values()
+            .map(|l| l.iter().filter(|w| w.strong_count() > 0).count())
+            .sum()
+    }
+
+    /// Asks every authenticated connection to close with `reason`.
+    pub(crate) fn close_all(&self, reason: &str) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for conn in live.values().flatten().filter_map(Weak::upgrade) {
+            conn.close_with(reason.to_owned());
+        }
+    }
+
+    /// Reloads keys from the database and closes connections whose key was
+    /// revoked.
+    pub(crate) fn refresh_keys(&self) -> Result<usize, StoreError> {
+        let keys = load_keys(&self.store)?;
+        let revoked: Vec<(KeyId, i64)> = keys
+            .values()
+            .filter_map(|k| k.revoked_at.map(|at| (k.id.clone(), at)))
+            .collect();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        let mut closed = 0;
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, at) in revoked {
+            for conn in live
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter_map(Weak::upgrade)
+            {
+                let reason = AuthError::Revoked { id: id.clone(), at }.to_string();
+                tracing::info!(conn = conn.id, key = %id, "closing connection: key revoked");
+                conn.close_with(reason);
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Watches the database for changes made by other processes (the CLI)
+    /// and applies them. Runs until the server stops.
+    pub(crate) async fn watch_keys(self: Arc<Self>) {
+        let mut last = None;
+        let mut tick = tokio::time::interval(self.config.revocation_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let hub = self.clone();
+            let result = tokio::task::spawn_blocking(move || -> Result<Option<i64>, StoreError> {
+                let v = hub.store.data_version()?;
+                if Some(v) != last {
+                    hub.refresh_keys()?;
+                }
+                Ok(Some(v))
+            })
+            .await;
+            match result {
+                Ok(Ok(v)) => last = v,
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot refresh keys from the database"),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn load_keys(store: &Store) -> Result<HashMap<KeyId, KeyRecord>, StoreError> {
+    Ok(store
+        .keys(None)?
+        .into_iter()
+        .map(|k| (k.id.clone(), k))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_date;
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(format_date(0), "1970-01-01");
+        assert_eq!(format_date(1_697_810_870), "2023-10-20");
+        assert_eq!(format_date(951_782_400), "2000-02-29");
+    }
+}

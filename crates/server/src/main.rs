@@ -1,0 +1,258 @@
+//! The `ferrolink` command line: run the server, manage apps and keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use ferrolink::keys::{parse_privilege, privilege_name};
+use ferrolink::storage::Store;
+use ferrolink::{Server, ServerConfig};
+use ferrolink_proto::encode::Privilege;
+
+/// ferrolink: connect microcontrollers and computers to web apps.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Data directory (SQLite database and app files).
+    #[arg(
+        long,
+        global = true,
+        env = "FERROLINK_DATA",
+        default_value = "./ferrolink-data"
+    )]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. On a fresh data directory, creates the app `demo` with
+    /// a server key and a client key and prints them once.
+    Serve(ServeArgs),
+    /// Manage apps.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Manage uplink keys (works while the server runs).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "FERROLINK_LISTEN", default_value = "127.0.0.1:3030")]
+    listen: SocketAddr,
+    /// Deadline of a routed call, in milliseconds.
+    #[arg(long, env = "FERROLINK_CALL_TIMEOUT_MS", default_value_t = 30_000)]
+    call_timeout_ms: u64,
+    /// Largest websocket message accepted, in bytes.
+    #[arg(long, env = "FERROLINK_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_frame_bytes: usize,
+    /// Most calls one connection may have in flight.
+    #[arg(long, env = "FERROLINK_MAX_PENDING_CALLS", default_value_t = 1024)]
+    max_pending_calls: usize,
+    /// Close an uplink after this many milliseconds without a frame.
+    #[arg(long, env = "FERROLINK_IDLE_TIMEOUT_MS", default_value_t = 45_000)]
+    idle_timeout_ms: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Create an app.
+    Create {
+        /// App name (letters, digits, '-', '_', '.').
+        name: String,
+    },
+    /// List apps.
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; the key itself is printed once, alone on the last line.
+    Create {
+        /// The app the key belongs to.
+        #[arg(long)]
+        app: String,
+        /// `server` (may register functions) or `client` (may only call).
+        #[arg(long, value_parser = ["server", "client"])]
+        privilege: String,
+        /// Name the device this key is for; callers can address it as `fn@NAME`.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// Only keys of this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Revoke a key by id or device name; live connections using it close.
+    Revoke {
+        /// Key id (from `key list`) or device name.
+        key_id_or_device: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(&cli.data, args),
+        Command::App(cmd) => {
+            let store = open(&cli.data)?;
+            match cmd {
+                AppCommand::Create { name } => {
+                    store.create_app(&name)?;
+                    println!("created app \"{name}\"");
+                }
+                AppCommand::List => {
+                    for app in store.apps()? {
+                        println!("{}", app.name);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Key(cmd) => {
+            let store = open(&cli.data)?;
+            key_command(&store, cmd)
+        }
+    }
+}
+
+fn open(data: &Path) -> Result<Store> {
+    Store::open(data).with_context(|| format!("cannot open data directory {}", data.display()))
+}
+
+fn key_command(store: &Store, cmd: KeyCommand) -> Result<()> {
+    match cmd {
+        KeyCommand::Create {
+            app,
+            privilege,
+            device,
+        } => {
+            let privilege =
+                parse_privilege(&privilege).context("privilege must be server or client")?;
+            let (record, secret) = store.create_key(&app, privilege, device.as_deref())?;
+            println!(
+                "created {} key {} for app \"{}\"{}; it is shown only now:",
+                privilege_name(record.privilege),
+                record.id,
+                record.app,
+                record
+                    .device
+                    .as_deref()
+                    .map(|d| format!(" (device \"{d}\")"))
+                    .unwrap_or_default()
+            );
+            println!("{}", secret.expose());
+        }
+        KeyCommand::List { app } => {
+            println!(
+                "{:<12} {:<16} {:<9} {:<16} STATUS",
+                "ID", "APP", "PRIVILEGE", "DEVICE"
+            );
+            for k in store.keys(app.as_deref())? {
+                let status = match k.revoked_at {
+                    Some(_) => "revoked",
+                    None => "active",
+                };
+                println!(
+                    "{:<12} {:<16} {:<9} {:<16} {status}",
+                    k.id.0,
+                    k.app,
+                    privilege_name(k.privilege),
+                    k.device.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        KeyCommand::Revoke { key_id_or_device } => {
+            let k = store.revoke(&key_id_or_device)?;
+            println!(
+                "revoked key {} of app \"{}\"; connections using it close within seconds",
+                k.id, k.app
+            );
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(data: &Path, args: ServeArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let store = open(data)?;
+    let demo = if store.is_fresh() {
+        store.create_app("demo")?;
+        let (_, server_key) = store.create_key("demo", Privilege::Server, None)?;
+        let (_, client_key) = store.create_key("demo", Privilege::Client, None)?;
+        Some((server_key, client_key))
+    } else {
+        None
+    };
+    drop(store);
+    let mut config = ServerConfig::new(args.listen, data);
+    config.call_timeout = Duration::from_millis(args.call_timeout_ms);
+    config.max_frame_bytes = args.max_frame_bytes;
+    config.max_pending_calls = args.max_pending_calls.max(1);
+    config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::start(config).await?;
+        println!(
+            "ferrolink {} (data directory {})",
+            env!("CARGO_PKG_VERSION"),
+            data.display()
+        );
+        if let Some((server_key, client_key)) = demo {
+            println!("created app \"demo\" on first run; its keys are shown only now:");
+            println!("server key: {}", server_key.expose());
+            println!("client key: {}", client_key.expose());
+        }
+        println!("uplink: {}", server.uplink_url());
+        println!("status: http://{}/", server.local_addr());
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        eprintln!("shutting down");
+        server.shutdown().await;
+        Ok(())
+    })
+}

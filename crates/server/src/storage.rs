@@ -1,0 +1,431 @@
+//! Embedded storage: one SQLite file in the data directory, created and
+//! migrated on first open. The server and the CLI open the same file; SQLite
+//! (WAL mode, a busy timeout) arbitrates between them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::keys::{KeyId, KeyRecord, Secret, parse_privilege, privilege_name};
+use ferrolink_proto::encode::Privilege;
+
+/// The database file name inside the data directory.
+pub const DB_FILE: &str = "ferrolink.db";
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run. Append, never edit.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE apps (
+        name        TEXT PRIMARY KEY,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE keys (
+        id          TEXT PRIMARY KEY,
+        app         TEXT NOT NULL REFERENCES apps(name),
+        privilege   TEXT NOT NULL CHECK (privilege IN ('server', 'client')),
+        device      TEXT,
+        hash        BLOB NOT NULL,
+        created_at  INTEGER NOT NULL,
+        revoked_at  INTEGER
+    );
+    CREATE UNIQUE INDEX keys_active_device ON keys(app, device)
+        WHERE device IS NOT NULL AND revoked_at IS NULL;
+"#];
+
+/// A storage failure, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No app of that name.
+    #[error("no app named \"{0}\"; list apps with `ferrolink app list`")]
+    NoSuchApp(String),
+    /// The app already exists.
+    #[error("an app named \"{0}\" already exists")]
+    AppExists(String),
+    /// Bad app or device name.
+    #[error("invalid {what} \"{name}\": use 1-64 characters from a-z, A-Z, 0-9, '-', '_' and '.'")]
+    InvalidName {
+        /// App or device.
+        what: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// Another active key already names that device.
+    #[error("app \"{app}\" already has an active key for device \"{device}\"; revoke it first")]
+    DeviceTaken {
+        /// The app.
+        app: String,
+        /// The device.
+        device: String,
+    },
+    /// Nothing matches a revoke request.
+    #[error("no active key has id or device name \"{0}\"; see `ferrolink key list`")]
+    NoSuchKey(String),
+    /// A device name matches keys of several apps.
+    #[error("device name \"{name}\" matches keys {ids}; revoke one of them by key id")]
+    Ambiguous {
+        /// The name given.
+        name: String,
+        /// The matching key ids.
+        ids: String,
+    },
+    /// The data directory could not be created or opened.
+    #[error("cannot use data directory {}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("database error in {}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// The embedded database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    fresh: bool,
+}
+
+/// A stored app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    /// The app's name (its id on the wire).
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks an app or device name.
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName {
+            what,
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let version: usize = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(migration).map_err(sql)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+            fresh: version == 0,
+        })
+    }
+
+    /// Whether this open created the database.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // A poisoned lock only means another thread panicked mid-query;
+        // SQLite itself is still consistent, so carry on with the connection.
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Creates an app.
+    pub fn create_app(&self, name: &str) -> Result<AppRecord, StoreError> {
+        validate_name("app name", name)?;
+        let created_at = now_secs();
+        let inserted = self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
+                params![name, created_at],
+            )
+        })?;
+        if inserted == 0 {
+            return Err(StoreError::AppExists(name.to_owned()));
+        }
+        Ok(AppRecord {
+            name: name.to_owned(),
+            created_at,
+        })
+    }
+
+    /// All apps, by name.
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, created_at FROM apps ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AppRecord {
+                    name: r.get(0)?,
+                    created_at: r.get(1)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Creates a key and returns it with its secret, which is not stored.
+    pub fn create_key(
+        &self,
+        app: &str,
+        privilege: Privilege,
+        device: Option<&str>,
+    ) -> Result<(KeyRecord, Secret), StoreError> {
+        if let Some(d) = device {
+            validate_name("device name", d)?;
+        }
+        let exists = self.with(|c| {
+            c.query_row("SELECT 1 FROM apps WHERE name = ?1", [app], |_| Ok(()))
+                .optional()
+        })?;
+        if exists.is_none() {
+            return Err(StoreError::NoSuchApp(app.to_owned()));
+        }
+        let secret = Secret::generate();
+        let record = KeyRecord {
+            id: secret.id().expect("generated keys always have an id"),
+            app: app.to_owned(),
+            privilege,
+            device: device.map(str::to_owned),
+            hash: secret.hash(),
+            created_at: now_secs(),
+            revoked_at: None,
+        };
+        let result = self.with(|c| {
+            c.execute(
+                "INSERT INTO keys (id, app, privilege, device, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    record.id.0,
+                    record.app,
+                    privilege_name(privilege),
+                    record.device,
+                    &record.hash[..],
+                    record.created_at
+                ],
+            )
+        });
+        match result {
+            Ok(_) => Ok((record, secret)),
+            Err(StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            }) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(StoreError::DeviceTaken {
+                    app: app.to_owned(),
+                    device: device.unwrap_or_default().to_owned(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keys, optionally of one app, oldest first.
+    pub fn keys(&self, app: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, app, privilege, device, hash, created_at, revoked_at FROM keys
+                 WHERE ?1 IS NULL OR app = ?1 ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([app], row_to_key)?;
+            rows.filter_map(|r| r.transpose()).collect()
+        })
+    }
+
+    /// One key by id.
+    pub fn key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, app, privilege, device, hash, created_at, revoked_at FROM keys WHERE id = ?1",
+                [&id.0],
+                row_to_key,
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+    }
+
+    /// Revokes the active key with this id, or the active key of this device.
+    pub fn revoke(&self, id_or_device: &str) -> Result<KeyRecord, StoreError> {
+        let active: Vec<KeyRecord> = self
+            .keys(None)?
+            .into_iter()
+            .filter(|k| k.revoked_at.is_none())
+            .collect();
+        let by_id: Vec<&KeyRecord> = active.iter().filter(|k| k.id.0 == id_or_device).collect();
+        let matches: Vec<&KeyRecord> = if by_id.is_empty() {
+            active
+                .iter()
+                .filter(|k| k.device.as_deref() == Some(id_or_device))
+                .collect()
+        } else {
+            by_id
+        };
+        let key = match matches.as_slice() {
+            [] => return Err(StoreError::NoSuchKey(id_or_device.to_owned())),
+            [one] => (*one).clone(),
+            many => {
+                return Err(StoreError::Ambiguous {
+                    name: id_or_device.to_owned(),
+                    ids: many
+                        .iter()
+                        .map(|k| k.id.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        };
+        let at = now_secs();
+        self.with(|c| {
+            c.execute(
+                "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![key.id.0, at],
+            )
+        })?;
+        Ok(KeyRecord {
+            revoked_at: Some(at),
+            ..key
+        })
+    }
+
+    /// A number that changes whenever another connection (such as the CLI)
+    /// commits to the database.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.with(|c| c.query_row("PRAGMA data_version", [], |r| r.get(0)))
+    }
+}
+
+fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<KeyRecord>> {
+    let privilege: String = r.get(2)?;
+    let hash: Vec<u8> = r.get(4)?;
+    let (Some(privilege), Ok(hash)) = (parse_privilege(&privilege), <[u8; 32]>::try_from(hash))
+    else {
+        // The schema's CHECK makes this unreachable for rows we wrote; skip
+        // anything else rather than fail every listing.
+        return Ok(None);
+    };
+    Ok(Some(KeyRecord {
+        id: KeyId(r.get(0)?),
+        app: r.get(1)?,
+        privilege,
+        device: r.get(3)?,
+        hash,
+        created_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stored_only_as_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.is_fresh());
+        store.create_app("demo").unwrap();
+        let (_, secret) = store.create_key("demo", Privilege::Server, None).unwrap();
+        drop(store);
+        let raw = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+        let wal = std::fs::read(dir.path().join("ferrolink.db-wal")).unwrap_or_default();
+        let hay = [raw, wal].concat();
+        let needle = secret.expose().as_bytes();
+        assert!(!hay.windows(needle.len()).any(|w| w == needle));
+        assert!(!Store::open(dir.path()).unwrap().is_fresh());
+    }
+
+    #[test]
+    fn revoke_by_device_name_and_device_names_are_unique_while_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_app("a").unwrap();
+        store
+            .create_key("a", Privilege::Server, Some("pico-1"))
+            .unwrap();
+        let err = store
+            .create_key("a", Privilege::Server, Some("pico-1"))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::DeviceTaken { .. }), "{err}");
+        let revoked = store.revoke("pico-1").unwrap();
+        assert!(revoked.revoked_at.is_some());
+        store
+            .create_key("a", Privilege::Server, Some("pico-1"))
+            .unwrap();
+        assert!(matches!(
+            store.revoke("nope"),
+            Err(StoreError::NoSuchKey(_))
+        ));
+    }
+
+    #[test]
+    fn keys_for_missing_apps_and_bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.create_key("ghost", Privilege::Client, None),
+            Err(StoreError::NoSuchApp(_))
+        ));
+        assert!(matches!(
+            store.create_app("a b"),
+            Err(StoreError::InvalidName { .. })
+        ));
+        store.create_app("x").unwrap();
+        assert!(matches!(
+            store.create_app("x"),
+            Err(StoreError::AppExists(_))
+        ));
+    }
+}

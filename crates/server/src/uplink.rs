@@ -1,0 +1,691 @@
+//! The driver of one uplink websocket: authenticates it, then runs the loop
+//! that feeds frames to its [`ServerSession`], routes its calls, writes what
+//! other connections queued for it, and fires its deadlines.
+//!
+//! Calls forwarded *to* this connection are pending in its own
+//! [`CallTable`], so answering, timing out and failing them on disconnect
+//! all happen here, without locks.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::{FutureExt as _, SinkExt as _};
+use serde_json::value::RawValue;
+use tracing::Instrument as _;
+
+use ferrolink_proto::calls::{CallId, CallTable};
+use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall, Privilege};
+use ferrolink_proto::message::{Call, Outcome, Reply};
+use ferrolink_proto::server::{Inbound, PeerAction, ServerSession, SessionTimeout};
+use ferrolink_proto::{Instant, error_type};
+
+use crate::conn::{ConnShared, ForwardedCall, Outbound, ReplyTo, fail_queued_calls};
+use crate::hub::Hub;
+use crate::router::{AppRuntime, Route};
+
+/// Deepest chain of nested calls (as the official server).
+const MAX_CALL_DEPTH: u8 = 10;
+/// Frames handled per wake-up before flushing, to batch writes.
+const BATCH: usize = 64;
+
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_PROTOCOL: u16 = 1002;
+
+/// How a connection ended.
+enum End {
+    /// The peer closed or the transport failed.
+    PeerGone,
+    /// Close with a fatal `{"error": text}` first.
+    Fatal { text: String, code: u16 },
+    /// A frame over the size limit.
+    TooBig { text: String },
+}
+
+struct Pending {
+    reply: ReplyTo,
+    depth: u8,
+}
+
+/// Runs one uplink connection to its end.
+pub(crate) async fn serve(hub: Arc<Hub>, ws: WebSocket, peer: SocketAddr) {
+    let span = tracing::debug_span!("uplink", %peer);
+    run(hub, ws, peer).instrument(span).await;
+}
+
+async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
+    let mut session = ServerSession::new(hub.config.session.clone(), hub.now());
+    let Some((record, is_pico)) = authenticate(&hub, &mut ws, &mut session, peer).await else {
+        return;
+    };
+    let shared = Arc::new(ConnShared::new(
+        hub.next_conn_id(),
+        record.id.clone(),
+        record.device.clone(),
+        record.privilege,
+        is_pico,
+        session.protocol_version(),
+        peer.ip().to_string(),
+        hub.config.max_queued_bytes,
+    ));
+    hub.attach(&shared);
+    tracing::info!(
+        conn = shared.id,
+        key = %record.id,
+        app = %record.app,
+        device = record.device.as_deref().unwrap_or("-"),
+        %peer,
+        version = shared.protocol_version,
+        "uplink connected"
+    );
+    let mut driver = Driver {
+        app: hub.app(&record.app),
+        pending: CallTable::new(hub.config.max_pending_calls.saturating_mul(4).max(16)),
+        hub,
+        ws,
+        session,
+        shared,
+        registered: Vec::new(),
+        inbox: VecDeque::new(),
+        dirty: false,
+    };
+    let end = driver.run().await;
+    driver.finish(end).await;
+}
+
+async fn send_fatal(ws: &mut WebSocket, text: &str, code: u16) {
+    let mut frame = String::new();
+    encode::fatal(&mut frame, text);
+    let close = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(close_reason(text)),
+    };
+    let send = async {
+        ws.feed(WsMessage::Text(frame.into())).await?;
+        ws.send(WsMessage::Close(Some(close))).await
+    };
+    // A peer that does not read must not hold the task: give it a second.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+}
+
+/// Close reasons are limited to 123 bytes; cut at a character boundary.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(123);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+async fn authenticate(
+    hub: &Arc<Hub>,
+    ws: &mut WebSocket,
+    session: &mut ServerSession,
+    peer: SocketAddr,
+) -> Option<(crate::keys::KeyRecord, bool)> {
+    let deadline = hub.to_tokio(session.poll_timeout()?);
+    loop {
+        let msg = tokio::select! {
+            m = ws.recv() => m,
+            () = tokio::time::sleep_until(deadline) => {
+                let _ = session.handle_timeout(hub.now());
+                tracing::info!(%peer, "closing: no key message in time");
+                let text = format!(
+                    "ferrolink: no key message within {} s; send {{\"key\": \"<uplink key>\", \"v\": 8}} first",
+                    hub.config.session.auth_timeout.as_secs()
+                );
+                send_fatal(ws, &text, CLOSE_POLICY).await;
+                return None;
+            }
+        };
+        let text = match msg {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Binary(_))) => {
+                session.handle_binary(hub.now());
+                continue;
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) | None => return None,
+            Some(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "uplink failed before authenticating");
+                return None;
+            }
+        };
+        let (key, is_pico) = match session.handle_text(hub.now(), text.as_str()) {
+            Ok(Inbound::Hello(hello)) => (
+                hello.key.into_owned(),
+                hello.device.as_deref() == Some("PICO_W"),
+            ),
+            Ok(_) => continue,
+            Err(refusal) => {
+                tracing::info!(%peer, reason = %refusal, "refused before authentication");
+                if let PeerAction::Close { text } = refusal.action {
+                    send_fatal(ws, &text, CLOSE_PROTOCOL).await;
+                }
+                return None;
+            }
+        };
+        return match hub.authenticate(&key).await {
+            Ok(record) => {
+                session.accept(record.privilege);
+                let mut frame = String::new();
+                let app = AppInfo {
+                    id: &record.app,
+                    environment: &hub.config.environment,
+                };
+                encode::auth_ok(&mut frame, record.privilege, &app);
+                if ws.send(WsMessage::Text(frame.into())).await.is_err() {
+                    return None;
+                }
+                Some((record, is_pico))
+            }
+            Err(e) => {
+                session.reject();
+                tracing::info!(%peer, reason = %e, "authentication failed");
+                send_fatal(ws, &e.to_string(), CLOSE_POLICY).await;
+                None
+            }
+        };
+    }
+}
+
+struct Driver {
+    hub: Arc<Hub>,
+    ws: WebSocket,
+    session: ServerSession,
+    shared: Arc<ConnShared>,
+    app: Arc<AppRuntime>,
+    pending: CallTable<Pending>,
+    registered: Vec<Box<str>>,
+    inbox: VecDeque<Outbound>,
+    /// Frames were fed since the last flush.
+    dirty: bool,
+}
+
+impl Driver {
+    async fn run(&mut self) -> End {
+        let mut armed = self.next_deadline();
+        let sleep = tokio::time::sleep_until(self.hub.to_tokio(armed));
+        tokio::pin!(sleep);
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = self.shared.kill.notified() => Err(self.killed()),
+                () = self.shared.wake.notified() => self.on_wake().await,
+                msg = self.ws.recv() => self.on_ws_batch(msg).await,
+                () = &mut sleep => {
+                    armed = Instant::from_millis(u64::MAX);
+                    self.on_timer()
+                }
+            };
+            let flushed = match step {
+                Ok(()) => self.flush().await,
+                Err(end) => return end,
+            };
+            if let Err(end) = flushed {
+                return end;
+            }
+            let next = self.next_deadline();
+            if next < armed {
+                armed = next;
+                sleep.as_mut().reset(self.hub.to_tokio(next));
+            }
+        }
+    }
+
+    fn killed(&self) -> End {
+        let text = self
+            .shared
+            .close_reason()
+            .unwrap_or_else(|| "ferrolink: connection closed by the server".to_owned());
+        End::Fatal {
+            text,
+            code: CLOSE_POLICY,
+        }
+    }
+
+    fn next_deadline(&mut self) -> Instant {
+        let session = self
+            .session
+            .poll_timeout()
+            .unwrap_or(Instant::from_millis(u64::MAX));
+        match self.pending.poll_timeout() {
+            Some(p) => p.min(session),
+            None => session,
+        }
+    }
+
+    /// Feeds one frame to the websocket, giving up if the connection is
+    /// killed meanwhile (a peer that does not read blocks writes).
+    async fn send(&mut self, frame: String) -> Result<(), End> {
+        self.dirty = true;
+        tokio::select! {
+            r = self.ws.feed(WsMessage::Text(frame.into())) => r.map_err(|_| End::PeerGone),
+            () = self.shared.kill.notified() => Err(self.killed()),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(());
+        }
+        tokio::select! {
+            r = self.ws.flush() => r.map_err(|_| End::PeerGone),
+            () = self.shared.kill.notified() => Err(self.killed()),
+        }
+    }
+
+    async fn on_wake(&mut self) -> Result<(), End> {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        self.shared.take_queued(&mut inbox);
+        let now = self.hub.now();
+        let mut result = Ok(());
+        while let Some(item) = inbox.pop_front() {
+            if let Err(end) = self.on_outbound(now, item).await {
+                // Whatever is left is answered when the connection finishes.
+                result = Err(end);
+                break;
+            }
+        }
+        for item in inbox.drain(..) {
+            if let Outbound::Call(call) = item {
+                call.reply
+                    .fail(error_type::UPLINK_DISCONNECTED, "Uplink disconnected");
+            }
+        }
+        self.inbox = inbox;
+        result
+    }
+
+    async fn on_outbound(&mut self, now: Instant, item: Outbound) -> Result<(), End> {
+        match item {
+            Outbound::Frame(frame) => self.send(frame).await,
+            Outbound::Call(call) => {
+                let ForwardedCall {
+                    id,
+                    frame,
+                    reply,
+                    depth,
+                } = *call;
+                let deadline = now + self.hub.config.call_timeout;
+                match self
+                    .pending
+                    .insert(CallId(id), deadline, Pending { reply, depth })
+                {
+                    Ok(()) => self.send(frame).await,
+                    Err((full, p)) => {
+                        let msg =
+                            format!("the provider of \"{}\" is busy: {full}", p.reply.command);
+                        p.reply.fail(error_type::QUOTA_EXCEEDED, &msg);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_ws_batch(
+        &mut self,
+        first: Option<Result<WsMessage, axum::Error>>,
+    ) -> Result<(), End> {
+        self.on_ws(first).await?;
+        for _ in 1..BATCH {
+            match self.ws.recv().now_or_never() {
+                Some(msg) => self.on_ws(msg).await?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_ws(&mut self, msg: Option<Result<WsMessage, axum::Error>>) -> Result<(), End> {
+        let now = self.hub.now();
+        match msg {
+            Some(Ok(WsMessage::Text(text))) => self.on_text(now, text.as_str()).await,
+            Some(Ok(WsMessage::Binary(_) | WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                // Media chunks are not supported (calls carrying media are
+                // refused), so their data is dropped; pings count as life.
+                self.session.handle_binary(now);
+                Ok(())
+            }
+            Some(Ok(WsMessage::Close(_))) | None => Err(End::PeerGone),
+            Some(Err(e)) => Err(classify_ws_error(&e, self.hub.config.max_frame_bytes)),
+        }
+    }
+
+    async fn on_text(&mut self, now: Instant, text: &str) -> Result<(), End> {
+        match self.session.handle_text(now, text) {
+            Ok(Inbound::Call(call)) => self.on_call(call).await,
+            Ok(Inbound::Reply(reply)) => {
+                self.on_reply(reply);
+                Ok(())
+            }
+            Ok(Inbound::Register { name }) => {
+                if self.app.register(&self.shared, &name).is_err() {
+                    return Err(End::Fatal {
+                        text: "Invalid function name specification".to_owned(),
+                        code: CLOSE_POLICY,
+                    });
+                }
+                if !self.registered.iter().any(|n| **n == *name) {
+                    tracing::debug!(conn = self.shared.id, name = %name, "registered");
+                    self.registered.push(name.into());
+                }
+                Ok(())
+            }
+            Ok(Inbound::Hello(_) | Inbound::Nothing) => Ok(()),
+            Err(refusal) => match refusal.action {
+                PeerAction::ReplyError {
+                    id,
+                    error_type,
+                    message,
+                } => {
+                    tracing::warn!(conn = self.shared.id, reason = %refusal.kind, "refused a message");
+                    let mut frame = String::new();
+                    encode::reply_error(&mut frame, &id, error_type, &message);
+                    self.send(frame).await
+                }
+                PeerAction::Close { text } => {
+                    tracing::warn!(conn = self.shared.id, reason = %refusal.kind, "closing: protocol violation");
+                    Err(End::Fatal {
+                        text,
+                        code: CLOSE_PROTOCOL,
+                    })
+                }
+            },
+        }
+    }
+
+    async fn reply_error(&mut self, id: &str, error_type: &str, message: &str) -> Result<(), End> {
+        let mut frame = String::new();
+        encode::reply_error(&mut frame, id, error_type, message);
+        self.send(frame).await
+    }
+
+    async fn on_call(&mut self, call: Call<'_>) -> Result<(), End> {
+        let id = call.id.literal();
+        if let Some(result) = self.builtin(&call) {
+            let mut frame = String::new();
+            match result {
+                Ok(value) => encode::reply_response(&mut frame, id, &value, None),
+                Err((ty, message)) => encode::reply_error(&mut frame, id, ty, &message),
+            }
+            return self.send(frame).await;
+        }
+        let (name, device) = match call.command.rsplit_once('@') {
+            Some((name, device)) if !name.is_empty() && !device.is_empty() => (name, Some(device)),
+            _ => (&*call.command, None),
+        };
+        if self.shared.privilege == Privilege::Client && name.contains(':') {
+            let msg = format!(
+                "a client-privilege key may not call \"{name}\": names containing ':' are server-only"
+            );
+            return self
+                .reply_error(id, error_type::PERMISSION_DENIED, &msg)
+                .await;
+        }
+        let depth = match call
+            .call_stack_id
+            .as_deref()
+            .and_then(encode::parse_server_call_id)
+            .and_then(|outer| self.pending.get(CallId(outer)))
+        {
+            Some(outer) => outer.depth + 1,
+            None => 1,
+        };
+        if depth > MAX_CALL_DEPTH {
+            return self
+                .reply_error(
+                    id,
+                    error_type::STACK_OVERFLOW,
+                    "Too many nested anvil.server.call()s",
+                )
+                .await;
+        }
+        let provider = match self.app.route(name, device) {
+            Route::Provider(p) => p,
+            Route::Stale => {
+                let msg = format!("The uplink server for \"{name}\" has been disconnected");
+                return self
+                    .reply_error(id, error_type::UPLINK_DISCONNECTED, &msg)
+                    .await;
+            }
+            Route::Missing => {
+                let msg = match device {
+                    Some(d) => format!(
+                        "No server function matching \"{name}\" has been registered by device \"{d}\""
+                    ),
+                    None => format!("No server function matching \"{name}\" has been registered"),
+                };
+                return self
+                    .reply_error(id, error_type::NO_SERVER_FUNCTION, &msg)
+                    .await;
+            }
+        };
+        if let Some(objects) = call.objects {
+            if let Some(msg) = refuse_objects(objects, provider.is_pico) {
+                return self.reply_error(id, error_type::SERIALIZATION, &msg).await;
+            }
+        }
+        let limit = self.hub.config.max_pending_calls;
+        if self
+            .shared
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= limit
+        {
+            let msg = format!(
+                "{limit} calls are already in flight on this connection; wait for some to finish"
+            );
+            return self.reply_error(id, error_type::QUOTA_EXCEEDED, &msg).await;
+        }
+        let call_id = self.hub.next_call_id();
+        let mut frame = String::new();
+        let outgoing = OutgoingCall {
+            id: call_id,
+            command: name,
+            args: call.args.get(),
+            kwargs: call.kwargs.get(),
+            objects: call.objects.map(RawValue::get),
+            origin: CallOrigin {
+                frame_type: self.shared.privilege.frame_type(),
+                protocol_version: self.shared.protocol_version,
+                ip: Some(&self.shared.ip),
+            },
+        };
+        let app = AppInfo {
+            id: &self.app.name,
+            environment: &self.hub.config.environment,
+        };
+        encode::call(&mut frame, &outgoing, &app);
+        tracing::debug!(
+            conn = self.shared.id,
+            to = provider.id,
+            call = call_id,
+            command = name,
+            "routing call"
+        );
+        let forwarded = ForwardedCall {
+            id: call_id,
+            frame,
+            reply: ReplyTo::new(self.shared.clone(), id, name),
+            depth,
+        };
+        if let Err(closed) = provider.enqueue(Outbound::Call(Box::new(forwarded))) {
+            fail_queued_calls(VecDeque::from([closed.0]), "Uplink disconnected");
+        }
+        Ok(())
+    }
+
+    /// Answers the built-in functions; `None` for any other name.
+    fn builtin(&self, call: &Call<'_>) -> Option<Result<String, (&'static str, String)>> {
+        let string = |s: &str| {
+            let mut out = String::new();
+            ferrolink_proto::push_str_literal(&mut out, s);
+            out
+        };
+        Some(match &*call.command {
+            "anvil.private.echo" => match serde_json::from_str::<Vec<&RawValue>>(call.args.get()) {
+                Ok(args) if args.len() == 1 => Ok(args[0].get().to_owned()),
+                Ok(args) => Err(("TypeError", wrong_arity(args.len(), "anvil.private.echo"))),
+                Err(_) => Err(("TypeError", wrong_arity(0, "anvil.private.echo"))),
+            },
+            "anvil.private.get_app_origin" => Ok(string(&self.hub.origin)),
+            "anvil.private.get_api_origin" => Ok(string(&format!("{}/_/api", self.hub.origin))),
+            // User accounts arrive with web apps; until then no call has a user.
+            "anvil.private.users.get_current_user_email"
+            | "anvil.private.users.get_current_user" => Ok("null".to_owned()),
+            _ => return None,
+        })
+    }
+
+    fn on_reply(&mut self, reply: Reply<'_>) {
+        let Some(id) = encode::parse_server_call_id(&reply.id.value()) else {
+            tracing::debug!(conn = self.shared.id, "reply to an unknown id ignored");
+            return;
+        };
+        let Some(p) = self.pending.remove(CallId(id)) else {
+            // Late reply to a call that already timed out: the caller has its answer.
+            tracing::debug!(conn = self.shared.id, call = id, "late reply ignored");
+            return;
+        };
+        let caller_id = &*p.reply.caller_id;
+        let mut frame = String::with_capacity(64);
+        match (reply.outcome, reply.objects) {
+            (_, Some(_)) if p.reply.caller.is_pico => {
+                let msg = format!(
+                    "the result of \"{}\" contains values a Pico W cannot receive (dates, media or other objects); return plain JSON",
+                    p.reply.command
+                );
+                encode::reply_error(&mut frame, caller_id, error_type::SERIALIZATION, &msg);
+            }
+            (Outcome::Response(value), objects) => {
+                encode::reply_response(
+                    &mut frame,
+                    caller_id,
+                    value.get(),
+                    objects.map(RawValue::get),
+                );
+            }
+            (Outcome::Error(error), _) => {
+                encode::reply_error_raw(&mut frame, caller_id, error.get())
+            }
+        }
+        p.reply.deliver(frame);
+    }
+
+    fn on_timer(&mut self) -> Result<(), End> {
+        let now = self.hub.now();
+        if let Some(why) = self.session.handle_timeout(now) {
+            let text = match why {
+                SessionTimeout::Idle => format!(
+                    "ferrolink: nothing received for {} s (heartbeats stopped); closing",
+                    self.hub.config.session.idle_timeout.as_secs()
+                ),
+                SessionTimeout::NoKey => "ferrolink: no key message in time".to_owned(),
+            };
+            return Err(End::Fatal {
+                text,
+                code: CLOSE_POLICY,
+            });
+        }
+        let timeout = self.hub.config.call_timeout;
+        while let Some((_, p)) = self.pending.expire(now) {
+            let who = match &self.shared.device {
+                Some(d) => format!("device \"{d}\""),
+                None => format!("connection {}", self.shared.id),
+            };
+            let msg = format!(
+                "call to \"{}\" got no answer from {who} within {} s",
+                p.reply.command,
+                timeout.as_secs_f64()
+            );
+            p.reply.fail(error_type::TIMEOUT, &msg);
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, end: End) {
+        let (lost, fatal) = match end {
+            End::PeerGone => ("Uplink disconnected".to_owned(), None),
+            End::Fatal { text, code } => ("Uplink disconnected".to_owned(), Some((text, code))),
+            End::TooBig { text } => (
+                "Data payload too big - please use Media objects to transfer large amounts of data.".to_owned(),
+                Some((text, CLOSE_TOO_BIG)),
+            ),
+        };
+        self.app.unregister_all(&self.shared, &self.registered);
+        let queued = self.shared.shut(&lost);
+        fail_queued_calls(queued, &lost);
+        let inbox = std::mem::take(&mut self.inbox);
+        fail_queued_calls(inbox, &lost);
+        let failed = self.pending.len();
+        for (_, p) in self.pending.drain() {
+            p.reply.fail(error_type::UPLINK_DISCONNECTED, &lost);
+        }
+        self.hub.detach(&self.shared);
+        tracing::info!(
+            conn = self.shared.id,
+            key = %self.shared.key_id,
+            failed_calls = failed,
+            reason = fatal.as_ref().map_or("peer closed", |(t, _)| t.as_str()),
+            "uplink disconnected"
+        );
+        match fatal {
+            Some((text, code)) => send_fatal(&mut self.ws, &text, code).await,
+            None => {
+                let close = WsMessage::Close(Some(CloseFrame {
+                    code: CLOSE_NORMAL,
+                    reason: Utf8Bytes::from_static(""),
+                }));
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.send(close)).await;
+            }
+        }
+    }
+}
+
+fn wrong_arity(n: usize, name: &str) -> String {
+    format!(
+        "Wrong number of arguments ({n}) passed to {name}(). Did you pass keyword arguments as positional arguments, or vice versa?"
+    )
+}
+
+/// Object descriptors ferrolink cannot carry, or `None` if `objects` may be
+/// passed through as they are.
+fn refuse_objects(objects: &RawValue, to_pico: bool) -> Option<String> {
+    let text = objects.get();
+    for unsupported in ["DataMedia", "LazyMedia", "LiveObject", "Capability"] {
+        if text.contains(&format!("\"{unsupported}\"")) {
+            return Some(format!(
+                "ferrolink does not carry {unsupported} values yet; send the data as JSON (e.g. base64 text) instead"
+            ));
+        }
+    }
+    to_pico.then(|| {
+        "the Pico W cannot receive dates, big integers or other non-JSON values; send plain JSON".to_owned()
+    })
+}
+
+fn classify_ws_error(e: &axum::Error, limit: usize) -> End {
+    let text = e.to_string();
+    if text.contains("UTF-8") || text.contains("utf-8") {
+        return End::Fatal {
+            text: "ferrolink: a text frame was not valid UTF-8; send JSON text as UTF-8".to_owned(),
+            code: 1007,
+        };
+    }
+    if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
+        End::TooBig {
+            text: format!(
+                "ferrolink: a message exceeded the {limit}-byte limit; send smaller arguments or raise --max-frame-bytes"
+            ),
+        }
+    } else {
+        tracing::debug!(error = %e, "websocket error");
+        End::PeerGone
+    }
+}
