@@ -19,6 +19,7 @@
 //!   ([`Refusal::action`]); after [`PeerAction::Close`] the session is closed.
 
 use alloc::borrow::Cow;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use core::time::Duration;
@@ -221,20 +222,22 @@ impl ServerSession {
     }
 
     /// Handles one text frame.
-    pub fn handle_text<'a>(&mut self, now: Instant, text: &'a str) -> Result<Inbound<'a>, Refusal> {
+    pub fn handle_text<'a>(
+        &mut self,
+        now: Instant,
+        text: &'a str,
+    ) -> Result<Inbound<'a>, Box<Refusal>> {
         self.last_rx = now;
         let result = self.classify(text);
-        if let Err(Refusal {
-            action: PeerAction::Close { .. },
-            ..
-        }) = &result
+        if let Err(refusal) = &result
+            && let PeerAction::Close { .. } = refusal.action
         {
             self.state = State::Closed;
         }
         result
     }
 
-    fn classify<'a>(&mut self, text: &'a str) -> Result<Inbound<'a>, Refusal> {
+    fn classify<'a>(&mut self, text: &'a str) -> Result<Inbound<'a>, Box<Refusal>> {
         let privilege = match self.state {
             State::AwaitingKey => return self.classify_first(text),
             State::AwaitingVerdict => return Err(internal(RefusalKind::VerdictPending)),
@@ -252,10 +255,10 @@ impl ServerSession {
                     text: format!("ferrolink: {e}"),
                 },
             };
-            Refusal {
+            Box::new(Refusal {
                 kind: RefusalKind::Malformed(e),
                 action,
-            }
+            })
         })?;
         match message {
             Message::Call(call) => Ok(Inbound::Call(call)),
@@ -292,7 +295,7 @@ impl ServerSession {
         }
     }
 
-    fn classify_first<'a>(&mut self, text: &'a str) -> Result<Inbound<'a>, Refusal> {
+    fn classify_first<'a>(&mut self, text: &'a str) -> Result<Inbound<'a>, Box<Refusal>> {
         let message = decode(text, &self.config.decode).map_err(|e| {
             close(
                 RefusalKind::Malformed(e.clone()),
@@ -374,30 +377,30 @@ impl ServerSession {
     }
 }
 
-fn close(kind: RefusalKind, text: String) -> Refusal {
-    Refusal {
+fn close(kind: RefusalKind, text: String) -> Box<Refusal> {
+    Box::new(Refusal {
         kind,
         action: PeerAction::Close { text },
-    }
+    })
 }
 
-fn internal(kind: RefusalKind) -> Refusal {
+fn internal(kind: RefusalKind) -> Box<Refusal> {
     let text = format!("ferrolink: internal error ({kind})");
     close(kind, text)
 }
 
-fn refuse_unexpected(got: String, id: Option<WireStr<'_>>) -> Refusal {
+fn refuse_unexpected(got: String, id: Option<WireStr<'_>>) -> Box<Refusal> {
     let message =
         format!("ferrolink does not accept {got} from an uplink; send CALL, REGISTER or replies");
     match id {
-        Some(id) => Refusal {
+        Some(id) => Box::new(Refusal {
             action: PeerAction::ReplyError {
                 id: id.literal().to_string(),
                 error_type: error_type::INTERNAL,
                 message,
             },
             kind: RefusalKind::Unexpected { got },
-        },
+        }),
         None => close(
             RefusalKind::Unexpected { got },
             format!("ferrolink: {message}"),

@@ -164,16 +164,14 @@ impl AppRuntime {
     /// Finds a provider for `name`, optionally on one device.
     pub(crate) fn route(&self, name: &str, device: Option<&str>) -> Route {
         let reg = self.read();
-        if let Some(p) = reg.exact.get(name) {
-            if let Some(c) = p.pick(device) {
-                return Route::Provider(c);
-            }
+        if let Some(c) = reg.exact.get(name).and_then(|p| p.pick(device)) {
+            return Route::Provider(c);
         }
         for pattern in &reg.patterns {
-            if pattern.regex.is_match(name) {
-                if let Some(c) = pattern.providers.pick(device) {
-                    return Route::Provider(c);
-                }
+            if pattern.regex.is_match(name)
+                && let Some(c) = pattern.providers.pick(device)
+            {
+                return Route::Provider(c);
             }
         }
         // Stale names are matched literally: recompiling departed patterns
@@ -183,18 +181,5 @@ impl AppRuntime {
         } else {
             Route::Missing
         }
-    }
-
-    /// Names currently registered, for status listings.
-    pub(crate) fn registered_names(&self) -> Vec<String> {
-        let reg = self.read();
-        let mut names: Vec<String> = reg
-            .exact
-            .keys()
-            .map(|k| k.to_string())
-            .chain(reg.patterns.iter().map(|p| p.source.to_string()))
-            .collect();
-        names.sort();
-        names
     }
 }

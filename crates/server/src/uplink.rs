@@ -104,12 +104,18 @@ async fn send_fatal(ws: &mut WebSocket, text: &str, code: u16) {
         code,
         reason: Utf8Bytes::from(close_reason(text)),
     };
-    let send = async {
-        ws.feed(WsMessage::Text(frame.into())).await?;
-        ws.send(WsMessage::Close(Some(close))).await
-    };
-    // A peer that does not read must not hold the task: give it a second.
-    let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+    // A peer that does not read must not hold the task: give it two seconds.
+    let wait = Duration::from_secs(2);
+    if let Ok(Ok(())) = tokio::time::timeout(wait, ws.send(WsMessage::Text(frame.into()))).await {
+        let _ = tokio::time::timeout(wait, ws.send(WsMessage::Close(Some(close)))).await;
+    }
+    if code != CLOSE_TOO_BIG {
+        // Complete the close handshake so unread input does not turn our
+        // close into a TCP reset that could eat the error text. (After an
+        // oversized header nothing more may be read: it would be buffered.)
+        let drain = async { while let Some(Ok(_)) = ws.recv().await {} };
+        let _ = tokio::time::timeout(wait, drain).await;
+    }
 }
 
 /// Close reasons are limited to 123 bytes; cut at a character boundary.
@@ -466,10 +472,11 @@ impl Driver {
                     .await;
             }
         };
-        if let Some(objects) = call.objects {
-            if let Some(msg) = refuse_objects(objects, provider.is_pico) {
-                return self.reply_error(id, error_type::SERIALIZATION, &msg).await;
-            }
+        if let Some(msg) = call
+            .objects
+            .and_then(|o| refuse_objects(o, provider.is_pico))
+        {
+            return self.reply_error(id, error_type::SERIALIZATION, &msg).await;
         }
         let limit = self.hub.config.max_pending_calls;
         if self

@@ -1,1 +1,8 @@
-//! placeholder
+//! Integration tests: the real server on ephemeral loopback ports, driven by
+//! the official Python client, raw websocket peers and the CLI binary.
+
+mod cli;
+mod keys;
+mod protocol;
+mod python;
+mod routing;

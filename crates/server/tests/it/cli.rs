@@ -1,0 +1,149 @@
+//! The `ferrolink` binary as a user runs it.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+
+use ferrolink_testkit::RawClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolink");
+
+fn ferrolink(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run ferrolink");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ferrolink serve` and returns its printed lines up to the uplink URL.
+fn serve(data: &std::path::Path) -> (Serve, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ferrolink serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("uplink: ");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    (Serve(child), lines)
+}
+
+fn field(lines: &[String], prefix: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {lines:?}"))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn serve_creates_the_demo_app_once_and_prints_working_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, lines) = serve(dir.path());
+    let url = field(&lines, "uplink: ");
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with("/_/uplink"),
+        "{url}"
+    );
+    let server_key = field(&lines, "server key: ");
+    let client_key = field(&lines, "client key: ");
+    let (_, reply) = RawClient::authenticated(&url, &server_key).await;
+    assert_eq!(reply["app-info"]["id"], "demo");
+    let (_, reply) = RawClient::authenticated(&url, &client_key).await;
+    assert_eq!(reply["priv"], "client");
+    drop(server);
+    // Second start: same data, no new keys printed.
+    let (_server, lines) = serve(dir.path());
+    assert!(!lines.iter().any(|l| l.contains("key:")), "{lines:?}");
+}
+
+#[tokio::test]
+async fn key_commands_work_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, lines) = serve(dir.path());
+    let url = field(&lines, "uplink: ");
+    let (ok, _, _) = ferrolink(dir.path(), &["app", "create", "greenhouse"]);
+    assert!(ok);
+    let (ok, out, _) = ferrolink(dir.path(), &["app", "list"]);
+    assert!(
+        ok && out.contains("greenhouse") && out.contains("demo"),
+        "{out}"
+    );
+    let (ok, out, err) = ferrolink(
+        dir.path(),
+        &[
+            "key",
+            "create",
+            "--app",
+            "greenhouse",
+            "--privilege",
+            "server",
+            "--device",
+            "pico-1",
+        ],
+    );
+    assert!(ok, "{err}");
+    let key = out.lines().last().unwrap().trim().to_owned();
+    assert!(key.starts_with("flk_"), "{out}");
+    let (mut live, reply) = RawClient::authenticated(&url, &key).await;
+    assert_eq!(reply["app-info"]["id"], "greenhouse");
+    let (ok, out, _) = ferrolink(dir.path(), &["key", "list", "--app", "greenhouse"]);
+    assert!(
+        ok && out.contains("pico-1") && out.contains("active"),
+        "{out}"
+    );
+    assert!(!out.contains(&key), "key list must never print secrets");
+    let (ok, _, err) = ferrolink(dir.path(), &["key", "revoke", "pico-1"]);
+    assert!(ok, "{err}");
+    let (fatal, close) = live.recv_until_closed().await;
+    assert!(
+        fatal.as_deref().unwrap_or_default().contains("revoked"),
+        "{fatal:?} {close:?}"
+    );
+    let (ok, out, _) = ferrolink(dir.path(), &["key", "list"]);
+    assert!(ok && out.contains("revoked"), "{out}");
+}
+
+#[test]
+fn bad_cli_input_gets_clear_errors_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = ferrolink(
+        dir.path(),
+        &["key", "create", "--app", "ghost", "--privilege", "server"],
+    );
+    assert!(!ok);
+    assert!(err.contains("no app named \"ghost\""), "{err}");
+    let (ok, _, err) = ferrolink(dir.path(), &["key", "revoke", "nobody"]);
+    assert!(!ok && err.contains("no active key"), "{err}");
+    let out = Command::new(BIN)
+        .args(["key", "create", "--app", "a", "--privilege", "root"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}

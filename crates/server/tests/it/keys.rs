@@ -1,0 +1,84 @@
+//! Keys: wrong keys, client privilege, revocation while connected.
+
+use std::time::{Duration, Instant};
+
+use ferrolink_proto::encode::Privilege;
+use ferrolink_testkit::raw::Received;
+use ferrolink_testkit::{RawClient, TestServer};
+use serde_json::json;
+
+#[tokio::test]
+async fn wrong_key_gets_incorrect_uplink_key_then_close() {
+    let server = TestServer::start().await;
+    for key in [
+        json!("nonsense"),
+        json!(format!("{}A", server.server_key)),
+        json!(42),
+    ] {
+        let mut c = RawClient::connect(&server.url()).await;
+        c.send_json(&json!({"key": key, "v": 8})).await;
+        assert_eq!(
+            c.recv_json().await,
+            json!({"error": "Incorrect uplink key"})
+        );
+        let (_, close) = c.recv_until_closed().await;
+        assert!(matches!(close, Received::Close(..) | Received::Eof));
+    }
+}
+
+#[tokio::test]
+async fn client_keys_cannot_register() {
+    let server = TestServer::start().await;
+    let (mut c, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
+    c.send_text(r#"{"type":"REGISTER","name":"evil"}"#).await;
+    let (fatal, _) = c.recv_until_closed().await;
+    assert_eq!(
+        fatal.unwrap(),
+        "Cannot register @anvil.server.callable functions from an unprivileged (client) uplink."
+    );
+}
+
+#[tokio::test]
+async fn client_keys_cannot_call_scoped_names() {
+    let server = TestServer::start().await;
+    let (mut c, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
+    c.send_json(&json!({"type":"CALL","id":"1","command":"task:nightly","args":[]}))
+        .await;
+    assert_eq!(
+        c.recv_json().await["error"]["type"],
+        "anvil.server.PermissionDenied"
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_key_refuses_new_connections_and_closes_live_ones_within_5_s() {
+    let server = TestServer::start().await;
+    let key = server.create_key("demo", Privilege::Server, Some("pico-7"));
+    let (mut live, _) = RawClient::authenticated(&server.url(), &key).await;
+    // Revoke from "another process": a separate database connection, as the CLI.
+    let revoked_at = Instant::now();
+    server.store().revoke("pico-7").unwrap();
+    let (fatal, _) = live.recv_until_closed().await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+    let fatal = fatal.expect("told why");
+    assert!(fatal.contains("was revoked on"), "{fatal}");
+    let mut again = RawClient::connect(&server.url()).await;
+    again.send_json(&json!({"key": key, "v": 8})).await;
+    let reply = again.recv_json().await;
+    assert!(
+        reply["error"].as_str().unwrap().contains("was revoked"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn keys_created_while_running_work_at_once() {
+    let server = TestServer::start().await;
+    let key = server.create_key("demo", Privilege::Client, None);
+    let (_, reply) = RawClient::authenticated(&server.url(), &key).await;
+    assert_eq!(reply["priv"], "client");
+}

@@ -1,0 +1,118 @@
+//! Test helpers for ferrolink (dev-only).
+//!
+//! - [`TestServer`]: the real server in-process on `127.0.0.1:0` with a
+//!   temporary data directory and an app `demo` with a server and a client key.
+//! - [`python`]: a virtualenv under `target/` with the official
+//!   `anvil-uplink==0.7.0` from the package index, and helpers to run the
+//!   scripts in `crates/testkit/python/`.
+//! - [`RawClient`]: a bare websocket peer for sending exactly the bytes a
+//!   test wants.
+
+pub mod python;
+pub mod raw;
+
+use std::path::Path;
+
+use ferrolink::storage::Store;
+use ferrolink::{Server, ServerConfig};
+use ferrolink_proto::encode::Privilege;
+
+pub use raw::RawClient;
+
+/// A server running in this process on an ephemeral loopback port.
+pub struct TestServer {
+    server: Option<Server>,
+    config: ServerConfig,
+    dir: tempfile::TempDir,
+    /// A server-privilege key of app `demo`.
+    pub server_key: String,
+    /// A client-privilege key of app `demo`.
+    pub client_key: String,
+}
+
+impl TestServer {
+    /// Starts a server with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `adjust` has changed its settings.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open store");
+        store.create_app("demo").expect("create demo app");
+        let (_, server_key) = store
+            .create_key("demo", Privilege::Server, None)
+            .expect("server key");
+        let (_, client_key) = store
+            .create_key("demo", Privilege::Client, None)
+            .expect("client key");
+        drop(store);
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("address"), dir.path());
+        adjust(&mut config);
+        let server = Server::start(config.clone()).await.expect("server starts");
+        Self {
+            server: Some(server),
+            config,
+            dir,
+            server_key: server_key.expose().to_owned(),
+            client_key: client_key.expose().to_owned(),
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server is running")
+    }
+
+    /// `ws://127.0.0.1:PORT/_/uplink`.
+    pub fn url(&self) -> String {
+        self.server().uplink_url()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Number of authenticated uplinks.
+    pub fn uplink_count(&self) -> usize {
+        self.server().uplink_count()
+    }
+
+    /// Opens the server's database as another process (such as the CLI) would.
+    pub fn store(&self) -> Store {
+        Store::open(self.dir.path()).expect("open store")
+    }
+
+    /// Creates an app.
+    pub fn create_app(&self, name: &str) {
+        self.store().create_app(name).expect("create app");
+    }
+
+    /// Creates a key and returns it.
+    pub fn create_key(&self, app: &str, privilege: Privilege, device: Option<&str>) -> String {
+        let (_, secret) = self
+            .store()
+            .create_key(app, privilege, device)
+            .expect("create key");
+        secret.expose().to_owned()
+    }
+
+    /// Stops the server and starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        let addr = self.server().local_addr();
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let mut config = self.config.clone();
+        config.listen = addr;
+        self.server = Some(Server::start(config).await.expect("server restarts"));
+    }
+
+    /// Stops the server.
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}

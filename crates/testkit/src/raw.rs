@@ -1,0 +1,122 @@
+//! A bare websocket peer that sends exactly what a test says.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// What the server sent, as a test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A text frame.
+    Text(String),
+    /// A close frame with its code and reason.
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Eof,
+}
+
+/// A websocket client with no protocol logic.
+pub struct RawClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl RawClient {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Self { ws }
+    }
+
+    /// Connects and authenticates with `key`, returning the auth reply.
+    pub async fn authenticated(url: &str, key: &str) -> (Self, serde_json::Value) {
+        let mut c = Self::connect(url).await;
+        c.send_json(&serde_json::json!({"key": key, "v": 8})).await;
+        let reply = c.recv_json().await;
+        assert_eq!(reply["auth"], "OK", "auth failed: {reply}");
+        (c, reply)
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send text");
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send_json(&mut self, v: &serde_json::Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws
+            .send(Message::binary(bytes))
+            .await
+            .expect("send binary");
+    }
+
+    /// Sends a frame, reporting failure instead of panicking.
+    pub async fn try_send_text(&mut self, text: String) -> bool {
+        self.ws.send(Message::text(text)).await.is_ok()
+    }
+
+    /// The next text or close, skipping pings; panics after 10 s.
+    pub async fn recv(&mut self) -> Received {
+        self.recv_within(Duration::from_secs(10))
+            .await
+            .expect("server answered within 10 s")
+    }
+
+    /// The next text or close, or `None` if nothing came within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            return Some(match next {
+                Some(Ok(Message::Text(t))) => Received::Text(t.to_string()),
+                Some(Ok(Message::Close(frame))) => match frame {
+                    Some(f) => Received::Close(f.code.into(), f.reason.to_string()),
+                    None => Received::Close(1005, String::new()),
+                },
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => Received::Eof,
+            });
+        }
+    }
+
+    /// The next text frame as JSON; panics on anything else.
+    pub async fn recv_json(&mut self) -> serde_json::Value {
+        match self.recv().await {
+            Received::Text(t) => serde_json::from_str(&t).expect("server sent JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Reads until a close or end of stream, returning the fatal error text
+    /// (if one came) and the close frame.
+    pub async fn recv_until_closed(&mut self) -> (Option<String>, Received) {
+        let mut fatal = None;
+        loop {
+            match self.recv().await {
+                Received::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+                    if v.get("id").is_none()
+                        && let Some(e) = v["error"].as_str()
+                    {
+                        fatal = Some(e.to_owned());
+                    }
+                }
+                end => return (fatal, end),
+            }
+        }
+    }
+}
