@@ -47,6 +47,9 @@ pub enum DecodeErrorKind {
         /// The parser's description, with line and column.
         detail: String,
     },
+    /// The JSON is valid but not an object.
+    #[error("message must be a JSON object {{…}}, not another JSON value")]
+    NotObject,
     /// The JSON is nested deeper than allowed.
     #[error("message nests arrays/objects deeper than {limit} levels; flatten the value")]
     TooDeep {
@@ -74,6 +77,20 @@ pub enum DecodeErrorKind {
     /// The message has none of the fields that identify a kind.
     #[error("message has no \"type\" and is not a key message or a reply; nothing to do with it")]
     Unrecognised,
+}
+
+impl DecodeErrorKind {
+    /// A stable short name of the kind, used by the shared test vectors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotJson { .. } => "not_json",
+            Self::NotObject => "not_object",
+            Self::TooDeep { .. } => "too_deep",
+            Self::Missing { .. } => "missing",
+            Self::WrongType { .. } => "wrong_type",
+            Self::Unrecognised => "unrecognised",
+        }
+    }
 }
 
 /// The flat union of every field ferrolink reads. Each is kept raw so that a
@@ -184,6 +201,16 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Message<'a>, D
             },
             id: None,
         });
+    }
+    // serde would happily read a struct from a JSON array; refuse it first.
+    if !text.trim_start().starts_with('{') {
+        let kind = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => DecodeErrorKind::NotObject,
+            Err(e) => DecodeErrorKind::NotJson {
+                detail: e.to_string(),
+            },
+        };
+        return Err(DecodeError { kind, id: None });
     }
     let f: Fields<'a> = serde_json::from_str(text).map_err(|e| DecodeError {
         kind: DecodeErrorKind::NotJson {
