@@ -2,8 +2,10 @@
 //! waits forever. Used by the server for calls it forwarded to a provider and
 //! by clients for calls they made.
 
-use alloc::collections::{BTreeMap, BinaryHeap};
+use alloc::collections::BinaryHeap;
 use core::cmp::Reverse;
+
+use hashbrown::HashMap;
 
 use crate::time::Instant;
 
@@ -27,7 +29,7 @@ pub struct TableFull {
 /// until it returns `None`.
 #[derive(Debug)]
 pub struct CallTable<V> {
-    entries: BTreeMap<CallId, (Instant, V)>,
+    entries: HashMap<CallId, (Instant, V)>,
     /// Deadlines in order; entries whose call already finished are skipped
     /// lazily and the heap is rebuilt when they outnumber the live ones.
     deadlines: BinaryHeap<Reverse<(Instant, CallId)>>,
@@ -38,7 +40,7 @@ impl<V> CallTable<V> {
     /// An empty table holding at most `capacity` calls.
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             deadlines: BinaryHeap::new(),
             capacity,
         }
@@ -119,9 +121,10 @@ impl<V> CallTable<V> {
     /// Removes every pending call (the connection closed).
     pub fn drain(&mut self) -> impl Iterator<Item = (CallId, V)> + '_ {
         self.deadlines.clear();
-        core::mem::take(&mut self.entries)
-            .into_iter()
-            .map(|(id, (_, v))| (id, v))
+        let mut entries: alloc::vec::Vec<_> =
+            self.entries.drain().map(|(id, (_, v))| (id, v)).collect();
+        entries.sort_unstable_by_key(|(id, _)| *id);
+        entries.into_iter()
     }
 }
 

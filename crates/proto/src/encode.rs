@@ -73,7 +73,7 @@ pub fn fatal(out: &mut String, text: &str) {
 
 /// `{"id":…,"response":…,"objects":…}` with `id_literal` and `response` raw.
 pub fn reply_response(out: &mut String, id_literal: &str, response: &str, objects: Option<&str>) {
-    out.reserve(id_literal.len() + response.len() + 40);
+    out.reserve(id_literal.len() + response.len() + objects.map_or(2, str::len) + 32);
     out.push_str("{\"id\":");
     out.push_str(id_literal);
     out.push_str(",\"response\":");
@@ -85,6 +85,7 @@ pub fn reply_response(out: &mut String, id_literal: &str, response: &str, object
 
 /// `{"id":…,"error":…,"objects":[]}` with a raw error object.
 pub fn reply_error_raw(out: &mut String, id_literal: &str, error: &str) {
+    out.reserve(id_literal.len() + error.len() + 32);
     out.push_str("{\"id\":");
     out.push_str(id_literal);
     out.push_str(",\"error\":");
@@ -160,7 +161,45 @@ pub fn parse_server_call_id(value: &str) -> Option<u64> {
 /// Writes a server→uplink `CALL` with every field PY and PICO need
 /// (`args` list, `kwargs` dict, `objects`, a non-empty `call-stack`).
 pub fn call(out: &mut String, call: &OutgoingCall<'_>, app: &AppInfo<'_>) {
-    out.reserve(call.args.len() + call.kwargs.len() + 256);
+    let mut tail = String::new();
+    call_tail(&mut tail, &call.origin, app);
+    call_with_tail(out, call, &tail);
+}
+
+/// The part of a server→uplink `CALL` that depends only on who calls and
+/// which app: `,"call-stack":[…],"client":{…},"sessionData":{},"app-info":{…}}`.
+/// A router computes it once per caller and reuses it with
+/// [`call_with_tail`].
+pub fn call_tail(out: &mut String, origin: &CallOrigin<'_>, app: &AppInfo<'_>) {
+    out.push_str(",\"call-stack\":[{\"type\":");
+    push_str_literal(out, origin.frame_type);
+    let _ = write!(
+        out,
+        ",\"protocol-version\":{}}}],\"client\":{{\"type\":",
+        origin.protocol_version
+    );
+    push_str_literal(out, origin.frame_type);
+    out.push_str(",\"ip\":");
+    match origin.ip {
+        Some(ip) => push_str_literal(out, ip),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"location\":null},\"sessionData\":{},\"app-info\":");
+    push_app_info(out, app);
+    out.push('}');
+}
+
+/// Writes a server→uplink `CALL` whose caller-dependent part was prepared by
+/// [`call_tail`] (`call.origin` is not read).
+pub fn call_with_tail(out: &mut String, call: &OutgoingCall<'_>, tail: &str) {
+    out.reserve(
+        call.args.len()
+            + call.kwargs.len()
+            + call.command.len()
+            + call.objects.map_or(2, str::len)
+            + tail.len()
+            + 96,
+    );
     out.push_str("{\"type\":\"CALL\",\"id\":");
     push_server_call_id(out, call.id);
     out.push_str(",\"call-stack-id\":");
@@ -173,22 +212,7 @@ pub fn call(out: &mut String, call: &OutgoingCall<'_>, app: &AppInfo<'_>) {
     out.push_str(call.kwargs);
     out.push_str(",\"objects\":");
     out.push_str(call.objects.unwrap_or("[]"));
-    out.push_str(",\"call-stack\":[{\"type\":");
-    push_str_literal(out, call.origin.frame_type);
-    let _ = write!(
-        out,
-        ",\"protocol-version\":{}}}],\"client\":{{\"type\":",
-        call.origin.protocol_version
-    );
-    push_str_literal(out, call.origin.frame_type);
-    out.push_str(",\"ip\":");
-    match call.origin.ip {
-        Some(ip) => push_str_literal(out, ip),
-        None => out.push_str("null"),
-    }
-    out.push_str(",\"location\":null},\"sessionData\":{},\"app-info\":");
-    push_app_info(out, app);
-    out.push('}');
+    out.push_str(tail);
 }
 
 /// A client→server `CALL`, as a client library sends it.

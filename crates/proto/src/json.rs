@@ -8,6 +8,17 @@ use alloc::string::String;
 /// outside string literals. Stops early and returns `Err(depth)` as soon as
 /// `limit` is exceeded, so a hostile frame costs at most one pass.
 pub(crate) fn check_depth(text: &str, limit: usize) -> Result<(), usize> {
+    // Fast path: a frame with no more opening brackets than the limit cannot
+    // nest deeper than it. This count vectorises; the exact scan below runs
+    // only for frames with many brackets.
+    let opening = text
+        .as_bytes()
+        .iter()
+        .filter(|&&b| b == b'[' || b == b'{')
+        .count();
+    if opening <= limit {
+        return Ok(());
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

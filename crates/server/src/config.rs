@@ -46,7 +46,7 @@ impl ServerConfig {
             max_frame_bytes: 4 * 1024 * 1024,
             max_pending_calls: 1024,
             max_queued_bytes: 16 * 1024 * 1024,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 2048,
             revocation_poll: Duration::from_secs(1),
             session: SessionConfig::default(),
             environment: "ferrolink".to_owned(),

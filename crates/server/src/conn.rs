@@ -46,21 +46,34 @@ pub(crate) struct ForwardedCall {
 /// the caller's in-flight slot, so the count can never leak.
 pub(crate) struct ReplyTo {
     pub(crate) caller: std::sync::Arc<ConnShared>,
-    /// The caller's id for the call, as a JSON literal.
-    pub(crate) caller_id: Box<str>,
-    /// The function called, for error messages.
-    pub(crate) command: Box<str>,
+    /// The caller's id literal followed by the function name, in one
+    /// allocation (this is on the path of every call).
+    id_and_command: Box<str>,
+    id_len: usize,
 }
 
 impl ReplyTo {
     /// Takes one of `caller`'s in-flight slots, released when this is dropped.
     pub(crate) fn new(caller: std::sync::Arc<ConnShared>, caller_id: &str, command: &str) -> Self {
         caller.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut both = String::with_capacity(caller_id.len() + command.len());
+        both.push_str(caller_id);
+        both.push_str(command);
         Self {
             caller,
-            caller_id: caller_id.into(),
-            command: command.into(),
+            id_and_command: both.into_boxed_str(),
+            id_len: caller_id.len(),
         }
+    }
+
+    /// The caller's id for the call, as a JSON literal.
+    pub(crate) fn caller_id(&self) -> &str {
+        &self.id_and_command[..self.id_len]
+    }
+
+    /// The function called, for error messages.
+    pub(crate) fn command(&self) -> &str {
+        &self.id_and_command[self.id_len..]
     }
 
     /// Sends the answer frame to the caller.
@@ -71,7 +84,7 @@ impl ReplyTo {
     /// Answers the caller with an error made by the server.
     pub(crate) fn fail(self, error_type: &str, message: &str) {
         let mut frame = String::new();
-        encode::reply_error(&mut frame, &self.caller_id, error_type, message);
+        encode::reply_error(&mut frame, self.caller_id(), error_type, message);
         self.deliver(frame);
     }
 }
@@ -105,6 +118,9 @@ pub(crate) struct ConnShared {
     pub(crate) protocol_version: u32,
     /// The peer address, shown to providers in `client.ip`.
     pub(crate) ip: Box<str>,
+    /// The caller-dependent tail of every `CALL` this connection makes
+    /// (see `ferrolink_proto::encode::call_tail`).
+    pub(crate) call_tail: Box<str>,
     /// Calls this connection made that are awaiting an answer.
     pub(crate) in_flight: AtomicUsize,
     max_queued_bytes: usize,
@@ -129,8 +145,17 @@ impl ConnShared {
         protocol_version: u32,
         ip: String,
         max_queued_bytes: usize,
+        app: &encode::AppInfo<'_>,
     ) -> Self {
+        let mut call_tail = String::new();
+        let origin = encode::CallOrigin {
+            frame_type: privilege.frame_type(),
+            protocol_version,
+            ip: Some(&ip),
+        };
+        encode::call_tail(&mut call_tail, &origin, app);
         Self {
+            call_tail: call_tail.into_boxed_str(),
             id,
             key_id,
             device: device.map(Into::into),

@@ -135,7 +135,7 @@ impl Hub {
     pub(crate) fn app(&self, name: &str) -> Arc<AppRuntime> {
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
         apps.entry(name.to_owned())
-            .or_insert_with(|| Arc::new(AppRuntime::new(name)))
+            .or_insert_with(|| Arc::new(AppRuntime::new()))
             .clone()
     }
 

@@ -56,6 +56,10 @@ struct ServeArgs {
     /// Most calls one connection may have in flight.
     #[arg(long, env = "FERROLINK_MAX_PENDING_CALLS", default_value_t = 1024)]
     max_pending_calls: usize,
+    /// Initial read buffer per connection, in bytes (larger: fewer reads
+    /// under load; smaller: less memory per idle connection).
+    #[arg(long, env = "FERROLINK_READ_BUFFER_BYTES", default_value_t = 2048)]
+    read_buffer_bytes: usize,
     /// Close an uplink after this many milliseconds without a frame.
     #[arg(long, env = "FERROLINK_IDLE_TIMEOUT_MS", default_value_t = 45_000)]
     idle_timeout_ms: u64,
@@ -230,6 +234,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     config.max_frame_bytes = args.max_frame_bytes;
     config.max_pending_calls = args.max_pending_calls.max(1);
     config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    config.read_buffer_bytes = args.read_buffer_bytes.max(256);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -73,7 +73,6 @@ pub(crate) struct InvalidName;
 
 /// One app's live state.
 pub(crate) struct AppRuntime {
-    pub(crate) name: Arc<str>,
     registry: RwLock<Registry>,
 }
 
@@ -84,9 +83,8 @@ fn is_pattern(name: &str) -> bool {
 }
 
 impl AppRuntime {
-    pub(crate) fn new(name: &str) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
-            name: name.into(),
             registry: RwLock::default(),
         }
     }

@@ -71,6 +71,10 @@ async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
         session.protocol_version(),
         peer.ip().to_string(),
         hub.config.max_queued_bytes,
+        &AppInfo {
+            id: &record.app,
+            environment: &hub.config.environment,
+        },
     ));
     hub.attach(&shared);
     tracing::info!(
@@ -325,7 +329,7 @@ impl Driver {
                     Ok(()) => self.send(frame).await,
                     Err((full, p)) => {
                         let msg =
-                            format!("the provider of \"{}\" is busy: {full}", p.reply.command);
+                            format!("the provider of \"{}\" is busy: {full}", p.reply.command());
                         p.reply.fail(error_type::QUOTA_EXCEEDED, &msg);
                         Ok(())
                     }
@@ -504,11 +508,7 @@ impl Driver {
                 ip: Some(&self.shared.ip),
             },
         };
-        let app = AppInfo {
-            id: &self.app.name,
-            environment: &self.hub.config.environment,
-        };
-        encode::call(&mut frame, &outgoing, &app);
+        encode::call_with_tail(&mut frame, &outgoing, &self.shared.call_tail);
         tracing::debug!(
             conn = self.shared.id,
             to = provider.id,
@@ -560,13 +560,13 @@ impl Driver {
             tracing::debug!(conn = self.shared.id, call = id, "late reply ignored");
             return;
         };
-        let caller_id = &*p.reply.caller_id;
-        let mut frame = String::with_capacity(64);
+        let caller_id = p.reply.caller_id();
+        let mut frame = String::new();
         match (reply.outcome, reply.objects) {
             (_, Some(_)) if p.reply.caller.is_pico => {
                 let msg = format!(
                     "the result of \"{}\" contains values a Pico W cannot receive (dates, media or other objects); return plain JSON",
-                    p.reply.command
+                    p.reply.command()
                 );
                 encode::reply_error(&mut frame, caller_id, error_type::SERIALIZATION, &msg);
             }
@@ -608,7 +608,7 @@ impl Driver {
             };
             let msg = format!(
                 "call to \"{}\" got no answer from {who} within {} s",
-                p.reply.command,
+                p.reply.command(),
                 timeout.as_secs_f64()
             );
             p.reply.fail(error_type::TIMEOUT, &msg);

@@ -1,0 +1,426 @@
+//! ferrolink benchmarks. Run from the workspace root:
+//!
+//! ```text
+//! cargo build --release -p ferrolink -p ferrolink-bench
+//! target/release/ferrolink-bench
+//! ```
+//!
+//! Starts `target/release/ferrolink serve` as a child process on a loopback
+//! port, then measures, in one run and on the same machine:
+//!
+//! 1. a raw TCP echo round trip (the floor), at 1, 16 and 256 messages in flight;
+//! 2. routed calls: a caller connection calls `echo` on a provider connection
+//!    through the server, at 1, 16 and 256 calls in flight, with 64 B and
+//!    4 KiB arguments (calls/s, p50, p99);
+//! 3. server memory per idle authenticated uplink, from the server's RSS
+//!    before and after opening N connections (default 10,000).
+//!
+//! The load generator runs on one thread of this process; the server runs
+//! with its default runtime. Figures are printed as a Markdown report.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+use ferrolink_proto::Message as Proto;
+use ferrolink_proto::codec::{DecodeLimits, decode};
+use ferrolink_proto::message::Outcome;
+
+/// ferrolink benchmarks (see the crate docs for what is measured).
+#[derive(Parser)]
+struct Args {
+    /// Seconds measured per configuration (after a warm-up of a fifth of it).
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// Idle uplink connections opened for the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Argument sizes in bytes (default: 64 and 4096).
+    #[arg(long = "size", num_args = 1..)]
+    sizes: Vec<usize>,
+    /// Calls in flight (default: 1, 16 and 256).
+    #[arg(long = "in-flight", num_args = 1..)]
+    in_flight: Vec<usize>,
+    /// Worker threads of the load generator (the caller loop runs on the
+    /// main thread, the provider on a worker).
+    #[arg(long, default_value_t = 1)]
+    load_threads: usize,
+    /// Skip the raw TCP echo baseline.
+    #[arg(long)]
+    no_echo: bool,
+    /// The server binary.
+    #[arg(long, default_value = "target/release/ferrolink")]
+    server: PathBuf,
+}
+
+const IN_FLIGHT: [usize; 3] = [1, 16, 256];
+const SIZES: [usize; 2] = [64, 4096];
+
+struct Server {
+    child: Child,
+    url: String,
+    server_key: String,
+    client_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(bin: &PathBuf) -> Result<Server> {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(bin)
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-pending-calls",
+            "4096",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it with cargo build --release)",
+                bin.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (mut url, mut sk, mut ck) = (None, None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(v) = line.strip_prefix("server key: ") {
+            sk = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("client key: ") {
+            ck = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("uplink: ") {
+            url = Some(v.to_owned());
+            break;
+        }
+    }
+    Ok(Server {
+        child,
+        url: url.context("no uplink line")?,
+        server_key: sk.context("no server key")?,
+        client_key: ck.context("no client key")?,
+        _dir: dir,
+    })
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+#[derive(Clone)]
+struct Figures {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn figures(count: u64, elapsed: Duration, h: &Histogram<u64>) -> Figures {
+    Figures {
+        per_sec: count as f64 / elapsed.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+    }
+}
+
+/// Raw TCP echo: fixed-size messages, echoed byte for byte, `in_flight` at once.
+async fn tcp_echo(size: usize, in_flight: usize, secs: f64) -> Result<Figures> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    // The echo server runs on its own thread, as the ferrolink server runs in
+    // its own process.
+    let echo = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener.into_std()?)?;
+            let (mut s, _) = listener.accept().await?;
+            s.set_nodelay(true)?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+                s.write_all(&buf[..n]).await?;
+            }
+        })
+    });
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let msg = vec![b'x'; size];
+    let mut sent: VecDeque<Instant> = VecDeque::new();
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending_bytes = 0usize;
+    let warmup = Duration::from_secs_f64(secs / 5.0);
+    let start = Instant::now();
+    let mut measure_from = None;
+    let mut count = 0u64;
+    for _ in 0..in_flight {
+        wr.write_all(&msg).await?;
+        sent.push_back(Instant::now());
+    }
+    loop {
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            bail!("echo server closed");
+        }
+        pending_bytes += n;
+        let mut done = 0;
+        while pending_bytes >= size {
+            pending_bytes -= size;
+            let t = sent.pop_front().context("reply without request")?;
+            let now = Instant::now();
+            if measure_from.is_some() {
+                h.record(now.duration_since(t).as_nanos() as u64)?;
+                count += 1;
+            }
+            done += 1;
+        }
+        let now = Instant::now();
+        if measure_from.is_none() && now.duration_since(start) >= warmup {
+            measure_from = Some(now);
+        }
+        if let Some(from) = measure_from
+            && now.duration_since(from).as_secs_f64() >= secs
+        {
+            drop(wr);
+            let _ = echo.join();
+            return Ok(figures(count, now.duration_since(from), &h));
+        }
+        let batch: Vec<u8> = msg.repeat(done);
+        wr.write_all(&batch).await?;
+        let t = Instant::now();
+        for _ in 0..done {
+            sent.push_back(t);
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn connect(url: &str, key: &str) -> Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.send(Message::text(format!(r#"{{"key":"{key}","v":8}}"#)))
+        .await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"auth\":\"OK\"") => Ok(ws),
+        other => bail!("authentication failed: {other:?}"),
+    }
+}
+
+/// A provider that answers every `echo` call with its first argument.
+async fn provide(mut ws: Ws) -> Result<()> {
+    let limits = DecodeLimits::default();
+    loop {
+        let Some(msg) = ws.next().await else {
+            return Ok(());
+        };
+        let handle = |msg: Message| -> Result<Option<String>> {
+            let Message::Text(text) = msg else {
+                return Ok(None);
+            };
+            let Ok(Proto::Call(call)) = decode(&text, &limits) else {
+                return Ok(None);
+            };
+            let args: Vec<&serde_json::value::RawValue> = serde_json::from_str(call.args.get())?;
+            let first = args.first().map_or("null", |a| a.get());
+            let mut out = String::with_capacity(first.len() + 40);
+            ferrolink_proto::encode::reply_response(&mut out, call.id.literal(), first, None);
+            Ok(Some(out))
+        };
+        if let Some(reply) = handle(msg?)? {
+            ws.feed(Message::text(reply)).await?;
+        }
+        while let Some(Some(msg)) = ws.next().now_or_never() {
+            if let Some(reply) = handle(msg?)? {
+                ws.feed(Message::text(reply)).await?;
+            }
+        }
+        ws.flush().await?;
+    }
+}
+
+/// Calls `echo` with a `size`-byte string, keeping `in_flight` calls open.
+async fn routed(server: &Server, size: usize, in_flight: usize, secs: f64) -> Result<Figures> {
+    let mut provider = connect(&server.url, &server.server_key).await?;
+    provider
+        .send(Message::text(r#"{"type":"REGISTER","name":"echo"}"#))
+        .await?;
+    let provider = tokio::spawn(provide(provider));
+    let mut caller = connect(&server.url, &server.client_key).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let payload = "x".repeat(size);
+    let call = |id: u64| {
+        format!(
+            r#"{{"type":"CALL","id":"{id}","command":"echo","args":["{payload}"],"kwargs":{{}}}}"#
+        )
+    };
+    let slots = (in_flight * 4).next_power_of_two();
+    let mut sent_at = vec![Instant::now(); slots];
+    let mut next_id = 0u64;
+    for _ in 0..in_flight {
+        sent_at[next_id as usize % slots] = Instant::now();
+        caller.feed(Message::text(call(next_id))).await?;
+        next_id += 1;
+    }
+    caller.flush().await?;
+    let limits = DecodeLimits::default();
+    let mut h = Histogram::<u64>::new(3)?;
+    let warmup = Duration::from_secs_f64(secs / 5.0);
+    let start = Instant::now();
+    let mut measure_from: Option<Instant> = None;
+    let mut count = 0u64;
+    loop {
+        let mut done = 0;
+        let mut msg = caller.next().await.context("server closed")??;
+        loop {
+            if let Message::Text(text) = &msg {
+                match decode(text, &limits) {
+                    Ok(Proto::Reply(r)) => {
+                        if let Outcome::Error(e) = r.outcome {
+                            bail!("call failed: {}", e.get());
+                        }
+                        let id: u64 = r.id.value().parse()?;
+                        if measure_from.is_some() {
+                            let t = sent_at[id as usize % slots];
+                            h.record(t.elapsed().as_nanos() as u64)?;
+                            count += 1;
+                        }
+                        done += 1;
+                    }
+                    other => bail!("unexpected frame: {other:?}"),
+                }
+            }
+            match caller.next().now_or_never() {
+                Some(Some(m)) => msg = m?,
+                _ => break,
+            }
+        }
+        let now = Instant::now();
+        if measure_from.is_none() && now.duration_since(start) >= warmup {
+            measure_from = Some(now);
+        }
+        if let Some(from) = measure_from
+            && now.duration_since(from).as_secs_f64() >= secs
+        {
+            let result = figures(count, now.duration_since(from), &h);
+            drop(caller);
+            provider.abort();
+            return Ok(result);
+        }
+        for _ in 0..done {
+            sent_at[next_id as usize % slots] = Instant::now();
+            caller.feed(Message::text(call(next_id))).await?;
+            next_id += 1;
+        }
+        caller.flush().await?;
+    }
+}
+
+async fn idle_memory(server: &Server, n: usize) -> Result<(f64, u64, u64)> {
+    let pid = server.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let mut conns = Vec::with_capacity(n);
+    let mut tasks = futures_util::stream::iter(0..n)
+        .map(|_| connect(&server.url, &server.client_key))
+        .buffer_unordered(64);
+    while let Some(c) = tasks.next().await {
+        conns.push(c?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    drop(conns);
+    Ok((
+        (after.saturating_sub(before)) as f64 * 1024.0 / n as f64,
+        before,
+        after,
+    ))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.load_threads)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let server = start_server(&args.server)?;
+        println!("# ferrolink benchmark\n");
+        println!(
+            "machine: {} cores; load generator: 1 thread; server: `{}` (separate process); {} s per row\n",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            args.server.display(),
+            args.seconds
+        );
+        println!("| arg size | in flight | TCP echo /s | TCP echo p50 µs | routed calls/s | p50 µs | p99 µs | p50 / echo p50 |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let sizes = if args.sizes.is_empty() { SIZES.to_vec() } else { args.sizes.clone() };
+        let in_flight = if args.in_flight.is_empty() { IN_FLIGHT.to_vec() } else { args.in_flight.clone() };
+        for &size in &sizes {
+            for &n in &in_flight {
+                let echo = if args.no_echo {
+                    Figures { per_sec: f64::NAN, p50_us: f64::NAN, p99_us: f64::NAN }
+                } else {
+                    tcp_echo(size, n, args.seconds).await?
+                };
+                let call = routed(&server, size, n, args.seconds).await?;
+                println!(
+                    "| {size} B | {n} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} |",
+                    echo.per_sec,
+                    echo.p50_us,
+                    call.per_sec,
+                    call.p50_us,
+                    call.p99_us,
+                    call.p50_us / echo.p50_us
+                );
+            }
+        }
+        if args.idle_connections > 0 {
+            let (per_conn, before, after) = idle_memory(&server, args.idle_connections).await?;
+            println!(
+                "\nidle uplinks: {} authenticated connections; server RSS {} KiB -> {} KiB; **{:.0} bytes per idle uplink** ({:.2} KiB)",
+                args.idle_connections,
+                before,
+                after,
+                per_conn,
+                per_conn / 1024.0
+            );
+        }
+        Ok(())
+    })
+}
