@@ -29,6 +29,7 @@ use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::MaybeTlsStream as MaybeTls;
 use tokio_tungstenite::tungstenite::Message;
 
 use ferrolink_proto::Message as Proto;
@@ -39,8 +40,11 @@ use ferrolink_proto::message::Outcome;
 #[derive(Parser)]
 struct Args {
     /// Seconds measured per configuration (after a warm-up of a fifth of it).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Runs per configuration; the report shows the median of each figure.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Idle uplink connections opened for the memory measurement.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
@@ -145,6 +149,20 @@ struct Figures {
     p99_us: f64,
 }
 
+/// Median of each figure separately.
+fn median(runs: &[Figures]) -> Figures {
+    let pick = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Figures {
+        per_sec: pick(|f| f.per_sec),
+        p50_us: pick(|f| f.p50_us),
+        p99_us: pick(|f| f.p99_us),
+    }
+}
+
 fn figures(count: u64, elapsed: Duration, h: &Histogram<u64>) -> Figures {
     Figures {
         per_sec: count as f64 / elapsed.as_secs_f64(),
@@ -237,7 +255,12 @@ async fn connect(url: &str, key: &str) -> Result<Ws> {
     ws.send(Message::text(format!(r#"{{"key":"{key}","v":8}}"#)))
         .await?;
     match ws.next().await {
-        Some(Ok(Message::Text(t))) if t.contains("\"auth\":\"OK\"") => Ok(ws),
+        Some(Ok(Message::Text(t))) if t.contains("\"auth\":\"OK\"") => {
+            if let MaybeTls::Plain(tcp) = ws.get_ref() {
+                tcp.set_nodelay(true)?;
+            }
+            Ok(ws)
+        }
         other => bail!("authentication failed: {other:?}"),
     }
 }
@@ -274,8 +297,76 @@ async fn provide(mut ws: Ws) -> Result<()> {
     }
 }
 
+/// Where routed calls go: the ferrolink server, or the minimal forwarder.
+struct Endpoint {
+    url: String,
+    server_key: String,
+    client_key: String,
+}
+
+/// The floor for this load shape: a minimal tokio-tungstenite forwarder on
+/// its own runtime that answers the key message, then copies caller frames
+/// to the provider and provider frames to the caller verbatim (no parsing,
+/// no routing table, no deadlines).
+async fn minimal_forwarder() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("ws://{}/", listener.local_addr()?);
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("forwarder runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("listener");
+            loop {
+                // Each measurement opens a provider, then a caller.
+                let Ok(provider) = accept_one(&listener, true).await else {
+                    return;
+                };
+                let Ok(caller) = accept_one(&listener, false).await else {
+                    return;
+                };
+                let (p_tx, p_rx) = provider.split();
+                let (c_tx, c_rx) = caller.split();
+                tokio::spawn(pump(c_rx, p_tx));
+                tokio::spawn(pump(p_rx, c_tx));
+            }
+        });
+    });
+    Ok(url)
+}
+
+async fn accept_one(listener: &TcpListener, provider: bool) -> Result<Ws> {
+    let (tcp, _) = listener.accept().await?;
+    tcp.set_nodelay(true)?;
+    let mut ws =
+        tokio_tungstenite::accept_async(tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await?;
+    ws.next().await.context("no key")??;
+    ws.send(Message::text(r#"{"auth":"OK"}"#)).await?;
+    if provider {
+        ws.next().await.context("no REGISTER")??;
+    }
+    Ok(ws)
+}
+
+async fn pump(
+    mut from: futures_util::stream::SplitStream<Ws>,
+    mut to: futures_util::stream::SplitSink<Ws, Message>,
+) -> Result<()> {
+    while let Some(msg) = from.next().await {
+        to.feed(msg?).await?;
+        while let Some(Some(msg)) = from.next().now_or_never() {
+            to.feed(msg?).await?;
+        }
+        to.flush().await?;
+    }
+    Ok(())
+}
+
 /// Calls `echo` with a `size`-byte string, keeping `in_flight` calls open.
-async fn routed(server: &Server, size: usize, in_flight: usize, secs: f64) -> Result<Figures> {
+async fn routed(server: &Endpoint, size: usize, in_flight: usize, secs: f64) -> Result<Figures> {
     let mut provider = connect(&server.url, &server.server_key).await?;
     provider
         .send(Message::text(r#"{"type":"REGISTER","name":"echo"}"#))
@@ -382,31 +473,53 @@ fn main() -> Result<()> {
         let server = start_server(&args.server)?;
         println!("# ferrolink benchmark\n");
         println!(
-            "machine: {} cores; load generator: 1 thread; server: `{}` (separate process); {} s per row\n",
+            "machine: {} cores; load generator: {} worker thread(s) + main thread; server: `{}` (separate process); {} s per run, median of {} runs\n",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            args.load_threads,
             args.server.display(),
-            args.seconds
+            args.seconds,
+            args.repeat.max(1)
         );
-        println!("| arg size | in flight | TCP echo /s | TCP echo p50 µs | routed calls/s | p50 µs | p99 µs | p50 / echo p50 |");
-        println!("|---|---|---|---|---|---|---|---|");
+        let ferrolink = Endpoint {
+            url: server.url.clone(),
+            server_key: server.server_key.clone(),
+            client_key: server.client_key.clone(),
+        };
+        let forwarder = Endpoint {
+            url: minimal_forwarder().await?,
+            server_key: "provider".into(),
+            client_key: "caller".into(),
+        };
+        println!("| arg size | in flight | TCP echo /s | echo p50 µs | minimal forwarder /s | fwd p50 µs | ferrolink calls/s | p50 µs | p99 µs | calls/s ÷ forwarder | p50 ÷ echo p50 | p50 ÷ fwd p50 |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let sizes = if args.sizes.is_empty() { SIZES.to_vec() } else { args.sizes.clone() };
         let in_flight = if args.in_flight.is_empty() { IN_FLIGHT.to_vec() } else { args.in_flight.clone() };
         for &size in &sizes {
             for &n in &in_flight {
-                let echo = if args.no_echo {
-                    Figures { per_sec: f64::NAN, p50_us: f64::NAN, p99_us: f64::NAN }
-                } else {
-                    tcp_echo(size, n, args.seconds).await?
-                };
-                let call = routed(&server, size, n, args.seconds).await?;
+                let (mut echos, mut fwds, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+                // Interleaved, so slow phases of a noisy machine hit all three.
+                for _ in 0..args.repeat.max(1) {
+                    if !args.no_echo {
+                        echos.push(tcp_echo(size, n, args.seconds).await?);
+                    }
+                    fwds.push(routed(&forwarder, size, n, args.seconds).await?);
+                    calls.push(routed(&ferrolink, size, n, args.seconds).await?);
+                }
+                let echo = median(&echos);
+                let fwd = median(&fwds);
+                let call = median(&calls);
                 println!(
-                    "| {size} B | {n} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} |",
+                    "| {size} B | {n} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
                     echo.per_sec,
                     echo.p50_us,
+                    fwd.per_sec,
+                    fwd.p50_us,
                     call.per_sec,
                     call.p50_us,
                     call.p99_us,
-                    call.p50_us / echo.p50_us
+                    call.per_sec / fwd.per_sec,
+                    call.p50_us / echo.p50_us,
+                    call.p50_us / fwd.p50_us,
                 );
             }
         }
