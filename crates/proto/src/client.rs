@@ -203,14 +203,38 @@ impl ClientConnection {
         kwargs: &str,
         timeout: Duration,
     ) -> Result<CallId, TableFull> {
+        self.call_nested(now, command, args, kwargs, timeout, None)
+    }
+
+    /// Like [`ClientConnection::call`], made from inside the incoming call
+    /// whose id value (without quotes) is `call_stack_id`, so the server can
+    /// run it in that call's context (for example the browser user's session).
+    pub fn call_nested(
+        &mut self,
+        now: Instant,
+        command: &str,
+        args: &str,
+        kwargs: &str,
+        timeout: Duration,
+        call_stack_id: Option<&str>,
+    ) -> Result<CallId, TableFull> {
         if self.calls.len() >= self.config.max_pending {
             return Err(TableFull {
                 capacity: self.config.max_pending,
             });
         }
-        self.send_call(now, command, args, kwargs, timeout, Pending::User)
+        self.send_call(
+            now,
+            command,
+            args,
+            kwargs,
+            timeout,
+            call_stack_id,
+            Pending::User,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send_call(
         &mut self,
         now: Instant,
@@ -218,6 +242,7 @@ impl ClientConnection {
         args: &str,
         kwargs: &str,
         timeout: Duration,
+        call_stack_id: Option<&str>,
         kind: Pending,
     ) -> Result<CallId, TableFull> {
         let id = CallId(self.next_id);
@@ -232,7 +257,7 @@ impl ClientConnection {
             command,
             args,
             kwargs,
-            None,
+            call_stack_id,
         );
         if self.state == State::Closed {
             self.calls.remove(id);
@@ -260,7 +285,7 @@ impl ClientConnection {
         }
         let message = match decode(text, &self.config.decode) {
             Ok(m) => m,
-            Err(e) => return self.close(CloseReason::Protocol(e.to_string())),
+            Err(e) => return self.close_with(CloseReason::Protocol(e.to_string())),
         };
         match (message, &self.state) {
             (Message::AuthOk(auth), State::AwaitingAuth) => {
@@ -273,7 +298,9 @@ impl ClientConnection {
                 self.events
                     .push_back(ClientEvent::Authenticated { privilege });
             }
-            (Message::Fatal { error }, _) => self.close(CloseReason::Fatal(error.into_owned())),
+            (Message::Fatal { error }, _) => {
+                self.close_with(CloseReason::Fatal(error.into_owned()))
+            }
             (Message::Reply(reply), State::Ready | State::AwaitingAuth) => {
                 let value = reply.id.value();
                 let Some(n) = value.strip_prefix("c-").and_then(|n| n.parse().ok()) else {
@@ -305,14 +332,20 @@ impl ClientConnection {
             }
             (other, _) => {
                 let reason = format!("unexpected {} from the server", other.kind());
-                self.close(CloseReason::Protocol(reason));
+                self.close_with(CloseReason::Protocol(reason));
             }
         }
     }
 
+    /// The application closes the connection: pending calls complete with
+    /// [`LocalFailure::ConnectionClosed`], then [`ClientEvent::Closed`].
+    pub fn close(&mut self) {
+        self.close_with(CloseReason::TransportClosed);
+    }
+
     /// The transport closed.
     pub fn handle_closed(&mut self) {
-        self.close(CloseReason::TransportClosed);
+        self.close_with(CloseReason::TransportClosed);
     }
 
     /// When [`ClientConnection::handle_timeout`] must next be called.
@@ -332,7 +365,7 @@ impl ClientConnection {
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((id, kind)) = self.calls.expire(now) {
             match kind {
-                Pending::Heartbeat => return self.close(CloseReason::HeartbeatTimeout),
+                Pending::Heartbeat => return self.close_with(CloseReason::HeartbeatTimeout),
                 Pending::User => self.complete(id, CallResult::Failed(LocalFailure::Timeout)),
             }
         }
@@ -346,6 +379,7 @@ impl ClientConnection {
                 "[\"keep-alive\"]",
                 "{}",
                 timeout,
+                None,
                 Pending::Heartbeat,
             );
         }
@@ -365,7 +399,7 @@ impl ClientConnection {
         self.events.push_back(ClientEvent::Completed { id, result });
     }
 
-    fn close(&mut self, reason: CloseReason) {
+    fn close_with(&mut self, reason: CloseReason) {
         if self.state == State::Closed {
             return;
         }

@@ -1,0 +1,497 @@
+//! The task that owns the connection: a loop around the sans-IO
+//! `ClientConnection`, plus the supervisor that reconnects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Map, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use ferrolink_proto::Instant;
+use ferrolink_proto::calls::CallId;
+use ferrolink_proto::client::{
+    CallResult, ClientConfig, ClientConnection, ClientEvent, CloseReason, LocalFailure,
+};
+
+use crate::backoff::{Backoff, ReconnectPolicy};
+use crate::client::{OutputFn, Status, WeakClient, status_text};
+use crate::error::{
+    CallError, CallErrorKind, ConnectError, ConnectErrorKind, HandlerError, RemoteError,
+};
+use crate::handler::{CallContext, Handler, Request};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Reply = oneshot::Sender<Result<String, CallError>>;
+
+pub(crate) struct Settings {
+    pub(crate) url: String,
+    pub(crate) key: String,
+    pub(crate) handlers: HashMap<String, Handler>,
+    pub(crate) reconnect: ReconnectPolicy,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) max_pending: usize,
+    pub(crate) on_output: Option<OutputFn>,
+}
+
+pub(crate) enum Command {
+    Call {
+        command: String,
+        args: String,
+        kwargs: String,
+        timeout: Duration,
+        call_stack_id: Option<String>,
+        reply: Reply,
+    },
+    Disconnect(oneshot::Sender<()>),
+}
+
+/// The protocol core's clock: milliseconds since the link opened, on tokio's
+/// clock (so paused-time tests drive it).
+#[derive(Clone, Copy)]
+struct Clock(tokio::time::Instant);
+
+impl Clock {
+    fn now(self) -> Instant {
+        Instant::from_millis(self.0.elapsed().as_millis() as u64)
+    }
+
+    fn to_tokio(self, t: Instant) -> tokio::time::Instant {
+        self.0 + Duration::from_millis(t.as_millis())
+    }
+}
+
+/// An authenticated connection.
+pub(crate) struct Link {
+    ws: Ws,
+    conn: ClientConnection,
+    clock: Clock,
+}
+
+/// Opens the websocket, sends the key and the registrations, and waits for
+/// the verdict.
+pub(crate) async fn connect(settings: &Settings) -> Result<Link, ConnectError> {
+    let attempt = async {
+        let (ws, _) = tokio_tungstenite::connect_async(&settings.url)
+            .await
+            .map_err(|e| {
+                ConnectError::with_source(
+                    ConnectErrorKind::Transport,
+                    format!("cannot open a websocket to {}", settings.url),
+                    e,
+                )
+            })?;
+        if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            let _ = tcp.set_nodelay(true);
+        }
+        let clock = Clock(tokio::time::Instant::now());
+        let mut config = ClientConfig::new(settings.key.clone());
+        config.heartbeat_interval = settings.heartbeat_interval;
+        config.heartbeat_timeout = settings.heartbeat_timeout;
+        config.max_pending = settings.max_pending;
+        let mut conn = ClientConnection::new(config, clock.now());
+        for name in settings.handlers.keys() {
+            conn.register(name);
+        }
+        let mut link = Link { ws, conn, clock };
+        // Registrations have no acknowledgement; once the key is accepted, an
+        // echo sent after them comes back only after the server has processed
+        // them (it handles a connection's frames in order), so a refusal
+        // arrives first and `connect` reports it.
+        let mut barrier = None;
+        loop {
+            flush(&mut link).await.map_err(|e| {
+                ConnectError::with_source(
+                    ConnectErrorKind::Transport,
+                    "the connection broke during the handshake",
+                    e,
+                )
+            })?;
+            // Only the verdict is read here; anything after it stays queued
+            // in the connection for the driver.
+            if let Some(ev) = link.conn.poll_event() {
+                match ev {
+                    ClientEvent::Authenticated { .. } if settings.handlers.is_empty() => {
+                        return Ok(link);
+                    }
+                    ClientEvent::Authenticated { .. } => {
+                        let now = link.clock.now();
+                        let id = link
+                            .conn
+                            .call(
+                                now,
+                                "anvil.private.echo",
+                                "[\"registered\"]",
+                                "{}",
+                                settings.connect_timeout,
+                            )
+                            .map_err(|e| {
+                                ConnectError::new(ConnectErrorKind::Protocol, e.to_string())
+                            })?;
+                        barrier = Some(id);
+                    }
+                    ClientEvent::Completed { id, result } if Some(id) == barrier => {
+                        return match result {
+                            CallResult::Response(_) => Ok(link),
+                            // The link closed; the reason follows as `Closed`.
+                            CallResult::Failed(LocalFailure::ConnectionClosed) => continue,
+                            other => Err(ConnectError::new(
+                                ConnectErrorKind::Protocol,
+                                format!("the server did not confirm the registrations: {other:?}"),
+                            )),
+                        };
+                    }
+                    ClientEvent::Closed(CloseReason::Fatal(text)) => {
+                        return Err(ConnectError::from_fatal(&text));
+                    }
+                    ClientEvent::Closed(CloseReason::Protocol(text)) => {
+                        return Err(ConnectError::new(
+                            ConnectErrorKind::Protocol,
+                            format!("the server does not speak the uplink protocol: {text}"),
+                        ));
+                    }
+                    ClientEvent::Closed(_) => {
+                        return Err(ConnectError::new(
+                            ConnectErrorKind::Transport,
+                            "the server closed the connection before answering the key",
+                        ));
+                    }
+                    ClientEvent::Output(text) => output(settings, &text),
+                    _ => {}
+                }
+                continue;
+            }
+            match link.ws.next().await {
+                Some(Ok(Message::Text(t))) => link.conn.handle_text(link.clock.now(), &t),
+                Some(Ok(Message::Close(_))) | None => link.conn.handle_closed(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Err(ConnectError::with_source(
+                        ConnectErrorKind::Transport,
+                        "the connection broke during the handshake",
+                        e,
+                    ));
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(settings.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::new(
+            ConnectErrorKind::Timeout,
+            format!(
+                "no answer to the key from {} within {:?}",
+                settings.url, settings.connect_timeout
+            ),
+        )),
+    }
+}
+
+async fn flush(link: &mut Link) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut wrote = false;
+    while let Some(frame) = link.conn.poll_transmit() {
+        link.ws.feed(Message::text(frame)).await?;
+        wrote = true;
+    }
+    if wrote {
+        link.ws.flush().await?;
+    }
+    Ok(())
+}
+
+fn output(settings: &Settings, text: &str) {
+    match &settings.on_output {
+        Some(f) => f(text),
+        None => tracing::info!(output = text, "server output"),
+    }
+}
+
+/// How one connection ended.
+enum End {
+    /// `disconnect()` was called.
+    Disconnected,
+    /// Every `Client` was dropped.
+    Dropped,
+    /// The link broke; reconnect.
+    Lost(String),
+    /// The server sent a fatal error (for example, the key was revoked).
+    Fatal(String),
+}
+
+/// Runs connections until the client is disconnected, dropped, or refused.
+pub(crate) async fn supervise(
+    settings: Arc<Settings>,
+    first: Link,
+    mut commands: mpsc::Receiver<Command>,
+    status: watch::Sender<Status>,
+    client: WeakClient,
+) {
+    let mut backoff = Backoff::new(settings.reconnect.clone());
+    let mut link = Some(first);
+    loop {
+        let current = match link.take() {
+            Some(l) => l,
+            None => match reconnect(&settings, &mut backoff, &mut commands, &status).await {
+                Some(l) => l,
+                None => break,
+            },
+        };
+        backoff.reset();
+        status.send_replace(Status::Connected);
+        tracing::info!(url = %settings.url, "uplink connected");
+        let end = run(current, &settings, &mut commands, &client).await;
+        match end {
+            End::Disconnected | End::Dropped => {
+                status.send_replace(Status::Closed);
+                break;
+            }
+            End::Lost(reason) => {
+                tracing::warn!(reason = %reason, "uplink connection lost");
+                if !settings.reconnect.enabled {
+                    status.send_replace(Status::Closed);
+                    break;
+                }
+            }
+            End::Fatal(text) => {
+                let e = ConnectError::from_fatal(&text);
+                tracing::error!(error = %e, "the server closed the uplink");
+                if !e.is_retryable() && e.kind() != ConnectErrorKind::Refused {
+                    status.send_replace(Status::Failed {
+                        kind: e.kind(),
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+                if !settings.reconnect.enabled {
+                    status.send_replace(Status::Closed);
+                    break;
+                }
+            }
+        }
+    }
+    refuse_forever(&mut commands, &status).await;
+}
+
+/// Waits and retries until connected; `None` if the client was closed
+/// meanwhile or the server refused the key.
+async fn reconnect(
+    settings: &Settings,
+    backoff: &mut Backoff,
+    commands: &mut mpsc::Receiver<Command>,
+    status: &watch::Sender<Status>,
+) -> Option<Link> {
+    loop {
+        status.send_replace(Status::Reconnecting {
+            attempt: backoff.attempt() + 1,
+        });
+        let delay = backoff.next_delay(rand::random::<f64>());
+        if !idle(delay, commands, status).await {
+            status.send_replace(Status::Closed);
+            return None;
+        }
+        match connect(settings).await {
+            Ok(link) => return Some(link),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(attempt = backoff.attempt(), error = %e, "reconnect failed");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reconnect refused; giving up");
+                status.send_replace(Status::Failed {
+                    kind: e.kind(),
+                    reason: e.to_string(),
+                });
+                return None;
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay`, failing calls fast meanwhile. `false` if the client
+/// was disconnected or dropped.
+async fn idle(
+    delay: Duration,
+    commands: &mut mpsc::Receiver<Command>,
+    status: &watch::Sender<Status>,
+) -> bool {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return true,
+            cmd = commands.recv() => match cmd {
+                Some(Command::Call { reply, .. }) => {
+                    let _ = reply.send(Err(CallError::new(CallErrorKind::NotConnected, status_text(&status.borrow()))));
+                }
+                Some(Command::Disconnect(done)) => {
+                    let _ = done.send(());
+                    return false;
+                }
+                None => return false,
+            },
+        }
+    }
+}
+
+async fn refuse_forever(commands: &mut mpsc::Receiver<Command>, status: &watch::Sender<Status>) {
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            Command::Call { reply, .. } => {
+                let _ = reply.send(Err(CallError::new(
+                    CallErrorKind::NotConnected,
+                    status_text(&status.borrow()),
+                )));
+            }
+            Command::Disconnect(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn call_result(name: &str, timeout: Duration, result: CallResult) -> Result<String, CallError> {
+    match result {
+        CallResult::Response(raw) => Ok(raw),
+        CallResult::Error(raw) => Err(CallError::from_remote(name, RemoteError::parse(&raw))),
+        CallResult::Failed(LocalFailure::Timeout) => Err(CallError::new(
+            CallErrorKind::Timeout,
+            format!("{name}: no answer within {} s", timeout.as_secs_f64()),
+        )),
+        CallResult::Failed(LocalFailure::ConnectionClosed) => Err(CallError::new(
+            CallErrorKind::ConnectionLost,
+            format!(
+                "{name}: the connection was lost before the answer came (the function may or may not have run)"
+            ),
+        )),
+    }
+}
+
+async fn run(
+    mut link: Link,
+    settings: &Settings,
+    commands: &mut mpsc::Receiver<Command>,
+    client: &WeakClient,
+) -> End {
+    let mut waiting: HashMap<CallId, (Reply, String, Duration)> = HashMap::new();
+    let (respond_tx, mut respond_rx) =
+        mpsc::unbounded_channel::<(String, Result<String, HandlerError>)>();
+    let clock = link.clock;
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut requested: Option<End> = None;
+    loop {
+        let mut closed = None;
+        while let Some(ev) = link.conn.poll_event() {
+            match ev {
+                ClientEvent::Completed { id, result } => {
+                    if let Some((reply, name, timeout)) = waiting.remove(&id) {
+                        let _ = reply.send(call_result(&name, timeout, result));
+                    }
+                }
+                ClientEvent::Incoming(call) => dispatch(settings, client, &respond_tx, call),
+                ClientEvent::Output(text) => output(settings, &text),
+                ClientEvent::Authenticated { .. } => {}
+                ClientEvent::Closed(reason) => closed = Some(reason),
+            }
+        }
+        if let Some(reason) = closed {
+            let _ = link.ws.close(None).await;
+            return match (requested, reason) {
+                (Some(end), _) => end,
+                (None, CloseReason::Fatal(text)) => End::Fatal(text),
+                (None, CloseReason::HeartbeatTimeout) => End::Lost(format!(
+                    "the server did not answer a heartbeat within {:?}",
+                    settings.heartbeat_timeout
+                )),
+                (None, CloseReason::TransportClosed) => {
+                    End::Lost("the server closed the connection".to_owned())
+                }
+                (None, CloseReason::Protocol(text)) => End::Lost(format!("protocol error: {text}")),
+            };
+        }
+        if let Err(e) = flush(&mut link).await {
+            tracing::debug!(error = %e, "write failed");
+            link.conn.handle_closed();
+            continue;
+        }
+        if let Some(t) = link.conn.poll_timeout() {
+            sleep.as_mut().reset(clock.to_tokio(t));
+        }
+        tokio::select! {
+            msg = link.ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => link.conn.handle_text(clock.now(), &t),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => link.conn.handle_closed(),
+                Some(Ok(_)) => {}
+            },
+            cmd = commands.recv() => match cmd {
+                Some(Command::Call { command, args, kwargs, timeout, call_stack_id, reply }) => {
+                    match link.conn.call_nested(clock.now(), &command, &args, &kwargs, timeout, call_stack_id.as_deref()) {
+                        Ok(id) => {
+                            waiting.insert(id, (reply, command, timeout));
+                        }
+                        Err(full) => {
+                            let _ = reply.send(Err(CallError::new(CallErrorKind::QuotaExceeded, format!("{command}: {full}"))));
+                        }
+                    }
+                }
+                Some(Command::Disconnect(done)) => {
+                    let _ = done.send(());
+                    requested = Some(End::Disconnected);
+                    link.conn.close();
+                }
+                None => {
+                    requested = Some(End::Dropped);
+                    link.conn.close();
+                }
+            },
+            Some((id, result)) = respond_rx.recv() => {
+                link.conn.respond(&id, result.as_ref().map(String::as_str).map_err(|e| (e.error_type(), e.message())));
+            }
+            () = &mut sleep => link.conn.handle_timeout(clock.now()),
+        }
+    }
+}
+
+/// Runs a registered function for an incoming call on its own task.
+fn dispatch(
+    settings: &Settings,
+    client: &WeakClient,
+    respond: &mpsc::UnboundedSender<(String, Result<String, HandlerError>)>,
+    call: ferrolink_proto::client::IncomingCall,
+) {
+    let Some(handler) = settings.handlers.get(&call.command).cloned() else {
+        let message = format!(
+            "No server function matching \"{}\" has been registered",
+            call.command
+        );
+        let error = HandlerError::new(ferrolink_proto::error_type::NO_SERVER_FUNCTION, message);
+        let _ = respond.send((call.id, Err(error)));
+        return;
+    };
+    let Some(client) = client.upgrade() else {
+        return;
+    };
+    let call_stack_id = serde_json::from_str::<String>(&call.id).unwrap_or_default();
+    let args: Value = serde_json::from_str(&call.args).unwrap_or(Value::Array(Vec::new()));
+    let kwargs: Map<String, Value> = serde_json::from_str(&call.kwargs).unwrap_or_default();
+    let respond = respond.clone();
+    tracing::debug!(command = %call.command, "incoming call");
+    tokio::spawn(async move {
+        let request = Request {
+            command: call.command,
+            args,
+            kwargs,
+            context: CallContext {
+                client,
+                call_stack_id,
+            },
+        };
+        let result = handler(request).await;
+        let _ = respond.send((call.id, result));
+    });
+}

@@ -1,0 +1,127 @@
+//! Registered functions: what runs when the server calls this client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::{CallError, HandlerError};
+use crate::{CallOptions, Client};
+
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<String, HandlerError>> + Send>>;
+pub(crate) type Handler = Arc<dyn Fn(Request) -> HandlerFuture + Send + Sync>;
+
+/// An incoming call, for functions registered with
+/// [`crate::ClientBuilder::register_raw`].
+#[derive(Debug)]
+pub struct Request {
+    /// The function name as called.
+    pub command: String,
+    /// Positional arguments (a JSON array).
+    pub args: Value,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// Lets the function call others within this call's context.
+    pub context: CallContext,
+}
+
+/// The context of an incoming call: calls made through it carry this call's
+/// `call-stack-id`, so the server runs them in the caller's context (for
+/// example, to ask who the browser user behind the call is).
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub(crate) client: Client,
+    pub(crate) call_stack_id: String,
+}
+
+impl CallContext {
+    /// Calls `name` from inside this call.
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        name: &str,
+        args: impl Serialize,
+    ) -> Result<R, CallError> {
+        let options = CallOptions {
+            call_stack_id: Some(self.call_stack_id.clone()),
+            ..CallOptions::default()
+        };
+        self.client.call_with(name, args, options).await
+    }
+
+    /// The client this call arrived on.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Wraps a typed async function as a handler: arguments are decoded from the
+/// positional array into `A` (a tuple, or anything deserialisable from an
+/// array), the result is encoded from `R`.
+pub(crate) fn typed<A, R, F, Fut>(f: F) -> Handler
+where
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |req: Request| {
+        let f = f.clone();
+        Box::pin(async move {
+            // `()` reads from null, not from `[]`: try that first for no arguments.
+            let no_args = req.args.as_array().is_some_and(Vec::is_empty);
+            let unit = no_args
+                .then(|| serde_json::from_value::<A>(Value::Null).ok())
+                .flatten();
+            let args: A = match unit {
+                Some(a) => Ok(a),
+                None => serde_json::from_value(req.args),
+            }
+            .map_err(|e| {
+                HandlerError::new(
+                    "TypeError",
+                    format!(
+                        "{}: the arguments do not fit this function: {e}",
+                        req.command
+                    ),
+                )
+            })?;
+            let result = f(args).await?;
+            serde_json::to_string(&result).map_err(|e| {
+                HandlerError::new(
+                    "anvil.server.SerializationError",
+                    format!(
+                        "{}: the result could not be encoded as JSON: {e}",
+                        req.command
+                    ),
+                )
+            })
+        }) as HandlerFuture
+    })
+}
+
+/// Wraps an async function taking the whole [`Request`].
+pub(crate) fn raw<R, F, Fut>(f: F) -> Handler
+where
+    R: Serialize + Send + 'static,
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |req: Request| {
+        let f = f.clone();
+        Box::pin(async move {
+            let command = req.command.clone();
+            let result = f(req).await?;
+            serde_json::to_string(&result).map_err(|e| {
+                HandlerError::new(
+                    "anvil.server.SerializationError",
+                    format!("{command}: the result could not be encoded as JSON: {e}"),
+                )
+            })
+        }) as HandlerFuture
+    })
+}

@@ -1,0 +1,54 @@
+//! A Rust client for ferrolink (and other Anvil Uplink servers): connect
+//! with a key, register functions the app can call, call the app's
+//! functions — with automatic reconnect and the official heartbeat.
+//!
+//! Built on the same sans-IO protocol core as the server
+//! (`ferrolink-proto`); this crate adds the tokio driver.
+//!
+//! ```no_run
+//! use ferrolink_client::{Client, HandlerError};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::builder("ws://127.0.0.1:3030/_/uplink", "flk_…")
+//!     .register("add", |(a, b): (f64, f64)| async move { Ok::<_, HandlerError>(a + b) })
+//!     .connect()
+//!     .await?;
+//! let temperature: f64 = client.call("read_temperature", ()).await?;
+//! let pattern: String = client.call_device("pico-1", "blink_morse", ("SOS",)).await?;
+//! client.disconnect().await;
+//! # let _ = (temperature, pattern); Ok(()) }
+//! ```
+//!
+//! Behaviour to know:
+//!
+//! - **Arguments** are positional: pass a tuple (`(x,)` for one, `()` for none).
+//!   Keyword arguments, per-call deadlines and device addressing go through
+//!   [`Client::call_with`] and [`CallOptions`].
+//! - **Errors**: every failure is a [`CallError`] whose [`CallError::kind`]
+//!   says what to do; errors raised by the function keep their type string
+//!   ([`CallError::remote_type`], e.g. `"ValueError"`).
+//! - **Reconnect**: after a lost connection the client waits
+//!   (exponential backoff with full jitter, [`ReconnectPolicy`]), reconnects,
+//!   and registers its functions again. Calls made while disconnected fail at
+//!   once with [`CallErrorKind::NotConnected`] rather than wait; calls in
+//!   flight when the link drops fail with [`CallErrorKind::ConnectionLost`].
+//!   No call is dropped without an answer. A bad or revoked key is not
+//!   retried: [`Client::status`] becomes [`Status::Failed`].
+//! - **Heartbeat**: `anvil.private.echo` every 10 s, as the official
+//!   clients; an echo unanswered for 20 s means the server is gone, and the
+//!   client reconnects without waiting for TCP to notice.
+//!
+//! Not here yet: TLS (`wss://`) with pinned roots — see the secure transport issue.
+
+mod backoff;
+mod client;
+mod driver;
+mod error;
+mod handler;
+
+pub use backoff::ReconnectPolicy;
+pub use client::{CallOptions, Client, ClientBuilder, Status};
+pub use error::{
+    CallError, CallErrorKind, ConnectError, ConnectErrorKind, HandlerError, RemoteError,
+};
+pub use handler::{CallContext, Request};

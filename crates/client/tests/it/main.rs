@@ -1,0 +1,5 @@
+//! The Rust client against the real server: interop with the official
+//! Python client in both directions, reconnects, deadlines, refusals.
+
+mod interop;
+mod lifecycle;
