@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -491,7 +491,11 @@ fn dispatch(
                 call_stack_id,
             },
         };
-        let result = handler(request).await;
+        // A panicking function must not leave its caller waiting.
+        let result = std::panic::AssertUnwindSafe(handler(request))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(HandlerError::new("Exception", "the function panicked")));
         let _ = respond.send((call.id, result));
     });
 }

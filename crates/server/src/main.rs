@@ -1,4 +1,7 @@
-//! The `ferrolink` command line: run the server, manage apps and keys.
+//! The `ferrolink` command line: run the server, manage apps and keys, call
+//! functions, simulate a device.
+
+mod sim;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,57 @@ enum Command {
     /// Manage uplink keys (works while the server runs).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Call a function and print its JSON result (errors: exit 1).
+    Call(CallArgs),
+    /// Run a simulated Pico W: registers blink_morse(text),
+    /// read_temperature() and set_led(on), and logs a reading to the app's
+    /// `log_reading` function every few seconds if the app has one.
+    DeviceSim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct Connection {
+    /// Uplink URL, e.g. ws://127.0.0.1:3030/_/uplink.
+    #[arg(long, env = "FERROLINK_URL")]
+    url: String,
+    /// Uplink key.
+    #[arg(long, env = "FERROLINK_KEY", hide_env_values = true)]
+    key: String,
+}
+
+#[derive(clap::Args)]
+struct CallArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Function name.
+    function: String,
+    /// Positional arguments, each one JSON value (a string needs quotes: '"SOS"').
+    #[arg(value_name = "JSON_ARG")]
+    args: Vec<String>,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    kwargs: Option<String>,
+    /// Call the function on this device only.
+    #[arg(long)]
+    device: Option<String>,
+    /// Deadline in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Name shown in the device's output.
+    #[arg(long, default_value = "pico-sim")]
+    name: String,
+    /// Seconds between readings logged to the app.
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+    /// The app function readings are logged to.
+    #[arg(long, default_value = "log_reading")]
+    log_function: String,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +120,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also run a simulated device (`device-sim`) on app `demo`, with a fresh
+    /// device key named `pico-sim`.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,7 +176,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -145,7 +207,90 @@ fn run(cli: Cli) -> Result<()> {
             let store = open(&cli.data)?;
             key_command(&store, cmd)
         }
+        Command::Call(args) => call(args),
+        Command::DeviceSim(args) => device_sim(args),
     }
+}
+
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn call(args: CallArgs) -> Result<()> {
+    let mut positional = Vec::with_capacity(args.args.len());
+    for (i, a) in args.args.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(a).map_err(|e| {
+            usage(format!(
+                "argument {} ({a:?}) is not JSON: {e}; quote strings, e.g. '\"SOS\"'",
+                i + 1
+            ))
+        })?;
+        positional.push(v);
+    }
+    let mut options =
+        ferrolink_client::CallOptions::default().timeout(Duration::from_millis(args.timeout_ms));
+    if let Some(k) = &args.kwargs {
+        let v: serde_json::Value =
+            serde_json::from_str(k).map_err(|e| usage(format!("--kwargs is not JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(usage(
+                "--kwargs must be a JSON object, e.g. '{\"unit\": \"C\"}'".to_owned(),
+            ));
+        }
+        options = options.kwargs(v);
+    }
+    if let Some(d) = &args.device {
+        options = options.device(d);
+    }
+    client_runtime()?.block_on(async {
+        let client = ferrolink_client::Client::builder(&args.connection.url, &args.connection.key)
+            .connect()
+            .await?;
+        let result = client
+            .call_raw(&args.function, positional, options)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"));
+        client.disconnect().await;
+        println!("{}", result?);
+        Ok(())
+    })
+}
+
+fn device_sim(args: SimArgs) -> Result<()> {
+    init_logging(LogFormat::Text);
+    client_runtime()?.block_on(async {
+        let _client = sim::run(
+            &args.connection.url,
+            &args.connection.key,
+            &args.name,
+            Duration::from_secs(args.log_every.max(1)),
+            &args.log_function,
+        )
+        .await?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        Ok(())
+    })
+}
+
+/// A usage error: printed like clap's, exit code 2.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(message: String) -> anyhow::Error {
+    anyhow::Error::new(Usage(message))
 }
 
 fn open(data: &Path) -> Result<Store> {
@@ -219,6 +364,7 @@ fn init_logging(format: LogFormat) {
 
 fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     init_logging(args.log_format);
+    let demo_device = args.demo;
     let store = open(data)?;
     let demo = if store.is_fresh() {
         store.create_app("demo")?;
@@ -253,6 +399,28 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
         }
         println!("uplink: {}", server.uplink_url());
         println!("status: http://{}/", server.local_addr());
+        let _device = if demo_device {
+            let store = open(data)?;
+            // A fresh key each start: the previous secret was never stored.
+            let _ = store.revoke("pico-sim");
+            let (_, key) = store.create_key("demo", Privilege::Server, Some("pico-sim"))?;
+            drop(store);
+            let client = sim::run(
+                &server.uplink_url(),
+                key.expose(),
+                "pico-sim",
+                Duration::from_secs(10),
+                "log_reading",
+            )
+            .await?;
+            println!(
+                "demo device pico-sim is online; try: ferrolink call --url {} --key <client key> blink_morse '\"SOS\"'",
+                server.uplink_url()
+            );
+            Some(client)
+        } else {
+            None
+        };
         tokio::signal::ctrl_c()
             .await
             .context("cannot wait for Ctrl-C")?;

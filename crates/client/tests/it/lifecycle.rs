@@ -264,3 +264,25 @@ async fn many_calls_in_flight_over_one_connection_and_device_addressing() {
         assert_eq!(who, name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_function_answers_with_an_error() {
+    let server = TestServer::start().await;
+    let _provider = Client::builder(server.url(), &server.server_key)
+        .register("boom", |(): ()| async {
+            if true {
+                panic!("on purpose");
+            }
+            Ok::<u8, HandlerError>(0)
+        })
+        .connect()
+        .await
+        .unwrap();
+    let caller = Client::builder(server.url(), &server.client_key)
+        .connect()
+        .await
+        .unwrap();
+    let e = caller.call::<Value>("boom", ()).await.unwrap_err();
+    assert_eq!(e.kind(), CallErrorKind::Remote);
+    assert!(e.to_string().contains("panicked"), "{e}");
+}

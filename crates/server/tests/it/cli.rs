@@ -147,3 +147,113 @@ fn bad_cli_input_gets_clear_errors_and_exit_codes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
+
+/// Starts `ferrolink serve --demo` and returns its lines up to the demo device line.
+fn serve_demo(data: &std::path::Path) -> (Serve, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--demo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ferrolink serve --demo");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(stdout).lines();
+    for line in reader.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with("demo device pico-sim is online");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    // Keep reading what the demo device prints, as a terminal would.
+    std::thread::spawn(move || reader.for_each(drop));
+    (Serve(child), lines)
+}
+
+#[test]
+fn serve_demo_runs_a_device_that_ferrolink_call_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, lines) = serve_demo(dir.path());
+    let url = field(&lines, "uplink: ");
+    let key = field(&lines, "client key: ");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["call", "--url", &url, "--key", &key])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["blink_morse", "\"SOS\""]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "\"... --- ...\"");
+    let (code, out, _) = run(&["--device", "pico-sim", "set_led", "true"]);
+    assert_eq!((code, out.as_str()), (Some(0), "true"));
+    let (code, out, _) = run(&["read_temperature"]);
+    assert_eq!(code, Some(0));
+    let t: f64 = out.parse().unwrap();
+    assert!((15.0..30.0).contains(&t), "{t}");
+    let (code, _, err) = run(&["no_such_thing"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("No server function matching"), "{err}");
+    let (code, _, err) = run(&["blink_morse", "SOS"]);
+    assert_eq!(code, Some(2), "bad JSON is a usage error");
+    assert!(err.contains("quote strings"), "{err}");
+    let (code, _, err) = run(&["blink_morse", "\"§\""]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ValueError"), "{err}");
+}
+
+#[test]
+fn device_sim_registers_its_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, lines) = serve(dir.path());
+    let url = field(&lines, "uplink: ");
+    let server_key = field(&lines, "server key: ");
+    let client_key = field(&lines, "client key: ");
+    let mut sim = Command::new(BIN)
+        .args([
+            "device-sim",
+            "--url",
+            &url,
+            "--key",
+            &server_key,
+            "--name",
+            "bench-pico",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = sim.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout).lines();
+    let first = reader.next().unwrap().unwrap();
+    assert!(first.contains("device bench-pico connected"), "{first}");
+    let _guard = Serve(sim);
+    let out = Command::new(BIN)
+        .args([
+            "call",
+            "--url",
+            &url,
+            "--key",
+            &client_key,
+            "blink_morse",
+            "\"hi\"",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\".... ..\"");
+    let printed = reader.next().unwrap().unwrap();
+    assert!(
+        printed.contains("blink_morse(\"hi\") -> .... .."),
+        "{printed}"
+    );
+}

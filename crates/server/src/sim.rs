@@ -1,0 +1,188 @@
+//! `ferrolink device-sim`: a simulated Pico W, built on `ferrolink-client`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use ferrolink_client::{CallErrorKind, Client, HandlerError, ReconnectPolicy};
+
+/// Morse code of a character, or `None` for characters without one.
+fn morse(c: char) -> Option<&'static str> {
+    const LETTERS: [&str; 26] = [
+        ".-", "-...", "-.-.", "-..", ".", "..-.", "--.", "....", "..", ".---", "-.-", ".-..", "--",
+        "-.", "---", ".--.", "--.-", ".-.", "...", "-", "..-", "...-", ".--", "-..-", "-.--",
+        "--..",
+    ];
+    const DIGITS: [&str; 10] = [
+        "-----", ".----", "..---", "...--", "....-", ".....", "-....", "--...", "---..", "----.",
+    ];
+    let c = c.to_ascii_uppercase();
+    match c {
+        'A'..='Z' => Some(LETTERS[c as usize - 'A' as usize]),
+        '0'..='9' => Some(DIGITS[c as usize - '0' as usize]),
+        '.' => Some(".-.-.-"),
+        ',' => Some("--..--"),
+        '?' => Some("..--.."),
+        '!' => Some("-.-.--"),
+        _ => None,
+    }
+}
+
+/// The pattern for `text`: letters separated by spaces, words by " / ".
+pub(crate) fn morse_pattern(text: &str) -> String {
+    text.split_whitespace()
+        .map(|word| word.chars().filter_map(morse).collect::<Vec<_>>().join(" "))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// On/off timings in units (dot = 1 on, dash = 3 on, gaps 1/3/7 off), as
+/// the LED would blink them.
+pub(crate) fn morse_timing(pattern: &str) -> Vec<(bool, u32)> {
+    let mut out: Vec<(bool, u32)> = Vec::new();
+    let gap = |out: &mut Vec<(bool, u32)>, units: u32| match out.last_mut() {
+        Some((false, u)) => *u = (*u).max(units),
+        Some(_) => out.push((false, units)),
+        None => {}
+    };
+    for token in pattern.split(' ') {
+        match token {
+            "/" => gap(&mut out, 7),
+            letter => {
+                gap(&mut out, 3);
+                for (i, symbol) in letter.chars().enumerate() {
+                    if i > 0 {
+                        gap(&mut out, 1);
+                    }
+                    out.push((true, if symbol == '-' { 3 } else { 1 }));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Registers the simulated device's functions and runs until Ctrl-C (or
+/// forever, when embedded in `serve --demo`).
+pub(crate) async fn run(
+    url: &str,
+    key: &str,
+    name: &str,
+    log_every: Duration,
+    log_function: &str,
+) -> Result<Client> {
+    let started = Instant::now();
+    let led = Arc::new(AtomicBool::new(false));
+    let tag = name.to_owned();
+    let led_for_set = led.clone();
+    let client = Client::builder(url, key)
+        .reconnect(ReconnectPolicy::default())
+        .register("blink_morse", move |(text,): (String,)| {
+            let tag = tag.clone();
+            async move {
+                let pattern = morse_pattern(&text);
+                if pattern.is_empty() {
+                    return Err(HandlerError::new(
+                        "ValueError",
+                        format!("nothing to blink in {text:?}"),
+                    ));
+                }
+                let unit_ms = 200;
+                let timing: Vec<String> = morse_timing(&pattern)
+                    .iter()
+                    .map(|(on, units)| {
+                        format!("{} {}ms", if *on { "on" } else { "off" }, units * unit_ms)
+                    })
+                    .collect();
+                say(format_args!("[{tag}] blink_morse({text:?}) -> {pattern}"));
+                say(format_args!("[{tag}]   LED: {}", timing.join(", ")));
+                Ok(pattern)
+            }
+        })
+        .register("read_temperature", move |(): ()| async move {
+            Ok::<_, HandlerError>(temperature(started.elapsed()))
+        })
+        .register("set_led", move |(on,): (bool,)| {
+            let led = led_for_set.clone();
+            async move {
+                led.store(on, Ordering::Relaxed);
+                Ok::<_, HandlerError>(on)
+            }
+        })
+        .connect()
+        .await
+        .with_context(|| format!("device {name} cannot connect to {url}"))?;
+    say(format_args!(
+        "device {name} connected to {url}: blink_morse(text), read_temperature(), set_led(on)"
+    ));
+    let logger = client.clone();
+    let function = log_function.to_owned();
+    let tag = name.to_owned();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(log_every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let reading = temperature(started.elapsed());
+            match logger
+                .call::<serde_json::Value>(&function, (reading,))
+                .await
+            {
+                Ok(_) => say(format_args!(
+                    "[{tag}] logged {reading:.2} °C via {function}"
+                )),
+                // No app function to log to yet: that is fine for a demo.
+                Err(e) if e.kind() == CallErrorKind::NoSuchFunction => {}
+                Err(e) if e.kind() == CallErrorKind::NotConnected => {}
+                Err(e) => tracing::warn!(device = %tag, error = %e, "logging a reading failed"),
+            }
+        }
+    });
+    Ok(client)
+}
+
+/// Prints a line; a closed stdout (the terminal went away) is not an error
+/// for a device that should keep serving.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// A plausible room temperature drifting slowly, with a little noise.
+fn temperature(elapsed: Duration) -> f64 {
+    let t = elapsed.as_secs_f64();
+    let noise: f64 = rand::random::<f64>() * 0.2 - 0.1;
+    let value = 21.0 + 1.5 * (t / 120.0).sin() + noise;
+    (value * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sos_in_morse() {
+        assert_eq!(morse_pattern("sos"), "... --- ...");
+        assert_eq!(morse_pattern("Hi 2"), ".... .. / ..---");
+        assert_eq!(morse_pattern("§§"), "");
+    }
+
+    #[test]
+    fn timing_uses_standard_units() {
+        let t = morse_timing(".- /  -");
+        assert_eq!(
+            t,
+            vec![(true, 1), (false, 1), (true, 3), (false, 7), (true, 3)]
+        );
+    }
+
+    #[test]
+    fn temperature_is_plausible() {
+        for s in [0, 60, 600, 6000] {
+            let v = temperature(Duration::from_secs(s));
+            assert!((19.0..23.0).contains(&v), "{v}");
+        }
+    }
+}
