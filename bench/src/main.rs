@@ -58,6 +58,9 @@ struct Args {
     /// main thread, the provider on a worker).
     #[arg(long, default_value_t = 1)]
     load_threads: usize,
+    /// Skip the ferrolink-client table.
+    #[arg(long)]
+    no_client: bool,
     /// Skip the raw TCP echo baseline.
     #[arg(long)]
     no_echo: bool,
@@ -250,8 +253,16 @@ async fn tcp_echo(size: usize, in_flight: usize, secs: f64) -> Result<Figures> {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
+/// tungstenite zero-fills the free part of its read buffer before each read,
+/// so its 128 KiB default costs a large memset per read; every websocket in
+/// this benchmark (load generator and minimal forwarder) uses 16 KiB.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
 async fn connect(url: &str, key: &str) -> Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
     ws.send(Message::text(format!(r#"{{"key":"{key}","v":8}}"#)))
         .await?;
     match ws.next().await {
@@ -341,8 +352,11 @@ async fn minimal_forwarder() -> Result<String> {
 async fn accept_one(listener: &TcpListener, provider: bool) -> Result<Ws> {
     let (tcp, _) = listener.accept().await?;
     tcp.set_nodelay(true)?;
-    let mut ws =
-        tokio_tungstenite::accept_async(tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await?;
+    let mut ws = tokio_tungstenite::accept_async_with_config(
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        Some(ws_config()),
+    )
+    .await?;
     ws.next().await.context("no key")??;
     ws.send(Message::text(r#"{"auth":"OK"}"#)).await?;
     if provider {
@@ -442,6 +456,58 @@ async fn routed(server: &Endpoint, size: usize, in_flight: usize, secs: f64) -> 
     }
 }
 
+/// The same measurement with `ferrolink-client` on both ends: the provider
+/// registers `echo`, the caller keeps `in_flight` calls open from as many
+/// tasks.
+async fn routed_rust_client(
+    server: &Endpoint,
+    size: usize,
+    in_flight: usize,
+    secs: f64,
+) -> Result<Figures> {
+    use ferrolink_client::{Client, HandlerError};
+    let provider = Client::builder(&server.url, &server.server_key)
+        .register(
+            "echo",
+            |(s,): (String,)| async move { Ok::<_, HandlerError>(s) },
+        )
+        .connect()
+        .await?;
+    let caller = Client::builder(&server.url, &server.client_key)
+        .connect()
+        .await?;
+    let payload = "x".repeat(size);
+    let warmup = Duration::from_secs_f64(secs / 5.0);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + Duration::from_secs_f64(secs);
+    let workers = (0..in_flight).map(|_| {
+        let caller = caller.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            loop {
+                let t = Instant::now();
+                if t >= end {
+                    return Ok::<_, anyhow::Error>(h);
+                }
+                let back: String = caller.call("echo", (&payload,)).await?;
+                anyhow::ensure!(back.len() == payload.len(), "echo changed the payload");
+                if t >= measure_from {
+                    h.record(t.elapsed().as_nanos() as u64)?;
+                }
+            }
+        })
+    });
+    let mut total = Histogram::<u64>::new(3)?;
+    for w in futures_util::future::join_all(workers).await {
+        total.add(w??)?;
+    }
+    caller.disconnect().await;
+    provider.disconnect().await;
+    Ok(figures(total.len(), Duration::from_secs_f64(secs), &total))
+}
+
 async fn idle_memory(server: &Server, n: usize) -> Result<(f64, u64, u64)> {
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -521,6 +587,30 @@ fn main() -> Result<()> {
                     call.p50_us / echo.p50_us,
                     call.p50_us / fwd.p50_us,
                 );
+            }
+        }
+        if !args.no_client {
+            println!("\n## ferrolink-client as caller and provider\n");
+            println!("| arg size | in flight | raw load generator calls/s | ferrolink-client calls/s | p50 µs | p99 µs | client ÷ raw |");
+            println!("|---|---|---|---|---|---|---|");
+            for &size in &sizes {
+                for &n in &in_flight {
+                    let (mut raws, mut clients) = (Vec::new(), Vec::new());
+                    for _ in 0..args.repeat.max(1) {
+                        raws.push(routed(&ferrolink, size, n, args.seconds).await?);
+                        clients.push(routed_rust_client(&ferrolink, size, n, args.seconds).await?);
+                    }
+                    let raw = median(&raws);
+                    let client = median(&clients);
+                    println!(
+                        "| {size} B | {n} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} |",
+                        raw.per_sec,
+                        client.per_sec,
+                        client.p50_us,
+                        client.p99_us,
+                        client.per_sec / raw.per_sec
+                    );
+                }
             }
         }
         if args.idle_connections > 0 {
