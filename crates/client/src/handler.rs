@@ -68,38 +68,25 @@ where
     Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Arc::new(move |req: Request| {
+    raw(move |req: Request| {
         let f = f.clone();
-        Box::pin(async move {
-            // `()` reads from null, not from `[]`: try that first for no arguments.
-            let no_args = req.args.as_array().is_some_and(Vec::is_empty);
-            let unit = no_args
-                .then(|| serde_json::from_value::<A>(Value::Null).ok())
-                .flatten();
-            let args: A = match unit {
-                Some(a) => Ok(a),
-                None => serde_json::from_value(req.args),
-            }
-            .map_err(|e| {
-                HandlerError::new(
-                    "TypeError",
-                    format!(
-                        "{}: the arguments do not fit this function: {e}",
-                        req.command
-                    ),
-                )
-            })?;
-            let result = f(args).await?;
-            serde_json::to_string(&result).map_err(|e| {
-                HandlerError::new(
-                    "anvil.server.SerializationError",
-                    format!(
-                        "{}: the result could not be encoded as JSON: {e}",
-                        req.command
-                    ),
-                )
-            })
-        }) as HandlerFuture
+        async move { f(decode_args(&req.command, req.args)?).await }
+    })
+}
+
+/// Decodes positional arguments into `A`.
+fn decode_args<A: DeserializeOwned>(command: &str, args: Value) -> Result<A, HandlerError> {
+    // `()` reads from null, not from `[]`: try that first for no arguments.
+    if args.as_array().is_some_and(Vec::is_empty)
+        && let Ok(a) = serde_json::from_value::<A>(Value::Null)
+    {
+        return Ok(a);
+    }
+    serde_json::from_value(args).map_err(|e| {
+        HandlerError::new(
+            "TypeError",
+            format!("{command}: the arguments do not fit this function: {e}"),
+        )
     })
 }
 

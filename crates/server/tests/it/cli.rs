@@ -30,27 +30,37 @@ impl Drop for Serve {
     }
 }
 
-/// Starts `ferrolink serve` and returns its printed lines up to the uplink URL.
-fn serve(data: &std::path::Path) -> (Serve, Vec<String>) {
+/// Starts `ferrolink serve` with `extra` flags and returns its printed lines
+/// up to the first one starting with `until`; the rest of its output is
+/// drained, as a terminal would.
+fn spawn_serve(data: &std::path::Path, extra: &[&str], until: &str) -> (Serve, Vec<String>) {
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start ferrolink serve");
     let stdout = child.stdout.take().unwrap();
     let mut lines = Vec::new();
-    for line in BufReader::new(stdout).lines() {
+    let mut reader = BufReader::new(stdout).lines();
+    for line in reader.by_ref() {
         let line = line.unwrap();
-        let done = line.starts_with("uplink: ");
+        let done = line.starts_with(until);
         lines.push(line);
         if done {
             break;
         }
     }
+    std::thread::spawn(move || reader.for_each(drop));
     (Serve(child), lines)
+}
+
+/// Starts `ferrolink serve` and returns its printed lines up to the uplink URL.
+fn serve(data: &std::path::Path) -> (Serve, Vec<String>) {
+    spawn_serve(data, &[], "uplink: ")
 }
 
 fn field(lines: &[String], prefix: &str) -> String {
@@ -150,28 +160,7 @@ fn bad_cli_input_gets_clear_errors_and_exit_codes() {
 
 /// Starts `ferrolink serve --demo` and returns its lines up to the demo device line.
 fn serve_demo(data: &std::path::Path) -> (Serve, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["serve", "--listen", "127.0.0.1:0", "--demo"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ferrolink serve --demo");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = Vec::new();
-    let mut reader = BufReader::new(stdout).lines();
-    for line in reader.by_ref() {
-        let line = line.unwrap();
-        let done = line.starts_with("demo device pico-sim is online");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    // Keep reading what the demo device prints, as a terminal would.
-    std::thread::spawn(move || reader.for_each(drop));
-    (Serve(child), lines)
+    spawn_serve(data, &["--demo"], "demo device pico-sim is online")
 }
 
 #[test]
