@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use ferrolink_proto::server::SessionConfig;
 
+use crate::tls::TlsSetting;
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -31,6 +33,13 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Environment name shown to clients (`anvil.app.environment.name`).
     pub environment: String,
+    /// TLS for every endpoint; `None` serves plain HTTP/ws.
+    pub tls: Option<TlsSetting>,
+    /// Serve plain ws on a non-loopback address. Keys then cross the network
+    /// in clear text; only for a network you control.
+    pub insecure_plain_ws: bool,
+    /// How often certificate files are checked for changes.
+    pub cert_reload_every: Duration,
     /// Public origin of the server (`https://host`), answered to
     /// `anvil.private.get_app_origin`; defaults to `http://<listen address>`.
     pub public_origin: Option<String>,
@@ -50,6 +59,9 @@ impl ServerConfig {
             revocation_poll: Duration::from_secs(1),
             session: SessionConfig::default(),
             environment: "ferrolink".to_owned(),
+            tls: None,
+            insecure_plain_ws: false,
+            cert_reload_every: Duration::from_secs(5),
             public_origin: None,
         }
     }

@@ -47,6 +47,7 @@ pub(crate) struct Hub {
     live: Mutex<HashMap<KeyId, Vec<Weak<ConnShared>>>>,
     next_call_id: AtomicU64,
     next_conn_id: AtomicU64,
+    key_messages: AtomicU64,
     epoch: tokio::time::Instant,
     /// Public origin answered to `anvil.private.get_app_origin`.
     pub(crate) origin: String,
@@ -67,6 +68,7 @@ impl Hub {
             live: Mutex::default(),
             next_call_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
+            key_messages: AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
             origin,
         })
@@ -82,6 +84,10 @@ impl Hub {
         self.epoch + std::time::Duration::from_millis(t.as_millis())
     }
 
+    pub(crate) fn key_messages(&self) -> u64 {
+        self.key_messages.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn next_call_id(&self) -> u64 {
         self.next_call_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -93,6 +99,7 @@ impl Hub {
     /// Checks a presented key. Keys created by the CLI since the last cache
     /// refresh are found in the database.
     pub(crate) async fn authenticate(self: &Arc<Self>, key: &str) -> Result<KeyRecord, AuthError> {
+        self.key_messages.fetch_add(1, Ordering::Relaxed);
         let secret = Secret::new(key);
         let Some(id) = secret.id() else {
             return Err(AuthError::Incorrect);

@@ -20,7 +20,9 @@
 //! hashing), `router` (who provides which function), `uplink` (one
 //! connection's driver around `ferrolink_proto::server::ServerSession`).
 //!
-//! Not here yet: TLS, browser sessions, users, the dashboard.
+//! TLS: [`tls::TlsSetting`] (certificate files reloaded on change, or a
+//! generated development CA). Not here yet: ACME, browser sessions, users,
+//! the dashboard.
 
 mod config;
 mod conn;
@@ -29,6 +31,7 @@ mod hub;
 pub mod keys;
 mod router;
 pub mod storage;
+pub mod tls;
 mod uplink;
 
 use std::net::SocketAddr;
@@ -47,6 +50,17 @@ pub enum StartError {
     /// The data directory or database could not be opened.
     #[error("cannot open the data directory")]
     Store(#[from] StoreError),
+    /// A certificate could not be loaded or generated.
+    #[error("TLS setup failed")]
+    Tls(#[from] tls::TlsError),
+    /// Plain ws on a non-loopback address without the explicit flag.
+    #[error(
+        "refusing to serve plain ws:// on {addr}: uplink keys would cross the network unencrypted; use --tls-cert/--tls-key, --dev-tls, or accept the risk with --insecure-plain-ws"
+    )]
+    Insecure {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -63,14 +77,51 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     hub: Arc<Hub>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    dev_ca: Option<tls::DevCa>,
+    stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
     /// Opens the data directory, binds the listen address and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
+        if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.insecure_plain_ws {
+            return Err(StartError::Insecure {
+                addr: config.listen,
+            });
+        }
         let store = Arc::new(Store::open(&config.data_dir)?);
+        let (acceptor, dev_ca, reload) = match &config.tls {
+            None => (None, None, None),
+            Some(setting) => {
+                let (key, dev_ca, files) = match setting {
+                    tls::TlsSetting::Files { cert, key } => (
+                        tls::load_files(cert, key)?,
+                        None,
+                        Some((cert.clone(), key.clone())),
+                    ),
+                    tls::TlsSetting::Dev => {
+                        let (key, ca) = tls::dev_tls(&config.data_dir)?;
+                        (key, Some(ca), None)
+                    }
+                };
+                let resolver = tls::Reloading::new(key);
+                let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tls::TlsError::Generate(e.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+                server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let reload = files.map(|(c, k)| (resolver, c, k));
+                (
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config))),
+                    dev_ca,
+                    reload,
+                )
+            }
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -81,27 +132,30 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         let origin = config
             .public_origin
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        let every = config.cert_reload_every;
         let hub = Arc::new(Hub::new(config, store, origin)?);
-        let watcher = tokio::spawn(hub.clone().watch_keys());
-        let app = http::router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut background = vec![tokio::spawn(hub.clone().watch_keys())];
+        if let Some((resolver, cert, key)) = reload {
+            background.push(tokio::spawn(tls::watch_files(resolver, cert, key, every)));
+        }
+        let router = http::router(hub.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "server stopped with an error");
+            http::accept_loop(listener, router, acceptor, stopped).await;
+            for task in background {
+                task.abort();
             }
-            watcher.abort();
         });
-        tracing::info!(%addr, "listening");
+        tracing::info!(%addr, tls = scheme == "https", "listening");
         Ok(Self {
             addr,
             hub,
+            dev_ca,
             stop,
             task,
         })
@@ -112,9 +166,20 @@ impl Server {
         self.addr
     }
 
-    /// `ws://HOST:PORT/_/uplink`.
+    /// `ws://HOST:PORT/_/uplink`, or `wss://localhost:PORT/_/uplink` with TLS.
     pub fn uplink_url(&self) -> String {
-        format!("ws://{}/_/uplink", self.addr)
+        match &self.hub.config.tls {
+            None => format!("ws://{}/_/uplink", self.addr),
+            Some(_) if self.addr.ip().is_loopback() => {
+                format!("wss://localhost:{}/_/uplink", self.addr.port())
+            }
+            Some(_) => format!("wss://{}/_/uplink", self.addr),
+        }
+    }
+
+    /// The development CA, when started with [`tls::TlsSetting::Dev`].
+    pub fn dev_ca(&self) -> Option<&tls::DevCa> {
+        self.dev_ca.as_ref()
     }
 
     /// Number of authenticated uplink connections.
@@ -122,10 +187,16 @@ impl Server {
         self.hub.live_connections()
     }
 
+    /// Number of key messages received since start (accepted or not); tests
+    /// use it to prove a refused client never sent its key.
+    pub fn key_messages_received(&self) -> u64 {
+        self.hub.key_messages()
+    }
+
     /// Stops accepting connections and closes every uplink (their pending
     /// callers are answered with `UplinkDisconnectedError`).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(());
+        let _ = self.stop.send(true);
         self.hub.close_all("ferrolink: the server is shutting down");
         let _ = self.task.await;
     }

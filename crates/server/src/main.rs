@@ -120,6 +120,26 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve TLS with this PEM certificate chain (leaf first); reloaded when
+    /// it changes.
+    #[arg(
+        long,
+        env = "FERROLINK_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "dev_tls"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "FERROLINK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS with a development CA generated in the data directory; its
+    /// file and fingerprint are printed so devices can pin it.
+    #[arg(long)]
+    dev_tls: bool,
+    /// Allow plain ws:// on a non-loopback address (keys cross the network
+    /// unencrypted).
+    #[arg(long)]
+    insecure_plain_ws: bool,
     /// Also run a simulated device (`device-sim`) on app `demo`, with a fresh
     /// device key named `pico-sim`.
     #[arg(long)]
@@ -381,6 +401,12 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     config.max_pending_calls = args.max_pending_calls.max(1);
     config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     config.read_buffer_bytes = args.read_buffer_bytes.max(256);
+    config.insecure_plain_ws = args.insecure_plain_ws;
+    config.tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
+        (Some(cert), Some(key), _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
+        (_, _, true) => Some(ferrolink::tls::TlsSetting::Dev),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -397,8 +423,13 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
             println!("server key: {}", server_key.expose());
             println!("client key: {}", client_key.expose());
         }
+        if let Some(ca) = server.dev_ca() {
+            println!("development CA: {} (DER: {})", ca.cert_pem.display(), ca.cert_der.display());
+            println!("development CA public key SHA-256: {}", ca.spki_sha256);
+        }
         println!("uplink: {}", server.uplink_url());
-        println!("status: http://{}/", server.local_addr());
+        let scheme = if server.uplink_url().starts_with("wss") { "https" } else { "http" };
+        println!("status: {scheme}://{}/", server.local_addr());
         let _device = if demo_device {
             let store = open(data)?;
             // A fresh key each start: the previous secret was never stored.
