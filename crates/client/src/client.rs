@@ -88,6 +88,7 @@ pub struct ClientBuilder {
     heartbeat_timeout: Duration,
     max_pending: usize,
     on_output: Option<OutputFn>,
+    tls: crate::tls::TlsConfig,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -159,6 +160,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Which servers to trust for `wss://` (default: Let's Encrypt's roots,
+    /// the shipped revocation list, the system clock with the build floor).
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Receives text the server prints to this client (`output` messages);
     /// by default it is logged at `info`.
     pub fn on_output(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
@@ -171,12 +179,6 @@ impl ClientBuilder {
     /// reconnecting; this first connection is not retried, so a wrong URL
     /// or key is reported here.
     pub async fn connect(self) -> Result<Client, ConnectError> {
-        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
-            return Err(ConnectError::new(
-                ConnectErrorKind::InvalidUrl,
-                format!("\"{}\" is not a ws:// or wss:// URL", self.url),
-            ));
-        }
         let settings = Arc::new(Settings {
             url: self.url,
             key: self.key,
@@ -187,6 +189,7 @@ impl ClientBuilder {
             heartbeat_timeout: self.heartbeat_timeout,
             max_pending: self.max_pending,
             on_output: self.on_output,
+            tls: self.tls,
         });
         let link = driver::connect(&settings).await?;
         let (commands, rx) = mpsc::channel(1024);
@@ -255,6 +258,7 @@ impl Client {
             heartbeat_timeout: Duration::from_secs(20),
             max_pending: 4096,
             on_output: None,
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 

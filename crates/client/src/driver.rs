@@ -9,8 +9,8 @@ use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use ferrolink_proto::Instant;
 use ferrolink_proto::calls::CallId;
@@ -25,7 +25,11 @@ use crate::error::{
 };
 use crate::handler::{CallContext, Handler, Request};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// Any byte stream the websocket runs over (TCP, or TLS over TCP).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 type Reply = oneshot::Sender<Result<String, CallError>>;
 
 pub(crate) struct Settings {
@@ -38,6 +42,7 @@ pub(crate) struct Settings {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) max_pending: usize,
     pub(crate) on_output: Option<OutputFn>,
+    pub(crate) tls: crate::tls::TlsConfig,
 }
 
 pub(crate) enum Command {
@@ -74,24 +79,99 @@ pub(crate) struct Link {
     clock: Clock,
 }
 
+/// `ws://` or `wss://` URL parts.
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+fn target(url: &str) -> Result<Target, ConnectError> {
+    let bad =
+        |why: &str| ConnectError::new(ConnectErrorKind::InvalidUrl, format!("\"{url}\" {why}"));
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("wss://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("ws://") {
+        (false, rest)
+    } else {
+        return Err(bad("is not a ws:// or wss:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(bad(
+            "must not carry credentials; the key is sent after connecting",
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h.trim_matches(['[', ']']).to_owned(),
+            p.parse().map_err(|_| bad("has a bad port"))?,
+        ),
+        _ => (
+            authority.trim_matches(['[', ']']).to_owned(),
+            if tls { 443 } else { 80 },
+        ),
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    Ok(Target { tls, host, port })
+}
+
+/// TCP, then TLS with every check (for `wss://`), then the websocket
+/// upgrade. Nothing about the key leaves before TLS has verified.
+async fn open(settings: &Settings) -> Result<Ws, ConnectError> {
+    let t = target(&settings.url)?;
+    let tcp = TcpStream::connect((t.host.as_str(), t.port))
+        .await
+        .map_err(|e| {
+            ConnectError::with_source(
+                ConnectErrorKind::Transport,
+                format!("cannot reach {}:{}", t.host, t.port),
+                e,
+            )
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = if t.tls {
+        let name = rustls::pki_types::ServerName::try_from(t.host.clone()).map_err(|_| {
+            ConnectError::new(
+                ConnectErrorKind::InvalidUrl,
+                format!("\"{}\" is not a valid host name", t.host),
+            )
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(settings.tls.client_config());
+        let stream = connector.connect(name, tcp).await.map_err(|e| {
+            ConnectError::new(
+                ConnectErrorKind::Tls,
+                crate::tls::explain(&e, &t.host, &settings.tls),
+            )
+        })?;
+        Box::new(stream)
+    } else {
+        Box::new(tcp)
+    };
+    // tungstenite zero-fills the free part of its read buffer before every
+    // read; its 128 KiB default makes that memset the client's top cost.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(settings.url.as_str(), io, Some(config))
+            .await
+            .map_err(|e| {
+                ConnectError::with_source(
+                    ConnectErrorKind::Transport,
+                    format!("the websocket upgrade with {} failed", settings.url),
+                    e,
+                )
+            })?;
+    Ok(ws)
+}
+
 /// Opens the websocket, sends the key and the registrations, and waits for
 /// the verdict.
 pub(crate) async fn connect(settings: &Settings) -> Result<Link, ConnectError> {
     let attempt = async {
-        // tungstenite zero-fills the free part of its read buffer before every
-        // read; its 128 KiB default makes that memset the client's top cost.
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(16 * 1024);
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(&settings.url, Some(config), true)
-                .await
-                .map_err(|e| {
-                    ConnectError::with_source(
-                        ConnectErrorKind::Transport,
-                        format!("cannot open a websocket to {}", settings.url),
-                        e,
-                    )
-                })?;
+        let ws = open(settings).await?;
         let clock = Clock(tokio::time::Instant::now());
         let mut config = ClientConfig::new(settings.key.clone());
         config.heartbeat_interval = settings.heartbeat_interval;

@@ -23,6 +23,10 @@ pub enum ConnectErrorKind {
     InvalidUrl,
     /// The TCP/websocket connection could not be made or broke during the handshake.
     Transport,
+    /// The server's certificate was refused (not pinned, wrong name,
+    /// expired, revoked) or the clock cannot be trusted; the message says
+    /// which check failed.
+    Tls,
     /// No verdict on the key in time.
     Timeout,
     /// The server sent something that is not the protocol.
@@ -86,11 +90,16 @@ impl ConnectError {
     }
 
     /// Whether trying again with the same settings can help (it cannot for a
-    /// bad or revoked key or a version the server refuses).
+    /// bad or revoked key or a version the server refuses). Certificate
+    /// refusals are retried with backoff: a server may fix its certificate,
+    /// and a device's clock may get set.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
-            ConnectErrorKind::Transport | ConnectErrorKind::Timeout | ConnectErrorKind::Protocol
+            ConnectErrorKind::Transport
+                | ConnectErrorKind::Timeout
+                | ConnectErrorKind::Protocol
+                | ConnectErrorKind::Tls
         )
     }
 }

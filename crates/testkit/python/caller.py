@@ -36,7 +36,11 @@ if scenario == "basics":
         return "logged %s" % (reading,)
 
 
-anvil.server.connect(key, url=url, quiet=True)
+try:
+    anvil.server.connect(key, url=url, quiet=True)
+except Exception as e:  # noqa: BLE001 - e.g. the server's certificate was refused
+    report({"connect_error": "%s: %s" % (type(e).__name__, e)})
+    sys.exit(0)
 print("CONNECTED", flush=True)
 
 if scenario == "basics":

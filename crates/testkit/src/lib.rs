@@ -5,9 +5,12 @@
 //! - [`python`]: a virtualenv under `target/` with the official
 //!   `anvil-uplink==0.7.0` from the package index, and helpers to run the
 //!   scripts in `crates/testkit/python/`.
+//! - [`pki`]: certificate authorities and leaves made on the spot (rcgen),
+//!   valid or broken in the ways the TLS tests need.
 //! - [`RawClient`]: a bare websocket peer for sending exactly the bytes a
 //!   test wants.
 
+pub mod pki;
 pub mod python;
 pub mod raw;
 
@@ -17,6 +20,7 @@ use ferrolink::storage::Store;
 use ferrolink::{Server, ServerConfig};
 use ferrolink_proto::encode::Privilege;
 
+pub use ferrolink::tls::TlsSetting;
 pub use raw::RawClient;
 
 /// A server running in this process on an ephemeral loopback port.
@@ -72,6 +76,26 @@ impl TestServer {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Number of key messages the server has received (accepted or not).
+    pub fn key_messages_received(&self) -> u64 {
+        self.server().key_messages_received()
+    }
+
+    /// The development CA's PEM, when started with `TlsSetting::Dev`.
+    pub fn dev_ca_pem(&self) -> Vec<u8> {
+        let ca = self.server().dev_ca().expect("started with --dev-tls");
+        std::fs::read(&ca.cert_pem).expect("read the dev CA")
+    }
+
+    /// The development CA's PEM file, when started with `TlsSetting::Dev`.
+    pub fn dev_ca_path(&self) -> std::path::PathBuf {
+        self.server()
+            .dev_ca()
+            .expect("started with --dev-tls")
+            .cert_pem
+            .clone()
     }
 
     /// Number of authenticated uplinks.

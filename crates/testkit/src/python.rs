@@ -96,10 +96,17 @@ pub struct PyProcess {
 impl PyProcess {
     /// Starts `script` with `args`, merging its stderr into the log.
     pub fn spawn(script_name: &str, args: &[&str]) -> Self {
+        Self::spawn_env(script_name, args, &[])
+    }
+
+    /// Like [`PyProcess::spawn`], with extra environment variables (for
+    /// example `SSL_CERT_FILE` to trust a development CA).
+    pub fn spawn_env(script_name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = Command::new(interpreter())
             .arg("-u")
             .arg(script(script_name))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

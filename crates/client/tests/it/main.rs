@@ -3,3 +3,4 @@
 
 mod interop;
 mod lifecycle;
+mod tls;

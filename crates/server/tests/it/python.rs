@@ -142,3 +142,37 @@ async fn a_session_outlives_several_heartbeats() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_client_works_over_wss_with_the_dev_ca() {
+    let server = TestServer::start_with(|c| c.tls = Some(ferrolink_testkit::TlsSetting::Dev)).await;
+    assert!(server.url().starts_with("wss://localhost:"));
+    let ca = server.dev_ca_path();
+    let env = [("SSL_CERT_FILE", ca.as_os_str())];
+    let mut provider =
+        PyProcess::spawn_env("provider.py", &[&server.url(), &server.server_key], &env);
+    provider.expect_line("READY", WAIT);
+    let mut caller = PyProcess::spawn_env(
+        "caller.py",
+        &[&server.url(), &server.client_key, "call", "add", "[20, 22]"],
+        &env,
+    );
+    assert_eq!(caller.result(WAIT), serde_json::json!({"ok": 42}));
+    // Without the CA the official client refuses the server (and never
+    // authenticates).
+    let mut untrusting = PyProcess::spawn(
+        "caller.py",
+        &[&server.url(), &server.client_key, "call", "add", "[1, 1]"],
+    );
+    let seen = server.key_messages_received();
+    let r = untrusting.result(WAIT);
+    assert!(
+        r["connect_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CERTIFICATE_VERIFY_FAILED"),
+        "{r}"
+    );
+    assert_eq!(server.key_messages_received(), seen);
+    server.shutdown().await;
+}

@@ -1,0 +1,449 @@
+//! `wss://` with pinned roots, a revocation list and a trusted clock.
+//!
+//! The server's certificate must chain to one of the pinned roots (by
+//! default only Let's Encrypt's ISRG Root X1 and X2, as the official Pico W
+//! firmware pins) and be valid for the URL's host name, at a time taken from
+//! a [`TimeSource`] that refuses clocks reading earlier than this build. A
+//! chain containing a certificate (or public key) on the revocation list is
+//! refused even if otherwise valid. The TLS handshake completes — with all
+//! of these checks — before the websocket opens, so the key is never sent to
+//! a server that failed them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest as _, Sha256};
+
+/// Seconds since the Unix epoch before which no clock is believed: about
+/// when this library was built.
+pub const BUILD_FLOOR: u64 = parse_floor(env!("FERROLINK_BUILD_FLOOR"));
+
+const fn parse_floor(s: &str) -> u64 {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0u64;
+    while i < bytes.len() {
+        n = n * 10 + (bytes[i] - b'0') as u64;
+        i += 1;
+    }
+    n
+}
+
+/// SHA-256 fingerprints (of a certificate's DER, or of its
+/// SubjectPublicKeyInfo) refused in any server chain, shipped with this
+/// release. One hex fingerprint per line in `revoked.txt`; `#` comments.
+const SHIPPED_REVOCATIONS: &str = include_str!("../revoked.txt");
+
+/// Where certificate checks get the time from.
+pub trait TimeSource: Send + Sync + fmt::Debug {
+    /// Seconds since the Unix epoch, or why the time cannot be trusted.
+    fn now(&self) -> Result<u64, TimeError>;
+}
+
+/// The time cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimeError {
+    /// The clock reads earlier than the floor: it was probably never set.
+    #[error("the clock reads {} ({now}), earlier than this build ({}); set the clock (e.g. from NTP) before connecting", civil(*now), civil(*floor))]
+    BeforeFloor {
+        /// What the clock said.
+        now: u64,
+        /// The floor.
+        floor: u64,
+    },
+    /// No trusted time is available yet.
+    #[error("no trusted time yet: {0}")]
+    Untrusted(String),
+}
+
+fn civil(secs: u64) -> String {
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn check_floor(now: u64, floor: u64) -> Result<u64, TimeError> {
+    if now < floor {
+        Err(TimeError::BeforeFloor { now, floor })
+    } else {
+        Ok(now)
+    }
+}
+
+/// The system clock, trusted only when it reads at or after a floor
+/// ([`BUILD_FLOOR`] by default). Right for full computers, whose clocks are
+/// kept by the operating system.
+#[derive(Debug, Clone)]
+pub struct SystemClock {
+    floor: u64,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self { floor: BUILD_FLOOR }
+    }
+}
+
+impl SystemClock {
+    /// The system clock with another floor (seconds since the Unix epoch).
+    pub fn with_floor(floor: u64) -> Self {
+        Self { floor }
+    }
+}
+
+impl TimeSource for SystemClock {
+    fn now(&self) -> Result<u64, TimeError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        check_floor(now, self.floor)
+    }
+}
+
+/// A fixed time, still held to the build floor: for devices that know the
+/// time from elsewhere (an RTC set by trusted means), and for tests.
+#[derive(Debug, Clone)]
+pub struct FixedTime {
+    now: u64,
+    floor: u64,
+}
+
+impl FixedTime {
+    /// `now` in seconds since the Unix epoch.
+    pub fn new(now: u64) -> Self {
+        Self {
+            now,
+            floor: BUILD_FLOOR,
+        }
+    }
+}
+
+impl TimeSource for FixedTime {
+    fn now(&self) -> Result<u64, TimeError> {
+        check_floor(self.now, self.floor)
+    }
+}
+
+/// A problem with TLS settings given by the application.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// The PEM text held no usable certificate.
+    #[error("no usable CERTIFICATE in the PEM text given as a root: {0}")]
+    BadRoot(String),
+    /// A fingerprint is not 64 hex digits.
+    #[error("\"{0}\" is not a SHA-256 fingerprint (64 hex digits)")]
+    BadFingerprint(String),
+}
+
+/// Which servers a client trusts. See the module docs.
+#[derive(Clone)]
+pub struct TlsConfig {
+    roots: Arc<RootCertStore>,
+    root_names: String,
+    revoked: Arc<HashSet<[u8; 32]>>,
+    time: Arc<dyn TimeSource>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("roots", &self.root_names)
+            .field("revoked", &self.revoked.len())
+            .field("time", &self.time)
+            .finish()
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self::lets_encrypt()
+    }
+}
+
+fn parse_fingerprint(hex: &str) -> Result<[u8; 32], TlsConfigError> {
+    let clean: String = hex.chars().filter(|c| !matches!(c, ':' | ' ')).collect();
+    if clean.len() != 64 {
+        return Err(TlsConfigError::BadFingerprint(hex.to_owned()));
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&clean[2 * i..2 * i + 2], 16)
+            .map_err(|_| TlsConfigError::BadFingerprint(hex.to_owned()))?;
+    }
+    Ok(out)
+}
+
+fn shipped_revocations() -> HashSet<[u8; 32]> {
+    SHIPPED_REVOCATIONS
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| parse_fingerprint(l).ok())
+        .collect()
+}
+
+impl TlsConfig {
+    /// Let's Encrypt's roots only (ISRG Root X1 and X2), the shipped
+    /// revocation list, the system clock with the build floor.
+    pub fn lets_encrypt() -> Self {
+        let mut roots = RootCertStore::empty();
+        roots.extend(
+            webpki_roots::TLS_SERVER_ROOTS
+                .iter()
+                .filter(|ta| {
+                    let subject = ta.subject.as_ref();
+                    subject
+                        .windows(12)
+                        .any(|w| w == b"ISRG Root X1" || w == b"ISRG Root X2")
+                })
+                .cloned(),
+        );
+        Self {
+            roots: Arc::new(roots),
+            root_names: "ISRG Root X1, ISRG Root X2 (Let's Encrypt)".to_owned(),
+            revoked: Arc::new(shipped_revocations()),
+            time: Arc::new(SystemClock::default()),
+        }
+    }
+
+    /// Only the roots in `pem` (for example the CA printed by
+    /// `ferrolink serve --dev-tls`), instead of Let's Encrypt's.
+    pub fn with_root_pem(pem: &[u8]) -> Result<Self, TlsConfigError> {
+        let mut roots = RootCertStore::empty();
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| TlsConfigError::BadRoot(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsConfigError::BadRoot(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(TlsConfigError::BadRoot(
+                "the text has no CERTIFICATE block".to_owned(),
+            ));
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+            root_names: format!("{added} root(s) given by the application"),
+            ..Self::lets_encrypt()
+        })
+    }
+
+    /// Also refuse chains containing a certificate, or a public key, with
+    /// this SHA-256 fingerprint (hex, colons allowed).
+    pub fn revoke(mut self, sha256_hex: &str) -> Result<Self, TlsConfigError> {
+        let fp = parse_fingerprint(sha256_hex)?;
+        Arc::make_mut(&mut self.revoked).insert(fp);
+        Ok(self)
+    }
+
+    /// Where the time for certificate checks comes from.
+    pub fn time_source(mut self, time: Arc<dyn TimeSource>) -> Self {
+        self.time = time;
+        self
+    }
+
+    pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .expect("a verifier over a root store always builds");
+        let verifier = Arc::new(PinnedVerifier {
+            inner,
+            revoked: self.revoked.clone(),
+            time: self.time.clone(),
+        });
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    pub(crate) fn root_names(&self) -> &str {
+        &self.root_names
+    }
+}
+
+/// Why the client refused a server certificate beyond what rustls says.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error(
+        "certificate {position} of the server's chain is on the revocation list (SHA-256 {fingerprint})"
+    )]
+    Revoked {
+        position: usize,
+        fingerprint: String,
+    },
+    #[error(transparent)]
+    Time(TimeError),
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn other(r: Refusal) -> rustls::Error {
+    rustls::Error::Other(rustls::OtherError(Arc::new(r)))
+}
+
+/// rustls' standard verification, with our clock and revocation list.
+#[derive(Debug)]
+struct PinnedVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    revoked: Arc<HashSet<[u8; 32]>>,
+    time: Arc<dyn TimeSource>,
+}
+
+impl PinnedVerifier {
+    fn check_revoked(
+        &self,
+        position: usize,
+        cert: &CertificateDer<'_>,
+    ) -> Result<(), rustls::Error> {
+        let mut fingerprints = vec![<[u8; 32]>::from(Sha256::digest(cert.as_ref()))];
+        if let Ok(parsed) = webpki::EndEntityCert::try_from(cert) {
+            fingerprints.push(Sha256::digest(parsed.subject_public_key_info().as_ref()).into());
+        }
+        match fingerprints.iter().find(|f| self.revoked.contains(*f)) {
+            Some(f) => Err(other(Refusal::Revoked {
+                position,
+                fingerprint: hex(f),
+            })),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let secs = self.time.now().map_err(|e| other(Refusal::Time(e)))?;
+        for (i, cert) in std::iter::once(end_entity).chain(intermediates).enumerate() {
+            self.check_revoked(i, cert)?;
+        }
+        let now = UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Explains a failed TLS handshake: which check failed and what to do.
+pub(crate) fn explain(e: &std::io::Error, host: &str, config: &TlsConfig) -> String {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return format!("TLS handshake with {host} failed: {e}");
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer => format!(
+                "refused {host}: its certificate does not chain to a pinned root (pinned: {}); if this is your own server, pin its CA",
+                config.root_names()
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("refused {host}: its certificate is not valid for the name \"{host}\"")
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                format!(
+                    "refused {host}: its certificate has expired (renew the server's certificate)"
+                )
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
+                "refused {host}: its certificate is not valid yet (check this device's clock and the server's certificate)"
+            ),
+            CertificateError::BadSignature => {
+                format!("refused {host}: a signature in its certificate chain is invalid")
+            }
+            other => format!("refused {host}: invalid certificate ({other:?})"),
+        },
+        rustls::Error::Other(o) => format!("refused {host}: {}", o),
+        other => format!("TLS handshake with {host} failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pins_exactly_the_two_isrg_roots() {
+        let c = TlsConfig::lets_encrypt();
+        assert_eq!(c.roots.len(), 2);
+    }
+
+    #[test]
+    fn a_clock_before_the_floor_is_refused() {
+        let e = FixedTime::new(978_307_200).now().unwrap_err();
+        assert!(matches!(e, TimeError::BeforeFloor { .. }));
+        assert!(e.to_string().contains("2001-01-01"), "{e}");
+        assert!(SystemClock::default().now().is_ok());
+        const { assert!(BUILD_FLOOR > 1_700_000_000) };
+    }
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons() {
+        let hexed = "96bcec06264976f37460779acf28c5a7cfe8a3c0aae11a8ffcee05c0bddf08c6";
+        let colons: String = hexed
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(
+            parse_fingerprint(hexed).unwrap(),
+            parse_fingerprint(&colons).unwrap()
+        );
+        assert!(parse_fingerprint("abc").is_err());
+    }
+}
