@@ -38,6 +38,8 @@ pub struct ServerConfig {
     /// Serve plain ws on a non-loopback address. Keys then cross the network
     /// in clear text; only for a network you control.
     pub insecure_plain_ws: bool,
+    /// Failed-authentication throttling per source address.
+    pub auth_throttle: crate::ThrottleConfig,
     /// How often certificate files are checked for changes.
     pub cert_reload_every: Duration,
     /// Public origin of the server (`https://host`), answered to
@@ -61,6 +63,7 @@ impl ServerConfig {
             environment: "ferrolink".to_owned(),
             tls: None,
             insecure_plain_ws: false,
+            auth_throttle: crate::ThrottleConfig::default(),
             cert_reload_every: Duration::from_secs(5),
             public_origin: None,
         }

@@ -22,6 +22,11 @@ pub(crate) enum AuthError {
     Revoked { id: KeyId, at: i64 },
     #[error("the server could not check the key; try again shortly")]
     Store(#[source] StoreError),
+    #[error("ferrolink: too many wrong keys from {ip}; no key from this address is checked for another {:.1} s", wait.as_secs_f64())]
+    Throttled {
+        ip: std::net::IpAddr,
+        wait: std::time::Duration,
+    },
 }
 
 /// `YYYY-MM-DD` for seconds since the Unix epoch (UTC).
@@ -48,6 +53,7 @@ pub(crate) struct Hub {
     next_call_id: AtomicU64,
     next_conn_id: AtomicU64,
     key_messages: AtomicU64,
+    throttle: crate::throttle::Throttle,
     epoch: tokio::time::Instant,
     /// Public origin answered to `anvil.private.get_app_origin`.
     pub(crate) origin: String,
@@ -60,6 +66,7 @@ impl Hub {
         origin: String,
     ) -> Result<Self, StoreError> {
         let keys = load_keys(&store)?;
+        let throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
         Ok(Self {
             config,
             store,
@@ -69,6 +76,7 @@ impl Hub {
             next_call_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
             key_messages: AtomicU64::new(0),
+            throttle,
             epoch: tokio::time::Instant::now(),
             origin,
         })
@@ -98,8 +106,33 @@ impl Hub {
 
     /// Checks a presented key. Keys created by the CLI since the last cache
     /// refresh are found in the database.
-    pub(crate) async fn authenticate(self: &Arc<Self>, key: &str) -> Result<KeyRecord, AuthError> {
+    /// Checks a presented key from `ip`, applying the failed-attempt
+    /// throttle (see `throttle.rs`).
+    pub(crate) async fn authenticate(
+        self: &Arc<Self>,
+        key: &str,
+        ip: std::net::IpAddr,
+    ) -> Result<KeyRecord, AuthError> {
         self.key_messages.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        if let Some(wait) = self.throttle.wait(ip, now) {
+            return Err(AuthError::Throttled { ip, wait });
+        }
+        let result = self.check_key(key).await;
+        match &result {
+            Ok(_) => self.throttle.succeeded(ip),
+            Err(AuthError::Incorrect | AuthError::Revoked { .. }) => {
+                let wait = self.throttle.failed(ip, now);
+                if !wait.is_zero() {
+                    tracing::warn!(%ip, wait_ms = wait.as_millis() as u64, "throttling an address after repeated wrong keys");
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn check_key(self: &Arc<Self>, key: &str) -> Result<KeyRecord, AuthError> {
         let secret = Secret::new(key);
         let Some(id) = secret.id() else {
             return Err(AuthError::Incorrect);

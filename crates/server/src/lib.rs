@@ -31,6 +31,8 @@ mod hub;
 pub mod keys;
 mod router;
 pub mod storage;
+mod throttle;
+pub use throttle::ThrottleConfig;
 pub mod tls;
 mod uplink;
 

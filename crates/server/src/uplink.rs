@@ -179,7 +179,10 @@ async fn authenticate(
                 return None;
             }
         };
-        return match hub.authenticate(&key).await {
+        let key_id = crate::keys::Secret::new(key.as_str())
+            .id()
+            .map_or_else(|| "-".to_owned(), |id| id.0);
+        return match hub.authenticate(&key, peer.ip()).await {
             Ok(record) => {
                 session.accept(record.privilege);
                 let mut frame = String::new();
@@ -195,7 +198,7 @@ async fn authenticate(
             }
             Err(e) => {
                 session.reject();
-                tracing::info!(%peer, reason = %e, "authentication failed");
+                tracing::info!(%peer, key = %key_id, reason = %e, "authentication failed");
                 send_fatal(ws, &e.to_string(), CLOSE_POLICY).await;
                 None
             }
