@@ -48,6 +48,7 @@ mod client;
 mod driver;
 mod error;
 mod handler;
+pub mod time;
 pub mod tls;
 
 pub use backoff::ReconnectPolicy;

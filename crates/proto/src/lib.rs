@@ -44,6 +44,7 @@ pub mod encode;
 mod json;
 pub mod message;
 pub mod server;
+pub mod sntp;
 mod time;
 
 pub use json::push_str_literal;

@@ -3,4 +3,5 @@
 
 mod interop;
 mod lifecycle;
+mod time;
 mod tls;
