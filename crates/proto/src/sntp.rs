@@ -114,7 +114,7 @@ pub fn parse(buf: &[u8], nonce: u64, sent_ms: u64, received_ms: u64) -> Result<S
     } else {
         secs
     };
-    let server_ms = (secs - NTP_UNIX_OFFSET) * 1000 + (frac * 1000 >> 32);
+    let server_ms = (secs - NTP_UNIX_OFFSET) * 1000 + ((frac * 1000) >> 32);
     let round_trip_ms = received_ms.saturating_sub(sent_ms);
     Ok(Sample {
         // The server stamped its answer about half a round trip ago.
