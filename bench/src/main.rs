@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -58,6 +59,9 @@ struct Args {
     /// main thread, the provider on a worker).
     #[arg(long, default_value_t = 1)]
     load_threads: usize,
+    /// Skip the TLS handshake and memory measurements.
+    #[arg(long)]
+    no_tls: bool,
     /// Skip the ferrolink-client table.
     #[arg(long)]
     no_client: bool,
@@ -88,6 +92,10 @@ impl Drop for Server {
 }
 
 fn start_server(bin: &PathBuf) -> Result<Server> {
+    start_server_with(bin, &[])
+}
+
+fn start_server_with(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
     use std::io::{BufRead as _, BufReader};
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(bin)
@@ -100,6 +108,7 @@ fn start_server(bin: &PathBuf) -> Result<Server> {
             "--max-pending-calls",
             "4096",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -508,6 +517,117 @@ async fn routed_rust_client(
     Ok(figures(total.len(), Duration::from_secs_f64(secs), &total))
 }
 
+/// Connect + TLS (when `tls` is given) + websocket upgrade + key + auth
+/// reply, then close; `workers` at once, for `secs`. Returns completed
+/// authentications per second.
+async fn handshakes(
+    server: &Server,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    workers: usize,
+    secs: f64,
+) -> Result<f64> {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let tasks = (0..workers).map(|_| {
+        let tls = tls.clone();
+        let url = server.url.clone();
+        let key = server.client_key.clone();
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < end {
+                let ws = open_uplink(&url, &key, tls.clone()).await?;
+                drop(ws);
+                done += 1;
+            }
+            Ok::<_, anyhow::Error>(done)
+        })
+    });
+    let mut total = 0;
+    for t in futures_util::future::join_all(tasks).await {
+        total += t??;
+    }
+    Ok(total as f64 / secs)
+}
+
+/// A client TLS setup trusting the server's development CA.
+fn dev_ca_config(server: &Server) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = std::fs::read(server._dir.path().join("tls/dev-ca.pem"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// An authenticated uplink over plain TCP or TLS.
+async fn open_uplink(
+    url: &str,
+    key: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>> {
+    let hostport = url
+        .split("//")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .context("url")?;
+    let port: u16 = hostport.rsplit(':').next().context("port")?.parse()?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let io: Box<dyn Io> = match tls {
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            Box::new(
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?,
+            )
+        }
+        None => Box::new(tcp),
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, io, Some(ws_config())).await?;
+    ws.send(Message::text(format!(r#"{{"key":"{key}","v":8}}"#)))
+        .await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"auth\":\"OK\"") => Ok(ws),
+        other => bail!("authentication failed: {other:?}"),
+    }
+}
+
+async fn idle_memory_tls(
+    server: &Server,
+    n: usize,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(f64, u64, u64)> {
+    let pid = server.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let mut conns = Vec::with_capacity(n);
+    let mut tasks = futures_util::stream::iter(0..n)
+        .map(|_| open_uplink(&server.url, &server.client_key, Some(tls.clone())))
+        .buffer_unordered(64);
+    while let Some(c) = tasks.next().await {
+        conns.push(c?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    drop(conns);
+    Ok((
+        (after.saturating_sub(before)) as f64 * 1024.0 / n as f64,
+        before,
+        after,
+    ))
+}
+
 async fn idle_memory(server: &Server, n: usize) -> Result<(f64, u64, u64)> {
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -611,6 +731,36 @@ fn main() -> Result<()> {
                         client.per_sec / raw.per_sec
                     );
                 }
+            }
+        }
+        if !args.no_tls {
+            let tls_server = start_server_with(&args.server, &["--dev-tls"])?;
+            let config = dev_ca_config(&tls_server)?;
+            println!("\n## Connections: TCP + (TLS +) websocket upgrade + key + auth reply, then close\n");
+            println!("| transport | concurrent clients | authenticated connections/s | ÷ plain |");
+            println!("|---|---|---|---|");
+            for workers in [1, 16] {
+                let (mut plain, mut tls) = (Vec::new(), Vec::new());
+                for _ in 0..args.repeat.max(1) {
+                    plain.push(handshakes(&server, None, workers, args.seconds).await?);
+                    tls.push(handshakes(&tls_server, Some(config.clone()), workers, args.seconds).await?);
+                }
+                plain.sort_by(f64::total_cmp);
+                tls.sort_by(f64::total_cmp);
+                let (p, t) = (plain[plain.len() / 2], tls[tls.len() / 2]);
+                println!("| plain ws | {workers} | {p:.0} | 1.00 |");
+                println!("| TLS 1.3 (ECDSA P-256, ring) | {workers} | {t:.0} | {:.2} |", t / p);
+            }
+            if args.idle_connections > 0 {
+                let (per_conn, before, after) = idle_memory_tls(&tls_server, args.idle_connections, config).await?;
+                println!(
+                    "\nidle TLS uplinks: {} authenticated connections; server RSS {} KiB -> {} KiB; **{:.0} bytes per idle TLS uplink** ({:.2} KiB)",
+                    args.idle_connections,
+                    before,
+                    after,
+                    per_conn,
+                    per_conn / 1024.0
+                );
             }
         }
         if args.idle_connections > 0 {
