@@ -24,6 +24,7 @@
 //! generated development CA). Not here yet: ACME, browser sessions, users,
 //! the dashboard.
 
+pub mod acme;
 mod config;
 mod conn;
 mod http;
@@ -80,6 +81,7 @@ pub struct Server {
     addr: SocketAddr,
     hub: Arc<Hub>,
     dev_ca: Option<tls::DevCa>,
+    acme: Option<Arc<acme::AcmeResolver>>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -93,30 +95,40 @@ impl Server {
             });
         }
         let store = Arc::new(Store::open(&config.data_dir)?);
+        let mut acme_setup = None;
         let (acceptor, dev_ca, reload) = match &config.tls {
             None => (None, None, None),
             Some(setting) => {
-                let (key, dev_ca, files) = match setting {
-                    tls::TlsSetting::Files { cert, key } => (
-                        tls::load_files(cert, key)?,
-                        None,
-                        Some((cert.clone(), key.clone())),
-                    ),
+                let mut alpn = vec![b"http/1.1".to_vec()];
+                let (resolver, dev_ca, reload): (
+                    Arc<dyn rustls::server::ResolvesServerCert>,
+                    _,
+                    _,
+                ) = match setting {
+                    tls::TlsSetting::Files { cert, key } => {
+                        let r = tls::Reloading::new(tls::load_files(cert, key)?);
+                        (r.clone(), None, Some((r, cert.clone(), key.clone())))
+                    }
                     tls::TlsSetting::Dev => {
                         let (key, ca) = tls::dev_tls(&config.data_dir)?;
-                        (key, Some(ca), None)
+                        (tls::Reloading::new(key), Some(ca), None)
+                    }
+                    tls::TlsSetting::Acme(a) => {
+                        let r =
+                            acme::AcmeResolver::new(&a.domain).map_err(tls::TlsError::Generate)?;
+                        alpn = acme::alpn();
+                        acme_setup = Some((a.clone(), r.clone()));
+                        (r, None, None)
                     }
                 };
-                let resolver = tls::Reloading::new(key);
                 let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),
                 ))
                 .with_safe_default_protocol_versions()
                 .map_err(|e| tls::TlsError::Generate(e.to_string()))?
                 .with_no_client_auth()
-                .with_cert_resolver(resolver.clone());
-                server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let reload = files.map(|(c, k)| (resolver, c, k));
+                .with_cert_resolver(resolver);
+                server_config.alpn_protocols = alpn;
                 (
                     Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config))),
                     dev_ca,
@@ -140,10 +152,15 @@ impl Server {
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let every = config.cert_reload_every;
+        let data_dir = config.data_dir.clone();
         let hub = Arc::new(Hub::new(config, store, origin)?);
         let mut background = vec![tokio::spawn(hub.clone().watch_keys())];
         if let Some((resolver, cert, key)) = reload {
             background.push(tokio::spawn(tls::watch_files(resolver, cert, key, every)));
+        }
+        let acme_resolver = acme_setup.as_ref().map(|(_, r)| r.clone());
+        if let Some((setting, resolver)) = acme_setup {
+            background.push(tokio::spawn(acme::maintain(setting, resolver, data_dir)));
         }
         let router = http::router(hub.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -158,6 +175,7 @@ impl Server {
             addr,
             hub,
             dev_ca,
+            acme: acme_resolver,
             stop,
             task,
         })
@@ -182,6 +200,11 @@ impl Server {
     /// The development CA, when started with [`tls::TlsSetting::Dev`].
     pub fn dev_ca(&self) -> Option<&tls::DevCa> {
         self.dev_ca.as_ref()
+    }
+
+    /// Certificates installed from the ACME server since start.
+    pub fn acme_certificates_issued(&self) -> u64 {
+        self.acme.as_ref().map_or(0, |a| a.issued())
     }
 
     /// Number of authenticated uplink connections.

@@ -136,6 +136,25 @@ struct ServeArgs {
     /// file and fingerprint are printed so devices can pin it.
     #[arg(long)]
     dev_tls: bool,
+    /// Get (and renew) the certificate for this domain over ACME, answering
+    /// the tls-alpn-01 challenge on the listen port (which must be reachable
+    /// as DOMAIN:443 from the ACME server).
+    #[arg(long, env = "FERROLINK_ACME", conflicts_with_all = ["tls_cert", "dev_tls"])]
+    acme: Option<String>,
+    /// ACME directory URL.
+    #[arg(
+        long,
+        env = "FERROLINK_ACME_DIRECTORY",
+        default_value = "https://acme-v02.api.letsencrypt.org/directory"
+    )]
+    acme_directory: String,
+    /// PEM root to trust for the ACME server's own HTTPS (a private ACME
+    /// server such as pebble).
+    #[arg(long, env = "FERROLINK_ACME_DIRECTORY_ROOT")]
+    acme_directory_root: Option<PathBuf>,
+    /// Renew this many days before expiry.
+    #[arg(long, default_value_t = 30)]
+    acme_renew_before_days: u64,
     /// Allow plain ws:// on a non-loopback address (keys cross the network
     /// unencrypted).
     #[arg(long)]
@@ -402,9 +421,17 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     config.read_buffer_bytes = args.read_buffer_bytes.max(256);
     config.insecure_plain_ws = args.insecure_plain_ws;
-    config.tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
-        (Some(cert), Some(key), _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
-        (_, _, true) => Some(ferrolink::tls::TlsSetting::Dev),
+    config.tls = match (args.tls_cert, args.tls_key, args.dev_tls, args.acme) {
+        (Some(cert), Some(key), _, _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
+        (_, _, true, _) => Some(ferrolink::tls::TlsSetting::Dev),
+        (_, _, _, Some(domain)) => Some(ferrolink::tls::TlsSetting::Acme(
+            ferrolink::acme::AcmeSetting {
+                domain,
+                directory_url: args.acme_directory,
+                directory_root: args.acme_directory_root,
+                renew_before: Duration::from_secs(args.acme_renew_before_days * 86_400),
+            },
+        )),
         _ => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

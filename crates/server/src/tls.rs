@@ -25,6 +25,8 @@ pub enum TlsSetting {
     /// A development CA generated once in `<data>/tls/`, and a server
     /// certificate it signs for `localhost`, `127.0.0.1` and `::1`.
     Dev,
+    /// Certificates issued and renewed automatically over ACME.
+    Acme(crate::acme::AcmeSetting),
 }
 
 /// A certificate problem, with the file and what to do.

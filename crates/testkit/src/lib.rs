@@ -10,6 +10,7 @@
 //! - [`RawClient`]: a bare websocket peer for sending exactly the bytes a
 //!   test wants.
 
+pub mod pebble;
 pub mod pki;
 pub mod python;
 pub mod raw;
@@ -96,6 +97,16 @@ impl TestServer {
             .expect("started with --dev-tls")
             .cert_pem
             .clone()
+    }
+
+    /// Certificates installed from the ACME server since start.
+    pub fn acme_certificates_issued(&self) -> u64 {
+        self.server().acme_certificates_issued()
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.server().local_addr().port()
     }
 
     /// Number of authenticated uplinks.

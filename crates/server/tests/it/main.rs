@@ -1,6 +1,7 @@
 //! Integration tests: the real server on ephemeral loopback ports, driven by
 //! the official Python client, raw websocket peers and the CLI binary.
 
+mod acme;
 mod cli;
 mod keys;
 mod protocol;
