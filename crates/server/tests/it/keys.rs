@@ -124,3 +124,17 @@ async fn a_burst_of_wrong_keys_is_throttled_per_address() {
     assert_eq!(good.recv_json().await["auth"], "OK");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn plain_ws_off_loopback_needs_the_explicit_insecure_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ferrolink::ServerConfig::new("0.0.0.0:0".parse().unwrap(), dir.path());
+    let Err(e) = ferrolink::Server::start(config.clone()).await else {
+        panic!("plain ws on 0.0.0.0 must be refused");
+    };
+    assert!(e.to_string().contains("--insecure-plain-ws"), "{e}");
+    let mut allowed = config;
+    allowed.insecure_plain_ws = true;
+    let server = ferrolink::Server::start(allowed).await.unwrap();
+    server.shutdown().await;
+}
