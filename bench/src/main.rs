@@ -603,38 +603,19 @@ async fn open_uplink(
     }
 }
 
-async fn idle_memory_tls(
+/// Server memory per idle authenticated uplink: RSS growth after opening
+/// `n` connections (over TLS when `tls` is given), divided by `n`.
+async fn idle_memory(
     server: &Server,
     n: usize,
-    tls: Arc<rustls::ClientConfig>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<(f64, u64, u64)> {
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid)?;
     let mut conns = Vec::with_capacity(n);
     let mut tasks = futures_util::stream::iter(0..n)
-        .map(|_| open_uplink(&server.url, &server.client_key, Some(tls.clone())))
-        .buffer_unordered(64);
-    while let Some(c) = tasks.next().await {
-        conns.push(c?);
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid)?;
-    drop(conns);
-    Ok((
-        (after.saturating_sub(before)) as f64 * 1024.0 / n as f64,
-        before,
-        after,
-    ))
-}
-
-async fn idle_memory(server: &Server, n: usize) -> Result<(f64, u64, u64)> {
-    let pid = server.child.id();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(pid)?;
-    let mut conns = Vec::with_capacity(n);
-    let mut tasks = futures_util::stream::iter(0..n)
-        .map(|_| connect(&server.url, &server.client_key))
+        .map(|_| open_uplink(&server.url, &server.client_key, tls.clone()))
         .buffer_unordered(64);
     while let Some(c) = tasks.next().await {
         conns.push(c?);
@@ -752,7 +733,7 @@ fn main() -> Result<()> {
                 println!("| TLS 1.3 (ECDSA P-256, ring) | {workers} | {t:.0} | {:.2} |", t / p);
             }
             if args.idle_connections > 0 {
-                let (per_conn, before, after) = idle_memory_tls(&tls_server, args.idle_connections, config).await?;
+                let (per_conn, before, after) = idle_memory(&tls_server, args.idle_connections, Some(config)).await?;
                 println!(
                     "\nidle TLS uplinks: {} authenticated connections; server RSS {} KiB -> {} KiB; **{:.0} bytes per idle TLS uplink** ({:.2} KiB)",
                     args.idle_connections,
@@ -764,7 +745,7 @@ fn main() -> Result<()> {
             }
         }
         if args.idle_connections > 0 {
-            let (per_conn, before, after) = idle_memory(&server, args.idle_connections).await?;
+            let (per_conn, before, after) = idle_memory(&server, args.idle_connections, None).await?;
             println!(
                 "\nidle uplinks: {} authenticated connections; server RSS {} KiB -> {} KiB; **{:.0} bytes per idle uplink** ({:.2} KiB)",
                 args.idle_connections,

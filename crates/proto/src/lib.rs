@@ -49,4 +49,4 @@ mod time;
 
 pub use json::push_str_literal;
 pub use message::{Message, error_type};
-pub use time::Instant;
+pub use time::{Instant, civil_date};

@@ -4,7 +4,7 @@
 //! `<data>/acme/`; renewal starts `renew_before` ahead of expiry.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -211,7 +211,7 @@ async fn account(setting: &AcmeSetting, store: &Store) -> Result<Account, String
             )
         })?;
     if let Ok(text) = serde_json::to_string(&credentials) {
-        let _ = write_private(&path, text.as_bytes());
+        let _ = crate::tls::write_private(&path, text.as_bytes());
     }
     Ok(account)
 }
@@ -284,20 +284,8 @@ async fn issue(
     let left = seconds_left(&chain).unwrap_or(0);
     let ck = certified(chain, key.secret_der().to_vec())?;
     std::fs::write(store.dir.join("cert.pem"), &chain_pem).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(store.dir.join("key.pem"));
-    write_private(&store.dir.join("key.pem"), key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    crate::tls::write_private(&store.dir.join("key.pem"), key_pem.as_bytes())
+        .map_err(|e| e.to_string())?;
     *resolver.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
     Ok(left)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }

@@ -31,16 +31,7 @@ pub(crate) enum AuthError {
 
 /// `YYYY-MM-DD` for seconds since the Unix epoch (UTC).
 pub(crate) fn format_date(secs: i64) -> String {
-    // Civil-from-days (H. Hinnant), valid for the whole i64 day range we use.
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = ferrolink_proto::civil_date(u64::try_from(secs).unwrap_or(0));
     format!("{y:04}-{m:02}-{d:02}")
 }
 

@@ -256,9 +256,11 @@ pub(crate) fn dev_tls(data_dir: &Path) -> Result<(Arc<CertifiedKey>, DevCa), Tls
     ))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a secret file readable only by its owner (replacing any old one).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
