@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub insecure_plain_ws: bool,
     /// Failed-authentication throttling per source address.
     pub auth_throttle: crate::ThrottleConfig,
+    /// How long a client may take to send a request's headers (and the TLS
+    /// handshake) before it is dropped.
+    pub header_timeout: Duration,
     /// How often certificate files are checked for changes.
     pub cert_reload_every: Duration,
     /// Public origin of the server (`https://host`), answered to
@@ -65,6 +68,7 @@ impl ServerConfig {
             insecure_plain_ws: false,
             auth_throttle: crate::ThrottleConfig::default(),
             cert_reload_every: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
             public_origin: None,
         }
     }

@@ -19,6 +19,7 @@ pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    header_timeout: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -46,7 +47,11 @@ pub(crate) async fn accept_loop(
                     async move { tower::Service::call(&mut router, req).await }
                 },
             );
-            let http = hyper::server::conn::http1::Builder::new();
+            // A client that never finishes its request headers is dropped
+            // (slowloris); websocket connections leave hyper after the upgrade.
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
             match tls {
                 None => {
                     let _ = http

@@ -152,6 +152,7 @@ impl Server {
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let every = config.cert_reload_every;
+        let header_timeout = config.header_timeout;
         let data_dir = config.data_dir.clone();
         let hub = Arc::new(Hub::new(config, store, origin)?);
         let mut background = vec![tokio::spawn(hub.clone().watch_keys())];
@@ -165,7 +166,7 @@ impl Server {
         let router = http::router(hub.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            http::accept_loop(listener, router, acceptor, stopped).await;
+            http::accept_loop(listener, router, acceptor, header_timeout, stopped).await;
             for task in background {
                 task.abort();
             }

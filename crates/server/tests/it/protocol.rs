@@ -231,3 +231,31 @@ async fn idle_uplinks_are_closed() {
     let (fatal, _) = c.recv_until_closed().await;
     assert!(fatal.unwrap().contains("nothing received"));
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_is_dropped() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start_with(|c| c.header_timeout = Duration::from_millis(300)).await;
+    let addr = server
+        .url()
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /_/uplink HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the half-sent request was not dropped");
+}
