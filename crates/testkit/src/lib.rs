@@ -109,6 +109,11 @@ impl TestServer {
         self.server().local_addr().port()
     }
 
+    /// The bound address (for raw TCP tests).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server().local_addr()
+    }
+
     /// Number of authenticated uplinks.
     pub fn uplink_count(&self) -> usize {
         self.server().uplink_count()

@@ -61,6 +61,23 @@ impl RawClient {
         (c, reply)
     }
 
+    /// Registers `name` and waits until the server has processed it:
+    /// `REGISTER` has no acknowledgement, but an echo sent after it is
+    /// answered only afterwards (frames are handled in order).
+    pub async fn register(&mut self, name: &str) {
+        self.send_json(&serde_json::json!({"type": "REGISTER", "name": name}))
+            .await;
+        self.send_json(&serde_json::json!({
+            "type": "CALL", "id": "register-barrier", "command": "anvil.private.echo", "args": [name]
+        }))
+        .await;
+        let reply = self.recv_json().await;
+        assert_eq!(
+            reply["id"], "register-barrier",
+            "registration of {name} refused: {reply}"
+        );
+    }
+
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws

@@ -119,9 +119,7 @@ async fn unknown_message_types_close_with_a_reason() {
 async fn oversized_frames_close_with_1009_and_fail_pending_callers() {
     let server = TestServer::start_with(|c| c.max_frame_bytes = 64 * 1024).await;
     let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
-    provider
-        .send_text(r#"{"type":"REGISTER","name":"slow"}"#)
-        .await;
+    provider.register("slow").await;
     let (mut caller, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
     caller
         .send_text(r#"{"type":"CALL","id":"c1","command":"slow","args":[]}"#)
@@ -161,14 +159,7 @@ async fn invalid_utf8_text_closes_with_1007() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let server = TestServer::start().await;
     // Hand-made masked text frame carrying invalid UTF-8.
-    let addr = server
-        .url()
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     let req = "GET /_/uplink HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 1024];
@@ -236,14 +227,7 @@ async fn idle_uplinks_are_closed() {
 async fn a_client_that_never_finishes_its_request_is_dropped() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let server = TestServer::start_with(|c| c.header_timeout = Duration::from_millis(300)).await;
-    let addr = server
-        .url()
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     tcp.write_all(b"GET /_/uplink HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();

@@ -17,13 +17,9 @@ async fn apps_cannot_see_each_others_functions() {
     server.create_app("other");
     let other_key = server.create_key("other", Privilege::Server, None);
     let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
-    provider
-        .send_text(r#"{"type":"REGISTER","name":"secret_fn"}"#)
-        .await;
+    provider.register("secret_fn").await;
     let (mut outsider, reply) = RawClient::authenticated(&server.url(), &other_key).await;
     assert_eq!(reply["app-info"]["id"], "other");
-    // Give the REGISTER time to land before asking (it has no ack).
-    tokio::time::sleep(Duration::from_millis(100)).await;
     outsider.send_json(&call("x", "secret_fn", json!([]))).await;
     let r = outsider.recv_json().await;
     assert_eq!(r["error"]["type"], "anvil.server.NoServerFunctionError");
@@ -44,9 +40,8 @@ async fn a_device_can_be_addressed_by_name_and_others_share_the_load() {
     let (mut d1, _) = RawClient::authenticated(&server.url(), &k1).await;
     let (mut d2, _) = RawClient::authenticated(&server.url(), &k2).await;
     for d in [&mut d1, &mut d2] {
-        d.send_text(r#"{"type":"REGISTER","name":"blink"}"#).await;
+        d.register("blink").await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let (mut caller, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
     for i in 0..3 {
         caller
@@ -82,10 +77,7 @@ async fn a_device_can_be_addressed_by_name_and_others_share_the_load() {
 async fn a_silent_provider_yields_timeout_error_at_the_deadline() {
     let server = TestServer::start_with(|c| c.call_timeout = Duration::from_millis(300)).await;
     let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
-    provider
-        .send_text(r#"{"type":"REGISTER","name":"mute"}"#)
-        .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    provider.register("mute").await;
     let (mut caller, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
     caller.send_json(&call("t1", "mute", json!([]))).await;
     let forwarded = provider.recv_json().await;
@@ -108,10 +100,7 @@ async fn a_silent_provider_yields_timeout_error_at_the_deadline() {
 async fn calls_in_flight_per_connection_are_bounded() {
     let server = TestServer::start_with(|c| c.max_pending_calls = 4).await;
     let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
-    provider
-        .send_text(r#"{"type":"REGISTER","name":"mute"}"#)
-        .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    provider.register("mute").await;
     let (mut caller, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
     for i in 0..6 {
         caller
@@ -145,10 +134,7 @@ async fn calls_in_flight_per_connection_are_bounded() {
 async fn a_caller_that_never_reads_is_closed_and_others_carry_on() {
     let server = TestServer::start_with(|c| c.max_queued_bytes = 256 * 1024).await;
     let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
-    provider
-        .send_text(r#"{"type":"REGISTER","name":"blob"}"#)
-        .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    provider.register("blob").await;
     let (mut hog, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
     let blob = "y".repeat(64 * 1024);
     // The hog asks for 400 x 64 KiB and never reads; the provider answers all.
@@ -188,8 +174,7 @@ async fn a_caller_that_never_reads_is_closed_and_others_carry_on() {
 async fn nested_calls_deeper_than_ten_are_refused() {
     let server = TestServer::start().await;
     let (mut p, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
-    p.send_text(r#"{"type":"REGISTER","name":"recurse"}"#).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    p.register("recurse").await;
     let (mut caller, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
     caller.send_json(&call("top", "recurse", json!([]))).await;
     // The provider keeps calling itself from inside each call.
