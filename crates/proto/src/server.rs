@@ -203,6 +203,28 @@ impl ServerSession {
         }
     }
 
+    /// A session whose peer its transport already authenticated (a browser
+    /// session carrying a login cookie): no key message is expected, and
+    /// frames are handled with `privilege` from the first one on.
+    pub fn pre_authenticated(
+        config: SessionConfig,
+        now: Instant,
+        privilege: Privilege,
+        version: u32,
+    ) -> Self {
+        Self {
+            state: State::Ready {
+                privilege,
+                _auth: Authenticated(()),
+            },
+            config,
+            started: now,
+            last_rx: now,
+            registrations: 0,
+            version,
+        }
+    }
+
     /// The privilege of the accepted key, once authenticated.
     pub fn privilege(&self) -> Option<Privilege> {
         match self.state {

@@ -3,14 +3,15 @@
 //! task (`uplink.rs`).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use ferrolink_proto::encode::{self, Privilege};
-use ferrolink_proto::error_type;
+use ferrolink_proto::{Instant, error_type};
 
+use crate::activity::Monitor;
 use crate::keys::KeyId;
 
 /// A message for a connection's driver.
@@ -40,21 +41,32 @@ pub(crate) struct ForwardedCall {
     pub(crate) reply: ReplyTo,
     /// How many calls deep this call is nested (1 = top level).
     pub(crate) depth: u8,
+    /// The browser session this call was made for, directly or through
+    /// nested calls: its user is the call's user, and events raised inside
+    /// the call go to it.
+    pub(crate) origin: Option<Arc<ConnShared>>,
 }
 
 /// The caller of a forwarded call. Dropping it (answered or not) releases
 /// the caller's in-flight slot, so the count can never leak.
 pub(crate) struct ReplyTo {
-    pub(crate) caller: std::sync::Arc<ConnShared>,
+    pub(crate) caller: Arc<ConnShared>,
     /// The caller's id literal followed by the function name, in one
     /// allocation (this is on the path of every call).
     id_and_command: Box<str>,
     id_len: usize,
+    /// When the call was made, on the protocol clock (ms).
+    started: Instant,
 }
 
 impl ReplyTo {
     /// Takes one of `caller`'s in-flight slots, released when this is dropped.
-    pub(crate) fn new(caller: std::sync::Arc<ConnShared>, caller_id: &str, command: &str) -> Self {
+    pub(crate) fn new(
+        caller: Arc<ConnShared>,
+        caller_id: &str,
+        command: &str,
+        started: Instant,
+    ) -> Self {
         caller.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut both = String::with_capacity(caller_id.len() + command.len());
         both.push_str(caller_id);
@@ -63,6 +75,7 @@ impl ReplyTo {
             caller,
             id_and_command: both.into_boxed_str(),
             id_len: caller_id.len(),
+            started,
         }
     }
 
@@ -76,8 +89,17 @@ impl ReplyTo {
         &self.id_and_command[self.id_len..]
     }
 
-    /// Sends the answer frame to the caller.
-    pub(crate) fn deliver(self, frame: String) {
+    /// Sends the answer frame to the caller and logs the call; `outcome`
+    /// is `"ok"` or the error type.
+    pub(crate) fn deliver(self, frame: String, outcome: &str) {
+        let c = &self.caller;
+        let took = c
+            .monitor
+            .now()
+            .as_millis()
+            .saturating_sub(self.started.as_millis());
+        c.monitor
+            .call(&c.app, &c.label, self.command(), took, outcome);
         let _ = self.caller.enqueue(Outbound::Frame(frame));
     }
 
@@ -85,7 +107,7 @@ impl ReplyTo {
     pub(crate) fn fail(self, error_type: &str, message: &str) {
         let mut frame = String::new();
         encode::reply_error(&mut frame, self.caller_id(), error_type, message);
-        self.deliver(frame);
+        self.deliver(frame, error_type);
     }
 }
 
@@ -101,11 +123,36 @@ struct Queue {
     closed: Option<String>,
 }
 
+/// A browser session: the identity behind a session websocket.
+pub(crate) struct BrowserSession {
+    /// Public id, for targeting events (`session_id=`).
+    pub(crate) id: String,
+    /// The logged-in user's email, if any.
+    pub(crate) email: Option<String>,
+    /// Whether the app let sessions without a user call functions (as it
+    /// was when the session opened).
+    pub(crate) anonymous_calls: bool,
+    /// Event channels this session subscribed to.
+    pub(crate) channels: Mutex<std::collections::HashSet<Box<str>>>,
+}
+
+/// Who a connection is, as known when it was accepted.
+pub(crate) struct ConnSetup {
+    pub(crate) key_id: KeyId,
+    pub(crate) device: Option<String>,
+    pub(crate) privilege: Privilege,
+    pub(crate) library: Option<String>,
+    pub(crate) protocol_version: u32,
+    pub(crate) ip: String,
+    pub(crate) app: String,
+    pub(crate) browser: Option<BrowserSession>,
+}
+
 /// The shared part of an authenticated connection.
 pub(crate) struct ConnShared {
     /// Server-wide connection number.
     pub(crate) id: u64,
-    /// The key it authenticated with.
+    /// The key it authenticated with (empty for browser sessions).
     pub(crate) key_id: KeyId,
     /// The device named by that key, if any.
     pub(crate) device: Option<Box<str>>,
@@ -114,15 +161,30 @@ pub(crate) struct ConnShared {
     /// The official Pico W library (`"device": "PICO_W"`), which cannot take
     /// non-empty `objects`.
     pub(crate) is_pico: bool,
+    /// What the client said it is (the key message's `device` field).
+    pub(crate) library: Option<Box<str>>,
     /// The client's protocol version.
     pub(crate) protocol_version: u32,
     /// The peer address, shown to providers in `client.ip`.
     pub(crate) ip: Box<str>,
+    /// The app it belongs to.
+    pub(crate) app: Arc<str>,
+    /// How it appears in the call log.
+    pub(crate) label: Arc<str>,
+    /// Set for browser sessions.
+    pub(crate) browser: Option<BrowserSession>,
+    /// When it connected, ms since the Unix epoch.
+    pub(crate) connected_at_ms: u64,
+    /// When a frame last arrived, on the protocol clock.
+    pub(crate) last_seen: AtomicU64,
+    /// Names it registered.
+    pub(crate) registered: Mutex<Vec<Box<str>>>,
     /// The caller-dependent tail of every `CALL` this connection makes
     /// (see `ferrolink_proto::encode::call_tail`).
     pub(crate) call_tail: Box<str>,
     /// Calls this connection made that are awaiting an answer.
     pub(crate) in_flight: AtomicUsize,
+    pub(crate) monitor: Arc<Monitor>,
     max_queued_bytes: usize,
     queue: Mutex<Queue>,
     /// Wakes the driver when the queue gains items.
@@ -135,35 +197,56 @@ pub(crate) struct ConnShared {
 pub(crate) struct Closed(pub(crate) Outbound);
 
 impl ConnShared {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
-        key_id: KeyId,
-        device: Option<String>,
-        privilege: Privilege,
-        is_pico: bool,
-        protocol_version: u32,
-        ip: String,
+        setup: ConnSetup,
+        environment: &str,
         max_queued_bytes: usize,
-        app: &encode::AppInfo<'_>,
+        monitor: Arc<Monitor>,
     ) -> Self {
+        let frame_type = if setup.browser.is_some() {
+            "browser"
+        } else {
+            setup.privilege.frame_type()
+        };
         let mut call_tail = String::new();
         let origin = encode::CallOrigin {
-            frame_type: privilege.frame_type(),
-            protocol_version,
-            ip: Some(&ip),
+            frame_type,
+            protocol_version: setup.protocol_version,
+            ip: Some(&setup.ip),
         };
-        encode::call_tail(&mut call_tail, &origin, app);
+        let app = encode::AppInfo {
+            id: &setup.app,
+            environment,
+        };
+        encode::call_tail(&mut call_tail, &origin, &app);
+        let label: Arc<str> = match (&setup.browser, &setup.device) {
+            (Some(b), _) => match &b.email {
+                Some(e) => format!("browser {e}").into(),
+                None => "browser (anonymous)".into(),
+            },
+            (None, Some(d)) => d.as_str().into(),
+            (None, None) => format!("key {}", setup.key_id).into(),
+        };
+        let now = monitor.now().as_millis();
         Self {
             call_tail: call_tail.into_boxed_str(),
             id,
-            key_id,
-            device: device.map(Into::into),
-            privilege,
-            is_pico,
-            protocol_version,
-            ip: ip.into(),
+            key_id: setup.key_id,
+            device: setup.device.map(Into::into),
+            privilege: setup.privilege,
+            is_pico: setup.library.as_deref() == Some("PICO_W"),
+            library: setup.library.map(Into::into),
+            protocol_version: setup.protocol_version,
+            ip: setup.ip.into(),
+            app: setup.app.into(),
+            label,
+            browser: setup.browser,
+            connected_at_ms: crate::activity::unix_ms(),
+            last_seen: AtomicU64::new(now),
+            registered: Mutex::default(),
             in_flight: AtomicUsize::new(0),
+            monitor,
             max_queued_bytes,
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
@@ -173,6 +256,14 @@ impl ConnShared {
             wake: Notify::new(),
             kill: Notify::new(),
         }
+    }
+
+    /// The names this connection registered.
+    pub(crate) fn registered(&self) -> Vec<Box<str>> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {

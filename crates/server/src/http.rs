@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::hub::Hub;
-use crate::uplink;
+use crate::{admin, uplink, web};
 
 /// Accepts connections until `stop` turns true; each is served (after the
 /// TLS handshake, when configured) by hyper with upgrades, so websocket
@@ -81,13 +81,41 @@ pub(crate) async fn accept_loop(
 }
 
 pub(crate) fn router(hub: Arc<Hub>) -> Router {
+    use axum::routing::post;
     Router::new()
         .route("/_/uplink", get(uplink_endpoint))
         .route("/_/uplink/{*rest}", get(uplink_endpoint))
         .route("/uplink", get(uplink_endpoint))
         .route("/uplink/{*rest}", get(uplink_endpoint))
         .route("/_/health", get(health))
-        .route("/", get(index))
+        .route("/_/ferrolink.js", get(web::client_js))
+        .route("/_/ferrolink.d.ts", get(web::client_dts))
+        .route("/_/session", get(web::session_endpoint))
+        .route("/_/auth/signup", post(web::signup))
+        .route("/_/auth/login", post(web::login))
+        .route("/_/auth/logout", post(web::logout))
+        .route("/_/auth/me", get(web::me))
+        .route("/_/admin", get(admin::page))
+        .route("/_/admin/", get(admin::page))
+        .route("/_/admin/login", post(admin::login))
+        .route("/_/admin/logout", post(admin::logout))
+        .route("/_/admin/admin.js", get(admin::script))
+        .route("/_/admin/admin.css", get(admin::style))
+        .route("/_/admin/api/state", get(admin::state))
+        .route("/_/admin/api/live", get(admin::live))
+        .route("/_/admin/api/keys", post(admin::create_key))
+        .route("/_/admin/api/keys/revoke", post(admin::revoke_key))
+        .route("/_/admin/api/apps", post(admin::create_app))
+        .route("/_/admin/api/apps/settings", post(admin::app_settings))
+        .route("/_/admin/api/call", post(admin::call))
+        .route("/app/{name}", get(web::app_root))
+        .route("/app/{name}/", get(web::app_index))
+        .route("/app/{name}/{*rest}", get(web::app_file))
+        .fallback(web::fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            web::security_headers,
+        ))
         .with_state(hub)
 }
 
@@ -113,14 +141,5 @@ async fn health(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
-    )
-}
-
-async fn index(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    format!(
-        "ferrolink {}\nuplink endpoint: {}/_/uplink (websocket)\nauthenticated uplinks: {}\n",
-        env!("CARGO_PKG_VERSION"),
-        hub.origin.replacen("http", "ws", 1),
-        hub.live_connections()
     )
 }

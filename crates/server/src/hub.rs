@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use ferrolink_proto::Instant;
 
+use crate::activity::Monitor;
 use crate::config::ServerConfig;
 use crate::conn::ConnShared;
 use crate::keys::{KeyId, KeyRecord, Secret};
@@ -41,11 +42,16 @@ pub(crate) struct Hub {
     keys: RwLock<HashMap<KeyId, KeyRecord>>,
     apps: Mutex<HashMap<String, Arc<AppRuntime>>>,
     live: Mutex<HashMap<KeyId, Vec<Weak<ConnShared>>>>,
+    /// When and from where each key's last connection closed (since start).
+    last_seen: Mutex<HashMap<KeyId, (u64, String)>>,
     next_call_id: AtomicU64,
     next_conn_id: AtomicU64,
     key_messages: AtomicU64,
     throttle: crate::throttle::Throttle,
-    epoch: tokio::time::Instant,
+    /// Failed operator and user logins, per address.
+    pub(crate) login_throttle: crate::throttle::Throttle,
+    /// The clock, call log and live activity feed.
+    pub(crate) monitor: Arc<Monitor>,
     /// Public origin answered to `anvil.private.get_app_origin`.
     pub(crate) origin: String,
 }
@@ -58,29 +64,32 @@ impl Hub {
     ) -> Result<Self, StoreError> {
         let keys = load_keys(&store)?;
         let throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
+        let login_throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
         Ok(Self {
             config,
             store,
             keys: RwLock::new(keys),
             apps: Mutex::default(),
             live: Mutex::default(),
+            last_seen: Mutex::default(),
             next_call_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
             key_messages: AtomicU64::new(0),
             throttle,
-            epoch: tokio::time::Instant::now(),
+            login_throttle,
+            monitor: Arc::new(Monitor::new()),
             origin,
         })
     }
 
     /// Now, on the protocol core's clock.
     pub(crate) fn now(&self) -> Instant {
-        Instant::from_millis(self.epoch.elapsed().as_millis() as u64)
+        self.monitor.now()
     }
 
     /// The tokio instant of a protocol instant.
     pub(crate) fn to_tokio(&self, t: Instant) -> tokio::time::Instant {
-        self.epoch + std::time::Duration::from_millis(t.as_millis())
+        self.monitor.to_tokio(t)
     }
 
     pub(crate) fn key_messages(&self) -> u64 {
@@ -176,10 +185,42 @@ impl Hub {
         let list = live.entry(conn.key_id.clone()).or_default();
         list.retain(|w| w.strong_count() > 0);
         list.push(Arc::downgrade(conn));
+        drop(live);
+        self.monitor.changed();
+    }
+
+    /// Every authenticated uplink, oldest first.
+    pub(crate) fn live_uplinks(&self) -> Vec<Arc<ConnShared>> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Arc<ConnShared>> =
+            live.values().flatten().filter_map(Weak::upgrade).collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// The runtimes of every app that has had a connection.
+    pub(crate) fn app_runtimes(&self) -> Vec<(String, Arc<AppRuntime>)> {
+        let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        apps.iter().map(|(n, a)| (n.clone(), a.clone())).collect()
+    }
+
+    /// When and from where each key's last connection closed.
+    pub(crate) fn last_seen(&self) -> HashMap<KeyId, (u64, String)> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Forgets a closed connection.
     pub(crate) fn detach(&self, conn: &ConnShared) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                conn.key_id.clone(),
+                (crate::activity::unix_ms(), conn.ip.to_string()),
+            );
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = live.get_mut(&conn.key_id) {
             list.retain(|w| w.strong_count() > 0 && w.as_ptr() != std::ptr::from_ref(conn));
@@ -187,6 +228,8 @@ impl Hub {
                 live.remove(&conn.key_id);
             }
         }
+        drop(live);
+        self.monitor.changed();
     }
 
     /// Number of authenticated connections.

@@ -25,6 +25,9 @@
 //! the dashboard.
 
 pub mod acme;
+mod activity;
+mod admin;
+pub mod auth;
 mod config;
 mod conn;
 mod http;
@@ -34,8 +37,10 @@ mod router;
 pub mod storage;
 mod throttle;
 pub use throttle::ThrottleConfig;
+pub mod sites;
 pub mod tls;
 mod uplink;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -180,6 +185,20 @@ impl Server {
             stop,
             task,
         })
+    }
+
+    /// The public origin of apps and the dashboard (`http://127.0.0.1:PORT`,
+    /// `https://localhost:PORT` with a development CA, or the configured
+    /// public origin).
+    pub fn origin(&self) -> String {
+        if self.hub.config.public_origin.is_none()
+            && self.hub.config.tls.is_some()
+            && self.addr.ip().is_loopback()
+        {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            self.hub.origin.clone()
+        }
     }
 
     /// The bound address.

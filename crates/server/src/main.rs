@@ -43,6 +43,9 @@ enum Command {
     /// Manage uplink keys (works while the server runs).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage dashboard operators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Call a function and print its JSON result (errors: exit 1).
     Call(CallArgs),
     /// Run a simulated Pico W: registers blink_morse(text),
@@ -94,6 +97,10 @@ struct SimArgs {
     /// The app function readings are logged to.
     #[arg(long, default_value = "log_reading")]
     log_function: String,
+    /// Seconds between `temperature` events sent to every browser session
+    /// of the app (0: none).
+    #[arg(long, default_value_t = 2)]
+    events_every: u64,
 }
 
 #[derive(clap::Args)]
@@ -180,6 +187,41 @@ enum AppCommand {
     },
     /// List apps.
     List,
+    /// Deploy an app's front end: replaces it with the contents of DIR
+    /// (which must hold an index.html). Works while the server runs.
+    Deploy {
+        /// The app.
+        app: String,
+        /// Folder of HTML, JS, CSS and other static files.
+        dir: PathBuf,
+    },
+    /// Change an app's settings.
+    Set {
+        /// The app.
+        app: String,
+        /// Whether browser sessions without a logged-in user may call functions.
+        #[arg(long)]
+        anonymous_calls: Option<bool>,
+        /// Whether visitors may sign up for accounts themselves.
+        #[arg(long)]
+        signup: Option<bool>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a dashboard operator. The password is read from stdin with
+    /// --password-stdin; otherwise one is generated and printed once.
+    CreateUser {
+        /// Operator name (letters, digits, '-', '_', '.').
+        name: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Set a new password if the operator exists (ends their sessions).
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,9 +278,61 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 AppCommand::List => {
                     for app in store.apps()? {
-                        println!("{}", app.name);
+                        let site = ferrolink::sites::site_dir(&cli.data, &app.name);
+                        println!(
+                            "{}\tanonymous-calls={}\tsignup={}\tfront-end={}",
+                            app.name,
+                            app.anonymous_calls,
+                            app.signup,
+                            if site.is_dir() { "deployed" } else { "none" }
+                        );
                     }
                 }
+                AppCommand::Deploy { app, dir } => {
+                    store.app(&app)?;
+                    let d =
+                        ferrolink::sites::deploy_dir(&cli.data, &app, &dir).with_context(|| {
+                            format!("cannot deploy {} to app \"{app}\"", dir.display())
+                        })?;
+                    println!(
+                        "deployed {} files ({} bytes) to app \"{app}\"; served at /app/{app}/",
+                        d.files, d.bytes
+                    );
+                }
+                AppCommand::Set {
+                    app,
+                    anonymous_calls,
+                    signup,
+                } => {
+                    let a = store.set_app(&app, anonymous_calls, signup)?;
+                    println!(
+                        "app \"{}\": anonymous-calls={} signup={} (open browser sessions keep the old setting until they reconnect)",
+                        a.name, a.anonymous_calls, a.signup
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::CreateUser {
+            name,
+            password_stdin,
+            replace,
+        }) => {
+            let store = open(&cli.data)?;
+            let (password, show) = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the password from stdin")?;
+                (line.trim_end_matches(['\r', '\n']).to_owned(), false)
+            } else {
+                (ferrolink::auth::new_token()[..20].to_owned(), true)
+            };
+            ferrolink::auth::check_password(&password).map_err(|e| usage(e.to_string()))?;
+            store.create_operator(&name, &ferrolink::auth::hash_password(&password), replace)?;
+            println!("operator \"{name}\" can now log in to the dashboard at /_/admin");
+            if show {
+                println!("password (shown only now): {password}");
             }
             Ok(())
         }
@@ -250,6 +344,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::DeviceSim(args) => device_sim(args),
     }
 }
+
+/// The demo app's front end, shipped in the binary and deployed by
+/// `serve --demo`.
+const DEMO_SITE: &[(&str, &[u8])] = &[
+    ("index.html", include_bytes!("../../../web/demo/index.html")),
+    ("app.js", include_bytes!("../../../web/demo/app.js")),
+    ("style.css", include_bytes!("../../../web/demo/style.css")),
+];
 
 fn client_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -304,9 +406,13 @@ fn device_sim(args: SimArgs) -> Result<()> {
         let _client = sim::run(
             &args.connection.url,
             &args.connection.key,
-            &args.name,
-            Duration::from_secs(args.log_every.max(1)),
-            &args.log_function,
+            sim::SimOptions {
+                name: &args.name,
+                log_every: Duration::from_secs(args.log_every.max(1)),
+                log_function: &args.log_function,
+                events_every: (args.events_every > 0)
+                    .then(|| Duration::from_secs(args.events_every)),
+            },
         )
         .await?;
         tokio::signal::ctrl_c()
@@ -413,6 +519,21 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     } else {
         None
     };
+    let operator = if store.operator_count()? == 0 {
+        let password = ferrolink::auth::new_token()[..20].to_owned();
+        store.create_operator("admin", &ferrolink::auth::hash_password(&password), false)?;
+        Some(password)
+    } else {
+        None
+    };
+    if demo_device {
+        if store.app("demo").is_err() {
+            store.create_app("demo")?;
+        }
+        let d = ferrolink::sites::deploy_files(data, "demo", DEMO_SITE)
+            .context("cannot deploy the demo app's front end")?;
+        tracing::debug!(files = d.files, "demo front end deployed");
+    }
     drop(store);
     let mut config = ServerConfig::new(args.listen, data);
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
@@ -455,8 +576,16 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
             println!("development CA public key SHA-256: {}", ca.spki_sha256);
         }
         println!("uplink: {}", server.uplink_url());
-        let scheme = if server.uplink_url().starts_with("wss") { "https" } else { "http" };
-        println!("status: {scheme}://{}/", server.local_addr());
+        let origin = server.origin();
+        println!("dashboard: {origin}/_/admin");
+        match &operator {
+            Some(password) => println!(
+                "dashboard login (created on first run, shown only now): admin / {password}"
+            ),
+            None => println!(
+                "dashboard login: an operator you created (new one: ferrolink admin create-user NAME)"
+            ),
+        }
         let _device = if demo_device {
             let store = open(data)?;
             // A fresh key each start: the previous secret was never stored.
@@ -466,11 +595,15 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
             let client = sim::run(
                 &server.uplink_url(),
                 key.expose(),
-                "pico-sim",
-                Duration::from_secs(10),
-                "log_reading",
+                sim::SimOptions {
+                    name: "pico-sim",
+                    log_every: Duration::from_secs(10),
+                    log_function: "log_reading",
+                    events_every: Some(Duration::from_secs(2)),
+                },
             )
             .await?;
+            println!("demo app \"Morse & thermometer\": {origin}/app/demo/");
             println!(
                 "demo device pico-sim is online; try: ferrolink call --url {} --key <client key> blink_morse '\"SOS\"'",
                 server.uplink_url()

@@ -74,6 +74,16 @@ pub(crate) struct InvalidName;
 /// One app's live state.
 pub(crate) struct AppRuntime {
     registry: RwLock<Registry>,
+    /// Open browser sessions, for events.
+    browsers: std::sync::Mutex<Vec<Arc<ConnShared>>>,
+}
+
+/// Which browser sessions an event goes to.
+pub(crate) enum Target<'a> {
+    /// Sessions with these ids.
+    Sessions(&'a [&'a str]),
+    /// Sessions subscribed to this channel; `*` is every session of the app.
+    Channel(&'a str),
 }
 
 fn is_pattern(name: &str) -> bool {
@@ -86,7 +96,66 @@ impl AppRuntime {
     pub(crate) fn new() -> Self {
         Self {
             registry: RwLock::default(),
+            browsers: std::sync::Mutex::default(),
         }
+    }
+
+    fn browsers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ConnShared>>> {
+        self.browsers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an open browser session.
+    pub(crate) fn add_browser(&self, conn: &Arc<ConnShared>) {
+        self.browsers().push(conn.clone());
+    }
+
+    /// Forgets a closed browser session.
+    pub(crate) fn remove_browser(&self, conn: &ConnShared) {
+        self.browsers().retain(|c| c.id != conn.id);
+    }
+
+    /// Number of open browser sessions.
+    pub(crate) fn browser_count(&self) -> usize {
+        self.browsers().len()
+    }
+
+    /// The open browser sessions `target` names.
+    pub(crate) fn browsers_for(&self, target: &Target<'_>) -> Vec<Arc<ConnShared>> {
+        let browsers = self.browsers();
+        browsers
+            .iter()
+            .filter(|c| {
+                let Some(b) = &c.browser else { return false };
+                match target {
+                    Target::Sessions(ids) => ids.contains(&b.id.as_str()),
+                    Target::Channel("*") => true,
+                    Target::Channel(ch) => b
+                        .channels
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(*ch),
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Registered names (exact names, then patterns) with their number of
+    /// providers.
+    pub(crate) fn functions(&self) -> Vec<(String, usize)> {
+        let reg = self.read();
+        let mut names: Vec<(String, usize)> = reg
+            .exact
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.conns.len()))
+            .collect();
+        names.sort();
+        names.extend(
+            reg.patterns
+                .iter()
+                .map(|p| (p.source.to_string(), p.providers.conns.len())),
+        );
+        names
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {

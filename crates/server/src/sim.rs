@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use ferrolink_client::{CallErrorKind, Client, HandlerError, ReconnectPolicy};
+use ferrolink_client::{CallErrorKind, CallOptions, Client, HandlerError, ReconnectPolicy};
 
 /// Morse code of a character, or `None` for characters without one.
 fn morse(c: char) -> Option<&'static str> {
@@ -64,15 +64,28 @@ pub(crate) fn morse_timing(pattern: &str) -> Vec<(bool, u32)> {
     out
 }
 
+/// What the simulated device does besides answering calls.
+pub(crate) struct SimOptions<'a> {
+    /// Its name in output and events.
+    pub(crate) name: &'a str,
+    /// How often a reading is logged to `log_function`.
+    pub(crate) log_every: Duration,
+    /// The app function readings are logged to.
+    pub(crate) log_function: &'a str,
+    /// How often a `temperature` event goes to every browser session of
+    /// the app (`None`: never).
+    pub(crate) events_every: Option<Duration>,
+}
+
 /// Registers the simulated device's functions and runs until Ctrl-C (or
 /// forever, when embedded in `serve --demo`).
-pub(crate) async fn run(
-    url: &str,
-    key: &str,
-    name: &str,
-    log_every: Duration,
-    log_function: &str,
-) -> Result<Client> {
+pub(crate) async fn run(url: &str, key: &str, options: SimOptions<'_>) -> Result<Client> {
+    let SimOptions {
+        name,
+        log_every,
+        log_function,
+        events_every,
+    } = options;
     let started = Instant::now();
     let led = Arc::new(AtomicBool::new(false));
     let tag = name.to_owned();
@@ -140,6 +153,33 @@ pub(crate) async fn run(
             }
         }
     });
+    if let Some(every) = events_every {
+        let events = client.clone();
+        let tag = name.to_owned();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let payload = serde_json::json!({
+                    "celsius": temperature(started.elapsed()),
+                    "device": tag,
+                });
+                let options = CallOptions::default().kwargs(serde_json::json!({ "channel": "*" }));
+                match events
+                    .call_with::<serde_json::Value>(
+                        "anvil.private.raise_event",
+                        ("temperature", payload),
+                        options,
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == CallErrorKind::NotConnected => {}
+                    Err(e) => tracing::warn!(device = %tag, error = %e, "raising an event failed"),
+                }
+            }
+        });
+    }
     Ok(client)
 }
 

@@ -11,12 +11,16 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use crate::keys::{KeyId, KeyRecord, Secret, parse_privilege, privilege_name};
 use ferrolink_proto::encode::Privilege;
 
+mod accounts;
+pub use accounts::{OperatorSession, UserRecord};
+
 /// The database file name inside the data directory.
 pub const DB_FILE: &str = "ferrolink.db";
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Append, never edit.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE apps (
         name        TEXT PRIMARY KEY,
         created_at  INTEGER NOT NULL
@@ -32,7 +36,37 @@ const MIGRATIONS: &[&str] = &[r#"
     );
     CREATE UNIQUE INDEX keys_active_device ON keys(app, device)
         WHERE device IS NOT NULL AND revoked_at IS NULL;
-"#];
+"#,
+    r#"
+    ALTER TABLE apps ADD COLUMN anonymous_calls INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE apps ADD COLUMN signup INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE users (
+        id          INTEGER PRIMARY KEY,
+        app         TEXT NOT NULL REFERENCES apps(name),
+        email       TEXT NOT NULL,
+        password    TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        UNIQUE (app, email)
+    );
+    CREATE TABLE user_sessions (
+        token_hash  BLOB PRIMARY KEY,
+        user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE TABLE operators (
+        name        TEXT PRIMARY KEY,
+        password    TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE operator_sessions (
+        token_hash  BLOB PRIMARY KEY,
+        name        TEXT NOT NULL REFERENCES operators(name) ON DELETE CASCADE,
+        csrf        TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+"#,
+];
 
 /// A storage failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +94,17 @@ pub enum StoreError {
         /// The device.
         device: String,
     },
+    /// The email is already registered in the app.
+    #[error("{email} already has an account in app \"{app}\"; log in instead")]
+    UserExists {
+        /// The app.
+        app: String,
+        /// The email.
+        email: String,
+    },
+    /// The operator already exists.
+    #[error("operator \"{0}\" already exists; pass --replace to set a new password")]
+    OperatorExists(String),
     /// Nothing matches a revoke request.
     #[error("no active key has id or device name \"{0}\"; see `ferrolink key list`")]
     NoSuchKey(String),
@@ -106,6 +151,10 @@ pub struct AppRecord {
     pub name: String,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: i64,
+    /// Whether browser sessions without a logged-in user may call functions.
+    pub anonymous_calls: bool,
+    /// Whether visitors may create user accounts themselves.
+    pub signup: bool,
 }
 
 fn now_secs() -> i64 {
@@ -200,21 +249,53 @@ impl Store {
         Ok(AppRecord {
             name: name.to_owned(),
             created_at,
+            anonymous_calls: true,
+            signup: true,
         })
     }
 
     /// All apps, by name.
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT name, created_at FROM apps ORDER BY name")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(AppRecord {
-                    name: r.get(0)?,
-                    created_at: r.get(1)?,
-                })
-            })?;
+            let mut stmt = c.prepare(
+                "SELECT name, created_at, anonymous_calls, signup FROM apps ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], row_to_app)?;
             rows.collect()
         })
+    }
+
+    /// One app by name.
+    pub fn app(&self, name: &str) -> Result<AppRecord, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT name, created_at, anonymous_calls, signup FROM apps WHERE name = ?1",
+                [name],
+                row_to_app,
+            )
+            .optional()
+        })?
+        .ok_or_else(|| StoreError::NoSuchApp(name.to_owned()))
+    }
+
+    /// Changes an app's settings; `None` leaves a setting as it is.
+    pub fn set_app(
+        &self,
+        name: &str,
+        anonymous_calls: Option<bool>,
+        signup: Option<bool>,
+    ) -> Result<AppRecord, StoreError> {
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE apps SET anonymous_calls = coalesce(?2, anonymous_calls),
+                                 signup = coalesce(?3, signup) WHERE name = ?1",
+                params![name, anonymous_calls, signup],
+            )
+        })?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchApp(name.to_owned()));
+        }
+        self.app(name)
     }
 
     /// Creates a key and returns it with its secret, which is not stored.
@@ -345,6 +426,15 @@ impl Store {
     pub fn data_version(&self) -> Result<i64, StoreError> {
         self.with(|c| c.query_row("PRAGMA data_version", [], |r| r.get(0)))
     }
+}
+
+fn row_to_app(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppRecord> {
+    Ok(AppRecord {
+        name: r.get(0)?,
+        created_at: r.get(1)?,
+        anonymous_calls: r.get(2)?,
+        signup: r.get(3)?,
+    })
 }
 
 fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<KeyRecord>> {

@@ -22,9 +22,11 @@ use ferrolink_proto::message::{Call, Outcome, Reply};
 use ferrolink_proto::server::{Inbound, PeerAction, ServerSession, SessionTimeout};
 use ferrolink_proto::{Instant, error_type};
 
-use crate::conn::{ConnShared, ForwardedCall, Outbound, ReplyTo, fail_queued_calls};
+use crate::conn::{
+    BrowserSession, ConnSetup, ConnShared, ForwardedCall, Outbound, ReplyTo, fail_queued_calls,
+};
 use crate::hub::Hub;
-use crate::router::{AppRuntime, Route};
+use crate::router::{AppRuntime, Route, Target};
 
 /// Deepest chain of nested calls (as the official server).
 const MAX_CALL_DEPTH: u8 = 10;
@@ -49,6 +51,8 @@ enum End {
 struct Pending {
     reply: ReplyTo,
     depth: u8,
+    /// The browser session the call was made for (see `ForwardedCall`).
+    origin: Option<Arc<ConnShared>>,
 }
 
 /// Runs one uplink connection to its end.
@@ -59,22 +63,24 @@ pub(crate) async fn serve(hub: Arc<Hub>, ws: WebSocket, peer: SocketAddr) {
 
 async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
     let mut session = ServerSession::new(hub.config.session.clone(), hub.now());
-    let Some((record, is_pico)) = authenticate(&hub, &mut ws, &mut session, peer).await else {
+    let Some((record, library)) = authenticate(&hub, &mut ws, &mut session, peer).await else {
         return;
     };
     let shared = Arc::new(ConnShared::new(
         hub.next_conn_id(),
-        record.id.clone(),
-        record.device.clone(),
-        record.privilege,
-        is_pico,
-        session.protocol_version(),
-        peer.ip().to_string(),
-        hub.config.max_queued_bytes,
-        &AppInfo {
-            id: &record.app,
-            environment: &hub.config.environment,
+        ConnSetup {
+            key_id: record.id.clone(),
+            device: record.device.clone(),
+            privilege: record.privilege,
+            library,
+            protocol_version: session.protocol_version(),
+            ip: peer.ip().to_string(),
+            app: record.app.clone(),
+            browser: None,
         },
+        &hub.config.environment,
+        hub.config.max_queued_bytes,
+        hub.monitor.clone(),
     ));
     hub.attach(&shared);
     tracing::info!(
@@ -86,19 +92,82 @@ async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
         version = shared.protocol_version,
         "uplink connected"
     );
+    drive(hub, ws, session, shared).await;
+}
+
+async fn drive(hub: Arc<Hub>, ws: WebSocket, session: ServerSession, shared: Arc<ConnShared>) {
     let mut driver = Driver {
-        app: hub.app(&record.app),
+        app: hub.app(&shared.app),
         pending: CallTable::new(hub.config.max_pending_calls.saturating_mul(4).max(16)),
         hub,
         ws,
         session,
         shared,
-        registered: Vec::new(),
         inbox: VecDeque::new(),
         dirty: false,
     };
     let end = driver.run().await;
     driver.finish(end).await;
+}
+
+/// Runs one browser session websocket to its end. The session was
+/// authenticated by its cookie (or is anonymous) before the upgrade; it
+/// speaks the uplink protocol with client privilege, and receives events.
+pub(crate) async fn serve_browser(
+    hub: Arc<Hub>,
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    app: String,
+    browser: BrowserSession,
+) {
+    let span = tracing::debug_span!("browser", %peer, app = %app);
+    async move {
+        let session = ServerSession::pre_authenticated(
+            hub.config.session.clone(),
+            hub.now(),
+            Privilege::Client,
+            8,
+        );
+        let mut hello = String::from("{\"session\":{\"id\":");
+        ferrolink_proto::push_str_literal(&mut hello, &browser.id);
+        hello.push_str(",\"app\":");
+        ferrolink_proto::push_str_literal(&mut hello, &app);
+        hello.push_str(",\"user\":");
+        match &browser.email {
+            Some(e) => ferrolink_proto::push_str_literal(&mut hello, e),
+            None => hello.push_str("null"),
+        }
+        hello.push_str(if browser.anonymous_calls {
+            ",\"anonymous_calls\":true}}"
+        } else {
+            ",\"anonymous_calls\":false}}"
+        });
+        if ws.send(WsMessage::Text(hello.into())).await.is_err() {
+            return;
+        }
+        let shared = Arc::new(ConnShared::new(
+            hub.next_conn_id(),
+            ConnSetup {
+                key_id: crate::keys::KeyId(String::new()),
+                device: None,
+                privilege: Privilege::Client,
+                library: None,
+                protocol_version: 8,
+                ip: peer.ip().to_string(),
+                app,
+                browser: Some(browser),
+            },
+            &hub.config.environment,
+            hub.config.max_queued_bytes,
+            hub.monitor.clone(),
+        ));
+        hub.app(&shared.app).add_browser(&shared);
+        hub.monitor.changed();
+        tracing::debug!(conn = shared.id, "browser session opened");
+        drive(hub, ws, session, shared).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 async fn send_fatal(ws: &mut WebSocket, text: &str, code: u16) {
@@ -136,7 +205,7 @@ async fn authenticate(
     ws: &mut WebSocket,
     session: &mut ServerSession,
     peer: SocketAddr,
-) -> Option<(crate::keys::KeyRecord, bool)> {
+) -> Option<(crate::keys::KeyRecord, Option<String>)> {
     let deadline = hub.to_tokio(session.poll_timeout()?);
     loop {
         let msg = tokio::select! {
@@ -165,10 +234,12 @@ async fn authenticate(
                 return None;
             }
         };
-        let (key, is_pico) = match session.handle_text(hub.now(), text.as_str()) {
+        let (key, library) = match session.handle_text(hub.now(), text.as_str()) {
             Ok(Inbound::Hello(hello)) => (
                 hello.key.into_owned(),
-                hello.device.as_deref() == Some("PICO_W"),
+                hello
+                    .device
+                    .map(|d| d.chars().take(128).collect::<String>()),
             ),
             Ok(_) => continue,
             Err(refusal) => {
@@ -194,7 +265,7 @@ async fn authenticate(
                 if ws.send(WsMessage::Text(frame.into())).await.is_err() {
                     return None;
                 }
-                Some((record, is_pico))
+                Some((record, library))
             }
             Err(e) => {
                 session.reject();
@@ -213,7 +284,6 @@ struct Driver {
     shared: Arc<ConnShared>,
     app: Arc<AppRuntime>,
     pending: CallTable<Pending>,
-    registered: Vec<Box<str>>,
     inbox: VecDeque<Outbound>,
     /// Frames were fed since the last flush.
     dirty: bool,
@@ -323,12 +393,18 @@ impl Driver {
                     frame,
                     reply,
                     depth,
+                    origin,
                 } = *call;
                 let deadline = now + self.hub.config.call_timeout;
-                match self
-                    .pending
-                    .insert(CallId(id), deadline, Pending { reply, depth })
-                {
+                match self.pending.insert(
+                    CallId(id),
+                    deadline,
+                    Pending {
+                        reply,
+                        depth,
+                        origin,
+                    },
+                ) {
                     Ok(()) => self.send(frame).await,
                     Err((full, p)) => {
                         let msg =
@@ -347,6 +423,9 @@ impl Driver {
     ) -> Result<(), End> {
         // One clock read per batch: frames read together arrived together.
         let now = self.hub.now();
+        self.shared
+            .last_seen
+            .store(now.as_millis(), std::sync::atomic::Ordering::Relaxed);
         self.on_ws(now, first).await?;
         for _ in 1..BATCH {
             match self.ws.recv().now_or_never() {
@@ -383,7 +462,7 @@ impl Driver {
 
     async fn on_text(&mut self, now: Instant, text: &str) -> Result<(), End> {
         match self.session.handle_text(now, text) {
-            Ok(Inbound::Call(call)) => self.on_call(call).await,
+            Ok(Inbound::Call(call)) => self.on_call(now, call).await,
             Ok(Inbound::Reply(reply)) => {
                 self.on_reply(reply);
                 Ok(())
@@ -395,9 +474,16 @@ impl Driver {
                         code: CLOSE_POLICY,
                     });
                 }
-                if !self.registered.iter().any(|n| **n == *name) {
+                let mut registered = self
+                    .shared
+                    .registered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if !registered.iter().any(|n| **n == *name) {
                     tracing::debug!(conn = self.shared.id, name = %name, "registered");
-                    self.registered.push(name.into());
+                    registered.push(name.into());
+                    drop(registered);
+                    self.hub.monitor.changed();
                 }
                 Ok(())
             }
@@ -430,7 +516,7 @@ impl Driver {
         self.send(frame).await
     }
 
-    async fn on_call(&mut self, call: Call<'_>) -> Result<(), End> {
+    async fn on_call(&mut self, now: Instant, call: Call<'_>) -> Result<(), End> {
         let id = call.id.literal();
         if let Some(result) = self.builtin(&call) {
             let mut frame = String::new();
@@ -452,15 +538,21 @@ impl Driver {
                 .reply_error(id, error_type::PERMISSION_DENIED, &msg)
                 .await;
         }
-        let depth = match call
-            .call_stack_id
-            .as_deref()
-            .and_then(encode::parse_server_call_id)
-            .and_then(|outer| self.pending.get(CallId(outer)))
+        if let Some(b) = &self.shared.browser
+            && b.email.is_none()
+            && !b.anonymous_calls
         {
-            Some(outer) => outer.depth + 1,
-            None => 1,
-        };
+            let msg = format!(
+                "app \"{}\" only accepts calls from logged-in users; log in first",
+                self.shared.app
+            );
+            return self
+                .reply_error(id, error_type::PERMISSION_DENIED, &msg)
+                .await;
+        }
+        let outer = self.outer_call(&call);
+        let depth = outer.map_or(1, |o| o.depth + 1);
+        let origin = self.call_origin(outer);
         if depth > MAX_CALL_DEPTH {
             return self
                 .reply_error(
@@ -533,13 +625,158 @@ impl Driver {
         let forwarded = ForwardedCall {
             id: call_id,
             frame,
-            reply: ReplyTo::new(self.shared.clone(), id, name),
+            reply: ReplyTo::new(self.shared.clone(), id, name, now),
             depth,
+            origin,
         };
         if let Err(closed) = provider.enqueue(Outbound::Call(Box::new(forwarded))) {
             fail_queued_calls(VecDeque::from([closed.0]), "Uplink disconnected");
         }
         Ok(())
+    }
+
+    /// The still-pending call on this connection that `call` was made
+    /// from (its `call-stack-id`), if any. Only this connection's own
+    /// pending calls are looked at, so nobody can borrow another
+    /// connection's context by guessing ids.
+    fn outer_call(&self, call: &Call<'_>) -> Option<&Pending> {
+        call.call_stack_id
+            .as_deref()
+            .and_then(encode::parse_server_call_id)
+            .and_then(|outer| self.pending.get(CallId(outer)))
+    }
+
+    /// The browser session a call made now (from inside `outer`, if set)
+    /// acts for: this connection itself when it is a browser session.
+    fn call_origin(&self, outer: Option<&Pending>) -> Option<Arc<ConnShared>> {
+        if self.shared.browser.is_some() {
+            Some(self.shared.clone())
+        } else {
+            outer.and_then(|o| o.origin.clone())
+        }
+    }
+
+    /// `anvil.private.raise_event(name, payload, session_id=, session_ids=,
+    /// channel=)`: sends the event to browser sessions (see docs/web.md).
+    fn raise_event(&self, call: &Call<'_>) -> Result<String, (&'static str, String)> {
+        if self.shared.privilege != Privilege::Server || self.shared.browser.is_some() {
+            return Err((
+                error_type::PERMISSION_DENIED,
+                "only server-privilege uplinks may raise events".to_owned(),
+            ));
+        }
+        let (name, payload) = match serde_json::from_str::<Vec<&RawValue>>(call.args.get()) {
+            Ok(args) if (1..=2).contains(&args.len()) => {
+                match serde_json::from_str::<String>(args[0].get()) {
+                    Ok(name) if !name.is_empty() && name.len() <= 128 => {
+                        (name, args.get(1).map_or("null", |p| p.get()))
+                    }
+                    _ => {
+                        return Err((
+                            "TypeError",
+                            "raise_event(name, payload): name must be a non-empty string of at most 128 bytes".to_owned(),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(("TypeError", "raise_event takes (name, payload)".to_owned()));
+            }
+        };
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Targeting {
+            session_id: Option<String>,
+            session_ids: Option<Vec<String>>,
+            channel: Option<String>,
+        }
+        let t: Targeting = serde_json::from_str(call.kwargs.get()).map_err(|_| {
+            (
+                "TypeError",
+                "raise_event: session_id must be a string, session_ids a list of strings, channel a string".to_owned(),
+            )
+        })?;
+        let app = &self.app;
+        let targets = match (t.session_id, t.session_ids, t.channel) {
+            (None, None, None) => self
+                .call_origin(self.outer_call(call))
+                .into_iter()
+                .collect(),
+            (id, ids, channel) => {
+                let mut all: Vec<String> = ids.unwrap_or_default();
+                all.extend(id);
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                let mut targets = app.browsers_for(&Target::Sessions(&refs));
+                if let Some(ch) = channel {
+                    for c in app.browsers_for(&Target::Channel(&ch)) {
+                        if !targets.iter().any(|t| t.id == c.id) {
+                            targets.push(c);
+                        }
+                    }
+                }
+                targets
+            }
+        };
+        let mut frame = String::new();
+        let _ = std::fmt::Write::write_fmt(
+            &mut frame,
+            format_args!(
+                "{{\"id\":\"evt{}\",\"event\":{{\"name\":",
+                self.hub.next_call_id()
+            ),
+        );
+        ferrolink_proto::push_str_literal(&mut frame, &name);
+        frame.push_str(",\"payload\":");
+        frame.push_str(payload);
+        frame.push_str("},\"objects\":[]}");
+        let mut delivered = 0;
+        for target in &targets {
+            if target.enqueue(Outbound::Frame(frame.clone())).is_ok() {
+                delivered += 1;
+            }
+        }
+        self.hub.monitor.event(
+            &self.shared.app,
+            &self.shared.label,
+            &name,
+            payload,
+            delivered,
+        );
+        Ok("null".to_owned())
+    }
+
+    /// `ferrolink.session.subscribe(channel)` / `unsubscribe(channel)`,
+    /// for browser sessions.
+    fn subscribe(&self, call: &Call<'_>, on: bool) -> Result<String, (&'static str, String)> {
+        let Some(b) = &self.shared.browser else {
+            return Err((
+                error_type::PERMISSION_DENIED,
+                "only browser sessions subscribe to event channels".to_owned(),
+            ));
+        };
+        let channel = match serde_json::from_str::<(String,)>(call.args.get()) {
+            Ok((c,)) if !c.is_empty() && c.len() <= 64 && c != "*" => c,
+            _ => {
+                return Err((
+                    "TypeError",
+                    "subscribe(channel): channel must be a string of 1-64 bytes other than \"*\""
+                        .to_owned(),
+                ));
+            }
+        };
+        let mut channels = b.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            if channels.len() >= 32 && !channels.contains(channel.as_str()) {
+                return Err((
+                    error_type::QUOTA_EXCEEDED,
+                    "a session may subscribe to at most 32 channels".to_owned(),
+                ));
+            }
+            channels.insert(channel.into());
+        } else {
+            channels.remove(channel.as_str());
+        }
+        Ok("null".to_owned())
     }
 
     /// Answers the built-in functions; `None` for any other name.
@@ -557,9 +794,29 @@ impl Driver {
             },
             "anvil.private.get_app_origin" => Ok(string(&self.hub.origin)),
             "anvil.private.get_api_origin" => Ok(string(&format!("{}/_/api", self.hub.origin))),
-            // User accounts arrive with web apps; until then no call has a user.
-            "anvil.private.users.get_current_user_email"
-            | "anvil.private.users.get_current_user" => Ok("null".to_owned()),
+            // The user of the browser session the call acts for (directly,
+            // or through the call-stack-id of the call it is nested in).
+            "anvil.private.users.get_current_user_email" => {
+                let origin = self.call_origin(self.outer_call(call));
+                Ok(
+                    match origin
+                        .as_ref()
+                        .and_then(|o| o.browser.as_ref()?.email.as_deref())
+                    {
+                        Some(email) => string(email),
+                        None => "null".to_owned(),
+                    },
+                )
+            }
+            // A user row is a live object, which ferrolink does not carry.
+            "anvil.private.users.get_current_user" => Ok("null".to_owned()),
+            "anvil.private.raise_event" => self.raise_event(call),
+            "ferrolink.session.subscribe" if self.shared.browser.is_some() => {
+                self.subscribe(call, true)
+            }
+            "ferrolink.session.unsubscribe" if self.shared.browser.is_some() => {
+                self.subscribe(call, false)
+            }
             _ => return None,
         })
     }
@@ -576,13 +833,14 @@ impl Driver {
         };
         let caller_id = p.reply.caller_id();
         let mut frame = String::new();
-        match (reply.outcome, reply.objects) {
+        let outcome = match (reply.outcome, reply.objects) {
             (_, Some(_)) if p.reply.caller.is_pico => {
                 let msg = format!(
                     "the result of \"{}\" contains values a Pico W cannot receive (dates, media or other objects); return plain JSON",
                     p.reply.command()
                 );
                 encode::reply_error(&mut frame, caller_id, error_type::SERIALIZATION, &msg);
+                error_type::SERIALIZATION
             }
             (Outcome::Response(value), objects) => {
                 encode::reply_response(
@@ -591,12 +849,27 @@ impl Driver {
                     value.get(),
                     objects.map(RawValue::get),
                 );
+                "ok"
             }
             (Outcome::Error(error), _) => {
-                encode::reply_error_raw(&mut frame, caller_id, error.get())
+                encode::reply_error_raw(&mut frame, caller_id, error.get());
+                #[derive(serde::Deserialize)]
+                struct Typed<'a> {
+                    #[serde(borrow, rename = "type")]
+                    ty: Option<std::borrow::Cow<'a, str>>,
+                }
+                let typed = serde_json::from_str::<Typed<'_>>(error.get()).ok();
+                p.reply.deliver(
+                    frame,
+                    typed
+                        .as_ref()
+                        .and_then(|t| t.ty.as_deref())
+                        .unwrap_or("error"),
+                );
+                return;
             }
-        }
-        p.reply.deliver(frame);
+        };
+        p.reply.deliver(frame, outcome);
     }
 
     fn on_timer(&mut self) -> Result<(), End> {
@@ -639,7 +912,12 @@ impl Driver {
                 Some((text, CLOSE_TOO_BIG)),
             ),
         };
-        self.app.unregister_all(&self.shared, &self.registered);
+        self.app
+            .unregister_all(&self.shared, &self.shared.registered());
+        if self.shared.browser.is_some() {
+            self.app.remove_browser(&self.shared);
+            self.hub.monitor.changed();
+        }
         let queued = self.shared.shut(&lost);
         fail_queued_calls(queued, &lost);
         let inbox = std::mem::take(&mut self.inbox);
@@ -648,7 +926,9 @@ impl Driver {
         for (_, p) in self.pending.drain() {
             p.reply.fail(error_type::UPLINK_DISCONNECTED, &lost);
         }
-        self.hub.detach(&self.shared);
+        if self.shared.browser.is_none() {
+            self.hub.detach(&self.shared);
+        }
         tracing::info!(
             conn = self.shared.id,
             key = %self.shared.key_id,

@@ -1,0 +1,603 @@
+//! The operator dashboard at `/_/admin`: login, a live view of apps, keys,
+//! devices, calls and events, and a call console. Pages and assets are
+//! served from the binary; data comes from a small JSON API and a
+//! server-sent event stream. Every value a device or user supplied is put
+//! into the page with `textContent` by `admin.js`, never as markup.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Form, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
+
+use ferrolink_proto::encode::{self, CallOrigin, OutgoingCall, Privilege};
+
+use crate::activity::Activity;
+use crate::auth;
+use crate::conn::{ConnSetup, ConnShared, ForwardedCall, Outbound, ReplyTo};
+use crate::hub::Hub;
+use crate::router::Route;
+use crate::storage::OperatorSession;
+use crate::web::{ApiError, blocking, check_origin, cookie, set_cookie};
+
+const SESSION_COOKIE: &str = "flk_admin";
+const FORM_COOKIE: &str = "flk_csrf";
+const PATH: &str = "/_/admin";
+/// How long an operator stays logged in.
+const SESSION_SECS: i64 = 12 * 3600;
+
+const LOGIN_HTML: &str = include_str!("../../../web/admin/login.html");
+const INDEX_HTML: &str = include_str!("../../../web/admin/index.html");
+pub(crate) const ADMIN_JS: &str = include_str!("../../../web/admin/admin.js");
+pub(crate) const ADMIN_CSS: &str = include_str!("../../../web/admin/admin.css");
+
+/// Escapes text for HTML element content and attribute values.
+pub(crate) fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn now_secs() -> i64 {
+    crate::activity::unix_ms() as i64 / 1000
+}
+
+/// The operator session of the request, if it has a live one.
+async fn session(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<Option<OperatorSession>, ApiError> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let hash = auth::token_hash(token);
+    blocking(hub, move |s| s.operator_session(&hash)).await
+}
+
+async fn require(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<OperatorSession, ApiError> {
+    session(hub, headers).await?.ok_or_else(|| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "log in to the dashboard first (your session may have expired)".to_owned(),
+        )
+    })
+}
+
+/// For changes: a live session, a same-origin request, and the session's
+/// CSRF token in `X-CSRF-Token`.
+async fn require_change(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<OperatorSession, ApiError> {
+    check_origin(hub, headers)?;
+    let s = require(hub, headers).await?;
+    let sent = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if bool::from(sent.as_bytes().ct_eq(s.csrf.as_bytes())) {
+        Ok(s)
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "missing or wrong CSRF token; reload the dashboard".to_owned(),
+        ))
+    }
+}
+
+fn login_page(hub: &Hub, error: Option<&str>) -> Response {
+    let token = auth::new_token();
+    let error = error.map_or_else(String::new, |e| {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", html_escape(e))
+    });
+    let page = LOGIN_HTML
+        .replace("{{csrf}}", &html_escape(&token))
+        .replace("{{error}}", &error);
+    let mut res = Html(page).into_response();
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(hub, FORM_COOKIE, &token, PATH, "Strict", 3600),
+    );
+    res
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PageQuery {
+    error: Option<String>,
+}
+
+/// `GET /_/admin`: the dashboard, or the login form.
+pub(crate) async fn page(
+    State(hub): State<Arc<Hub>>,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    match session(&hub, &headers).await? {
+        Some(s) => Ok(Html(
+            INDEX_HTML
+                .replace("{{csrf}}", &html_escape(&s.csrf))
+                .replace("{{operator}}", &html_escape(&s.name)),
+        )
+        .into_response()),
+        None => {
+            let error = match q.error.as_deref() {
+                Some("login") => Some("Wrong name or password."),
+                Some("form") => Some("The form expired; please try again."),
+                Some("throttled") => {
+                    Some("Too many failed logins from this address; wait a little and try again.")
+                }
+                _ => None,
+            };
+            Ok(login_page(&hub, error))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    name: String,
+    password: String,
+    csrf: String,
+}
+
+/// `POST /_/admin/login`.
+pub(crate) async fn login(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ApiError> {
+    check_origin(&hub, &headers)?;
+    let expected = cookie(&headers, FORM_COOKIE).unwrap_or("");
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return Ok(Redirect::to("/_/admin?error=form").into_response());
+    }
+    let now = std::time::Instant::now();
+    if hub.login_throttle.wait(peer.ip(), now).is_some() {
+        return Ok(Redirect::to("/_/admin?error=throttled").into_response());
+    }
+    let name = form.name.trim().to_owned();
+    let n2 = name.clone();
+    let stored = blocking(&hub, move |s| s.operator_password(&n2)).await?;
+    let found = stored.is_some();
+    let password = form.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        auth::verify_password(
+            &password,
+            stored.as_deref().unwrap_or_else(|| auth::dummy_hash()),
+        )
+    })
+    .await
+    .unwrap_or(false);
+    if !(ok && found) {
+        hub.login_throttle
+            .failed(peer.ip(), std::time::Instant::now());
+        tracing::warn!(%peer, "failed dashboard login");
+        return Ok(Redirect::to("/_/admin?error=login").into_response());
+    }
+    hub.login_throttle.succeeded(peer.ip());
+    let token = auth::new_token();
+    let hash = auth::token_hash(&token);
+    let csrf = auth::new_token();
+    let n2 = name.clone();
+    blocking(&hub, move |s| {
+        s.create_operator_session(&n2, &hash, &csrf, now_secs() + SESSION_SECS)
+    })
+    .await?;
+    tracing::info!(operator = %name, %peer, "operator logged in");
+    let mut res = Redirect::to(PATH).into_response();
+    let h = res.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&hub, SESSION_COOKIE, &token, PATH, "Strict", SESSION_SECS),
+    );
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&hub, FORM_COOKIE, "", PATH, "Strict", 0),
+    );
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LogoutForm {
+    csrf: String,
+}
+
+/// `POST /_/admin/logout`.
+pub(crate) async fn logout(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Form(form): Form<LogoutForm>,
+) -> Result<Response, ApiError> {
+    check_origin(&hub, &headers)?;
+    if let (Some(s), Some(token)) = (
+        session(&hub, &headers).await?,
+        cookie(&headers, SESSION_COOKIE),
+    ) && bool::from(s.csrf.as_bytes().ct_eq(form.csrf.as_bytes()))
+    {
+        let hash = auth::token_hash(token);
+        blocking(&hub, move |st| st.delete_operator_session(&hash)).await?;
+    }
+    let mut res = Redirect::to(PATH).into_response();
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&hub, SESSION_COOKIE, "", PATH, "Strict", 0),
+    );
+    Ok(res)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `GET /_/admin/admin.js`.
+pub(crate) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", ADMIN_JS)
+}
+
+/// `GET /_/admin/admin.css`.
+pub(crate) async fn style() -> Response {
+    asset("text/css; charset=utf-8", ADMIN_CSS)
+}
+
+/// `GET /_/admin/api/state`: everything the dashboard shows.
+pub(crate) async fn state(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let op = require(&hub, &headers).await?;
+    let (apps, keys) = blocking(&hub, |s| Ok((s.apps()?, s.keys(None)?))).await?;
+    let runtimes: HashMap<String, _> = hub.app_runtimes().into_iter().collect();
+    let live = hub.live_uplinks();
+    let apps: Vec<Value> = apps
+        .iter()
+        .map(|a| {
+            let rt = runtimes.get(&a.name);
+            let functions: Vec<Value> = rt
+                .map(|r| r.functions())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, providers)| json!({ "name": name, "providers": providers }))
+                .collect();
+            json!({
+                "name": a.name,
+                "created_at": a.created_at,
+                "anonymous_calls": a.anonymous_calls,
+                "signup": a.signup,
+                "site": crate::sites::site_dir(&hub.config.data_dir, &a.name).join("index.html").is_file(),
+                "url": format!("{}/app/{}/", hub.origin, a.name),
+                "sessions": rt.map_or(0, |r| r.browser_count()),
+                "functions": functions,
+            })
+        })
+        .collect();
+    let devices: Vec<Value> = live
+        .iter()
+        .map(|c| {
+            json!({
+                "conn": c.id,
+                "app": &*c.app,
+                "key": c.key_id.0,
+                "device": c.device.as_deref(),
+                "privilege": c.privilege.frame_type(),
+                "library": c.library.as_deref(),
+                "address": &*c.ip,
+                "protocol_version": c.protocol_version,
+                "connected_at_ms": c.connected_at_ms,
+                "last_seen_ms": hub.monitor.to_unix_ms(ferrolink_proto::Instant::from_millis(
+                    c.last_seen.load(std::sync::atomic::Ordering::Relaxed),
+                )),
+                "functions": c.registered().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let last_seen = hub.last_seen();
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            let seen = last_seen.get(&k.id);
+            json!({
+                "id": k.id.0,
+                "app": k.app,
+                "privilege": encode_privilege(k.privilege),
+                "device": k.device,
+                "created_at": k.created_at,
+                "revoked_at": k.revoked_at,
+                "online": live.iter().filter(|c| c.key_id == k.id).count(),
+                "last_seen_ms": seen.map(|s| s.0),
+                "last_address": seen.map(|s| s.1.clone()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "operator": op.name,
+        "origin": hub.origin,
+        "apps": apps,
+        "keys": keys,
+        "devices": devices,
+        "calls": hub.monitor.recent_calls(),
+        "events": hub.monitor.recent_events(),
+    })))
+}
+
+fn encode_privilege(p: Privilege) -> &'static str {
+    match p {
+        Privilege::Server => "server",
+        Privilege::Client => "client",
+    }
+}
+
+/// `GET /_/admin/api/live`: server-sent events `call`, `event` and
+/// `changed`.
+pub(crate) async fn live(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require(&hub, &headers).await?;
+    let rx = hub.monitor.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(Activity::Call(c)) => Event::default().event("call").json_data(&*c).ok()?,
+            Ok(Activity::Event(e)) => Event::default().event("event").json_data(&*e).ok()?,
+            // Fell behind: the page reloads its state instead.
+            Ok(Activity::Changed) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Event::default().event("changed").data("{}")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewKey {
+    app: String,
+    privilege: String,
+    device: Option<String>,
+}
+
+/// `POST /_/admin/api/keys`: creates a key; the secret is in this answer only.
+pub(crate) async fn create_key(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Json(k): Json<NewKey>,
+) -> Result<Json<Value>, ApiError> {
+    let op = require_change(&hub, &headers).await?;
+    let privilege = crate::keys::parse_privilege(&k.privilege).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "privilege must be \"server\" or \"client\"".to_owned(),
+        )
+    })?;
+    let device = k.device.filter(|d| !d.trim().is_empty());
+    let (record, secret) = blocking(&hub, move |s| {
+        s.create_key(&k.app, privilege, device.as_deref())
+    })
+    .await?;
+    tracing::info!(operator = %op.name, key = %record.id, app = %record.app, "key created from the dashboard");
+    hub.monitor.changed();
+    Ok(Json(json!({ "id": record.id.0, "key": secret.expose() })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RevokeKey {
+    id: String,
+}
+
+/// `POST /_/admin/api/keys/revoke`: revokes a key and closes its connections.
+pub(crate) async fn revoke_key(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Json(r): Json<RevokeKey>,
+) -> Result<Json<Value>, ApiError> {
+    let op = require_change(&hub, &headers).await?;
+    let h2 = hub.clone();
+    let (record, closed) = blocking(&hub, move |s| {
+        let record = s.revoke(&r.id)?;
+        Ok((record, h2.refresh_keys()?))
+    })
+    .await?;
+    tracing::info!(operator = %op.name, key = %record.id, closed, "key revoked from the dashboard");
+    hub.monitor.changed();
+    Ok(Json(json!({ "id": record.id.0, "closed": closed })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewApp {
+    name: String,
+}
+
+/// `POST /_/admin/api/apps`: creates an app.
+pub(crate) async fn create_app(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Json(a): Json<NewApp>,
+) -> Result<Json<Value>, ApiError> {
+    require_change(&hub, &headers).await?;
+    let app = blocking(&hub, move |s| s.create_app(&a.name)).await?;
+    hub.monitor.changed();
+    Ok(Json(json!({ "name": app.name })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AppSettings {
+    name: String,
+    anonymous_calls: Option<bool>,
+    signup: Option<bool>,
+}
+
+/// `POST /_/admin/api/apps/settings`.
+pub(crate) async fn app_settings(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Json(a): Json<AppSettings>,
+) -> Result<Json<Value>, ApiError> {
+    require_change(&hub, &headers).await?;
+    let app = blocking(&hub, move |s| {
+        s.set_app(&a.name, a.anonymous_calls, a.signup)
+    })
+    .await?;
+    hub.monitor.changed();
+    Ok(Json(
+        json!({ "name": app.name, "anonymous_calls": app.anonymous_calls, "signup": app.signup }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ConsoleCall {
+    app: String,
+    function: String,
+    /// JSON text of the positional arguments (a list).
+    args: String,
+    /// JSON text of the keyword arguments (an object), if any.
+    kwargs: Option<String>,
+    device: Option<String>,
+}
+
+/// `POST /_/admin/api/call`: calls a function as the app's server would,
+/// and answers `{"response": ...}` or `{"error": {...}}`.
+pub(crate) async fn call(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Json(c): Json<ConsoleCall>,
+) -> Result<Json<Value>, ApiError> {
+    let op = require_change(&hub, &headers).await?;
+    let bad = |what: &str| ApiError(StatusCode::BAD_REQUEST, what.to_owned());
+    let args = if c.args.trim().is_empty() {
+        "[]"
+    } else {
+        c.args.trim()
+    };
+    let args: Value =
+        serde_json::from_str(args).map_err(|e| bad(&format!("arguments are not JSON: {e}")))?;
+    let args = match args {
+        Value::Array(_) => args,
+        one => Value::Array(vec![one]),
+    };
+    let kwargs: Value = match c.kwargs.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
+        Some(k) => serde_json::from_str(k)
+            .map_err(|e| bad(&format!("keyword arguments are not JSON: {e}")))?,
+        None => json!({}),
+    };
+    if !kwargs.is_object() {
+        return Err(bad("keyword arguments must be a JSON object"));
+    }
+    let app = blocking(&hub, move |s| s.app(&c.app)).await?;
+    let device = c.device.filter(|d| !d.is_empty());
+    let provider = match hub.app(&app.name).route(&c.function, device.as_deref()) {
+        Route::Provider(p) => p,
+        Route::Stale | Route::Missing => {
+            return Ok(Json(json!({ "error": {
+                "type": ferrolink_proto::error_type::NO_SERVER_FUNCTION,
+                "message": format!("No server function matching \"{}\" is registered in app \"{}\"", c.function, app.name),
+            }})));
+        }
+    };
+    let console = Arc::new(ConnShared::new(
+        hub.next_conn_id(),
+        ConnSetup {
+            key_id: crate::keys::KeyId(String::new()),
+            device: Some(format!("dashboard ({})", op.name)),
+            privilege: Privilege::Server,
+            library: None,
+            protocol_version: 8,
+            ip: "dashboard".to_owned(),
+            app: app.name.clone(),
+            browser: None,
+        },
+        &hub.config.environment,
+        hub.config.max_queued_bytes,
+        hub.monitor.clone(),
+    ));
+    let id = hub.next_call_id();
+    let (args, kwargs) = (args.to_string(), kwargs.to_string());
+    let mut frame = String::new();
+    encode::call_with_tail(
+        &mut frame,
+        &OutgoingCall {
+            id,
+            command: &c.function,
+            args: &args,
+            kwargs: &kwargs,
+            objects: None,
+            origin: CallOrigin {
+                frame_type: "uplink",
+                protocol_version: 8,
+                ip: None,
+            },
+        },
+        &console.call_tail,
+    );
+    let forwarded = ForwardedCall {
+        id,
+        frame,
+        reply: ReplyTo::new(console.clone(), "1", &c.function, hub.now()),
+        depth: 1,
+        origin: None,
+    };
+    if let Err(closed) = provider.enqueue(Outbound::Call(Box::new(forwarded))) {
+        crate::conn::fail_queued_calls(
+            std::collections::VecDeque::from([closed.0]),
+            "Uplink disconnected",
+        );
+    }
+    // The provider's driver answers (or times the call out) by queueing a
+    // frame on the console connection.
+    let wait = hub.config.call_timeout + Duration::from_secs(5);
+    let answer = tokio::time::timeout(wait, async {
+        loop {
+            console.wake.notified().await;
+            let mut items = std::collections::VecDeque::new();
+            console.take_queued(&mut items);
+            if let Some(Outbound::Frame(f)) = items.into_iter().next() {
+                return f;
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the call got no answer".to_owned(),
+        )
+    })?;
+    let mut reply: Value = serde_json::from_str(&answer).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            "the answer was not JSON".to_owned(),
+        )
+    })?;
+    Ok(Json(match reply.get_mut("error") {
+        Some(e) => json!({ "error": e.take() }),
+        None => {
+            json!({ "response": reply.get_mut("response").map(Value::take).unwrap_or(Value::Null) })
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::html_escape;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            html_escape("<script>\"a\"&'b'</script>"),
+            "&lt;script&gt;&quot;a&quot;&amp;&#39;b&#39;&lt;/script&gt;"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! App users, operators, and their login sessions.
+
+use rusqlite::{OptionalExtension as _, params};
+
+use super::{Store, StoreError, now_secs};
+
+/// A stored app user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Row id.
+    pub id: i64,
+    /// The app the account belongs to.
+    pub app: String,
+    /// Normalised email address.
+    pub email: String,
+    /// PHC password hash.
+    pub password: String,
+}
+
+/// A live operator (dashboard) session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSession {
+    /// The operator's name.
+    pub name: String,
+    /// The token that must accompany every change made in this session.
+    pub csrf: String,
+}
+
+fn is_constraint(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+impl Store {
+    /// Creates a user of `app` with an already hashed password.
+    pub fn create_user(
+        &self,
+        app: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<i64, StoreError> {
+        self.app(app)?;
+        let result = self.with(|c| {
+            c.execute(
+                "INSERT INTO users (app, email, password, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![app, email, password_hash, now_secs()],
+            )?;
+            Ok(c.last_insert_rowid())
+        });
+        match result {
+            Err(e) if is_constraint(&e) => Err(StoreError::UserExists {
+                app: app.to_owned(),
+                email: email.to_owned(),
+            }),
+            other => other,
+        }
+    }
+
+    /// The user of `app` with this (normalised) email.
+    pub fn user(&self, app: &str, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, app, email, password FROM users WHERE app = ?1 AND email = ?2",
+                params![app, email],
+                |r| {
+                    Ok(UserRecord {
+                        id: r.get(0)?,
+                        app: r.get(1)?,
+                        email: r.get(2)?,
+                        password: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Number of users of `app`.
+    pub fn user_count(&self, app: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT count(*) FROM users WHERE app = ?1", [app], |r| {
+                r.get(0)
+            })
+        })
+    }
+
+    /// Records a login session for a user, valid until `expires_at`.
+    pub fn create_user_session(
+        &self,
+        user_id: i64,
+        token_hash: &[u8; 32],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO user_sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&token_hash[..], user_id, now_secs(), expires_at],
+            )
+        })
+        .map(drop)
+    }
+
+    /// The email of the user a live session of `app` belongs to.
+    pub fn user_session(
+        &self,
+        app: &str,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT u.email FROM user_sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND u.app = ?2 AND s.expires_at > ?3",
+                params![&token_hash[..], app, now_secs()],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Ends a user session (logging out); unknown tokens are ignored.
+    pub fn delete_user_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM user_sessions WHERE token_hash = ?1 OR expires_at <= ?2",
+                params![&token_hash[..], now_secs()],
+            )
+        })
+        .map(drop)
+    }
+
+    /// Creates an operator, or with `replace` sets a new password for an
+    /// existing one (ending their sessions).
+    pub fn create_operator(
+        &self,
+        name: &str,
+        password_hash: &str,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        super::validate_name("operator name", name)?;
+        let sql = if replace {
+            "INSERT INTO operators (name, password, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET password = excluded.password"
+        } else {
+            "INSERT INTO operators (name, password, created_at) VALUES (?1, ?2, ?3)"
+        };
+        let result = self.with(|c| {
+            c.execute(sql, params![name, password_hash, now_secs()])?;
+            c.execute("DELETE FROM operator_sessions WHERE name = ?1", [name])
+        });
+        match result {
+            Err(e) if is_constraint(&e) => Err(StoreError::OperatorExists(name.to_owned())),
+            other => other.map(drop),
+        }
+    }
+
+    /// Number of operators.
+    pub fn operator_count(&self) -> Result<u64, StoreError> {
+        self.with(|c| c.query_row("SELECT count(*) FROM operators", [], |r| r.get(0)))
+    }
+
+    /// An operator's password hash.
+    pub fn operator_password(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT password FROM operators WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Records an operator session.
+    pub fn create_operator_session(
+        &self,
+        name: &str,
+        token_hash: &[u8; 32],
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO operator_sessions (token_hash, name, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&token_hash[..], name, csrf, expires_at],
+            )
+        })
+        .map(drop)
+    }
+
+    /// The live operator session with this token.
+    pub fn operator_session(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<OperatorSession>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT name, csrf FROM operator_sessions WHERE token_hash = ?1 AND expires_at > ?2",
+                params![&token_hash[..], now_secs()],
+                |r| {
+                    Ok(OperatorSession {
+                        name: r.get(0)?,
+                        csrf: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Ends an operator session (and forgets expired ones).
+    pub fn delete_operator_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM operator_sessions WHERE token_hash = ?1 OR expires_at <= ?2",
+                params![&token_hash[..], now_secs()],
+            )
+        })
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::token_hash;
+
+    #[test]
+    fn users_sessions_and_operators_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_app("a").unwrap();
+        store.create_app("b").unwrap();
+        let id = store.create_user("a", "ada@example.org", "h").unwrap();
+        assert!(matches!(
+            store.create_user("a", "ada@example.org", "h"),
+            Err(StoreError::UserExists { .. })
+        ));
+        assert!(matches!(
+            store.create_user("nope", "x@y", "h"),
+            Err(StoreError::NoSuchApp(_))
+        ));
+        let t = token_hash("tok");
+        store.create_user_session(id, &t, now_secs() + 60).unwrap();
+        assert_eq!(
+            store.user_session("a", &t).unwrap().as_deref(),
+            Some("ada@example.org")
+        );
+        assert_eq!(
+            store.user_session("b", &t).unwrap(),
+            None,
+            "sessions belong to one app"
+        );
+        store.delete_user_session(&t).unwrap();
+        assert_eq!(store.user_session("a", &t).unwrap(), None);
+        let old = token_hash("old");
+        store.create_user_session(id, &old, now_secs() - 1).unwrap();
+        assert_eq!(store.user_session("a", &old).unwrap(), None, "expired");
+
+        store.create_operator("root", "p1", false).unwrap();
+        assert!(matches!(
+            store.create_operator("root", "p2", false),
+            Err(StoreError::OperatorExists(_))
+        ));
+        let s = token_hash("s");
+        store
+            .create_operator_session("root", &s, "csrf", now_secs() + 60)
+            .unwrap();
+        assert_eq!(store.operator_session(&s).unwrap().unwrap().csrf, "csrf");
+        store.create_operator("root", "p2", true).unwrap();
+        assert_eq!(
+            store.operator_password("root").unwrap().as_deref(),
+            Some("p2")
+        );
+        assert_eq!(
+            store.operator_session(&s).unwrap(),
+            None,
+            "a new password ends sessions"
+        );
+        assert_eq!(store.operator_count().unwrap(), 1);
+    }
+}

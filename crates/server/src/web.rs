@@ -1,0 +1,553 @@
+//! The browser side: app front ends, the browser client module, the
+//! session websocket, user sign-up/log-in, and the headers every response
+//! carries. See docs/web.md.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use tower::ServiceExt as _;
+
+use crate::auth;
+use crate::conn::BrowserSession;
+use crate::hub::Hub;
+use crate::storage::{AppRecord, Store, StoreError};
+
+/// How long a user stays logged in.
+const USER_SESSION_SECS: i64 = 30 * 86_400;
+
+pub(crate) const CLIENT_JS: &str = include_str!("../../../web/ferrolink.js");
+pub(crate) const CLIENT_DTS: &str = include_str!("../../../web/ferrolink.d.ts");
+
+/// A failure answered to a browser as `{"error": message}`.
+#[derive(Debug)]
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchApp(_) => Self(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::UserExists { .. }
+            | StoreError::AppExists(_)
+            | StoreError::DeviceTaken { .. } => Self(StatusCode::CONFLICT, e.to_string()),
+            StoreError::InvalidName { .. }
+            | StoreError::NoSuchKey(_)
+            | StoreError::Ambiguous { .. } => Self(StatusCode::BAD_REQUEST, e.to_string()),
+            e => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "storage failed");
+                Self(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server could not read or write its database; see its log".to_owned(),
+                )
+            }
+        }
+    }
+}
+
+/// Runs `f` on the database off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    hub: &Arc<Hub>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let hub = hub.clone();
+    tokio::task::spawn_blocking(move || f(&hub.store))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error".to_owned(),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+/// The value of cookie `name` in the request.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether cookies must be `Secure` (the server is reached over https).
+pub(crate) fn secure(hub: &Hub) -> bool {
+    hub.config.tls.is_some() || hub.origin.starts_with("https:")
+}
+
+/// A `Set-Cookie` value: HttpOnly, with the given SameSite and lifetime
+/// (`max_age` 0 deletes the cookie).
+pub(crate) fn set_cookie(
+    hub: &Hub,
+    name: &str,
+    value: &str,
+    path: &str,
+    same_site: &str,
+    max_age: i64,
+) -> HeaderValue {
+    let secure = if secure(hub) { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite={same_site}{secure}"
+    ))
+    .expect("cookie names and token values are header-safe")
+}
+
+/// Checks that a browser request comes from a page of this server: the
+/// `Origin` header must be the server's public origin, or the scheme and
+/// `Host` this request was sent to. This stops other sites from opening
+/// session websockets or posting forms with a visitor's cookies.
+pub(crate) fn check_origin(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |what: String| Err(ApiError(StatusCode::FORBIDDEN, what));
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return refuse("requests from browsers must carry an Origin header; this endpoint is for pages served by this server".to_owned());
+    };
+    if origin == hub.origin {
+        return Ok(());
+    }
+    let scheme = if hub.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if host.is_some_and(|h| {
+        origin
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+            == Some(h)
+    }) {
+        return Ok(());
+    }
+    let shown: String = origin.chars().take(100).collect();
+    refuse(format!(
+        "origin {shown} may not use this server's sessions: only pages served by this server may"
+    ))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AppQuery {
+    app: Option<String>,
+}
+
+/// The app a browser request is for: `?app=NAME`, or the default app (the
+/// only app with a front end, else the only app).
+pub(crate) async fn resolve_app(
+    hub: &Arc<Hub>,
+    name: Option<String>,
+) -> Result<AppRecord, ApiError> {
+    let data_dir = hub.config.data_dir.clone();
+    blocking(hub, move |store| match name {
+        Some(name) => store.app(&name),
+        None => {
+            let apps = store.apps()?;
+            let with_site: Vec<&AppRecord> = apps
+                .iter()
+                .filter(|a| {
+                    crate::sites::site_dir(&data_dir, &a.name)
+                        .join("index.html")
+                        .is_file()
+                })
+                .collect();
+            match (with_site.as_slice(), apps.as_slice()) {
+                ([one], _) => Ok((*one).clone()),
+                ([], [one]) => Ok(one.clone()),
+                _ => Err(StoreError::NoSuchApp(
+                    "(none given: this server hosts several apps, pass ?app=NAME)".to_owned(),
+                )),
+            }
+        }
+    })
+    .await
+}
+
+fn user_cookie(app: &str) -> String {
+    format!("flk_u_{app}")
+}
+
+/// `GET /_/session`: upgrades to a browser session websocket.
+pub(crate) async fn session_endpoint(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<AppQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_origin(&hub, &headers)?;
+    let app = resolve_app(&hub, q.app).await?;
+    let email = match cookie(&headers, &user_cookie(&app.name)) {
+        Some(token) => {
+            let hash = auth::token_hash(token);
+            let name = app.name.clone();
+            blocking(&hub, move |s| s.user_session(&name, &hash)).await?
+        }
+        None => None,
+    };
+    let browser = BrowserSession {
+        id: auth::new_token()[..22].to_owned(),
+        email,
+        anonymous_calls: app.anonymous_calls,
+        channels: std::sync::Mutex::default(),
+    };
+    let limit = hub.config.max_frame_bytes;
+    Ok(ws
+        .read_buffer_size(hub.config.read_buffer_bytes)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            crate::uplink::serve_browser(hub, socket, peer, app.name, browser)
+        }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Credentials {
+    email: String,
+    password: String,
+}
+
+fn logged_in(hub: &Hub, app: &str, token: &str, email: &str) -> Response {
+    let mut res = Json(serde_json::json!({ "user": email })).into_response();
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(hub, &user_cookie(app), token, "/", "Lax", USER_SESSION_SECS),
+    );
+    res
+}
+
+async fn start_user_session(hub: &Arc<Hub>, user_id: i64) -> Result<String, ApiError> {
+    let token = auth::new_token();
+    let hash = auth::token_hash(&token);
+    let expires = crate::activity::unix_ms() as i64 / 1000 + USER_SESSION_SECS;
+    blocking(hub, move |s| s.create_user_session(user_id, &hash, expires)).await?;
+    Ok(token)
+}
+
+/// `POST /_/auth/signup` with `{"email", "password"}`.
+pub(crate) async fn signup(
+    State(hub): State<Arc<Hub>>,
+    Query(q): Query<AppQuery>,
+    headers: HeaderMap,
+    Json(c): Json<Credentials>,
+) -> Result<Response, ApiError> {
+    check_origin(&hub, &headers)?;
+    let app = resolve_app(&hub, q.app).await?;
+    if !app.signup {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "app \"{}\" does not take sign-ups; ask its operator for an account",
+                app.name
+            ),
+        ));
+    }
+    let bad = |e: auth::CredentialError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    let email = auth::normalize_email(&c.email).map_err(bad)?;
+    auth::check_password(&c.password).map_err(bad)?;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&c.password))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error".to_owned(),
+            )
+        })?;
+    let (name, e2) = (app.name.clone(), email.clone());
+    let id = blocking(&hub, move |s| s.create_user(&name, &e2, &hash)).await?;
+    let token = start_user_session(&hub, id).await?;
+    tracing::info!(app = %app.name, "user signed up");
+    Ok(logged_in(&hub, &app.name, &token, &email))
+}
+
+/// `POST /_/auth/login` with `{"email", "password"}`.
+pub(crate) async fn login(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<AppQuery>,
+    headers: HeaderMap,
+    Json(c): Json<Credentials>,
+) -> Result<Response, ApiError> {
+    check_origin(&hub, &headers)?;
+    let app = resolve_app(&hub, q.app).await?;
+    let now = std::time::Instant::now();
+    if let Some(wait) = hub.login_throttle.wait(peer.ip(), now) {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins from this address; try again in {:.0} s",
+                wait.as_secs_f64().ceil()
+            ),
+        ));
+    }
+    let email = auth::normalize_email(&c.email).unwrap_or_default();
+    let (name, e2) = (app.name.clone(), email.clone());
+    let user = blocking(&hub, move |s| s.user(&name, &e2)).await?;
+    let stored = user.as_ref().map(|u| u.password.clone());
+    let ok = tokio::task::spawn_blocking(move || {
+        auth::verify_password(
+            &c.password,
+            stored.as_deref().unwrap_or_else(|| auth::dummy_hash()),
+        )
+    })
+    .await
+    .unwrap_or(false);
+    match user {
+        Some(user) if ok => {
+            hub.login_throttle.succeeded(peer.ip());
+            let token = start_user_session(&hub, user.id).await?;
+            Ok(logged_in(&hub, &app.name, &token, &user.email))
+        }
+        _ => {
+            hub.login_throttle
+                .failed(peer.ip(), std::time::Instant::now());
+            tracing::info!(app = %app.name, %peer, "failed user login");
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "wrong email or password".to_owned(),
+            ))
+        }
+    }
+}
+
+/// `POST /_/auth/logout`.
+pub(crate) async fn logout(
+    State(hub): State<Arc<Hub>>,
+    Query(q): Query<AppQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_origin(&hub, &headers)?;
+    let app = resolve_app(&hub, q.app).await?;
+    let name = user_cookie(&app.name);
+    if let Some(token) = cookie(&headers, &name) {
+        let hash = auth::token_hash(token);
+        blocking(&hub, move |s| s.delete_user_session(&hash)).await?;
+    }
+    let mut res = Json(serde_json::json!({ "user": null })).into_response();
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&hub, &name, "", "/", "Lax", 0),
+    );
+    Ok(res)
+}
+
+/// `GET /_/auth/me`: the logged-in user of the app, or null.
+pub(crate) async fn me(
+    State(hub): State<Arc<Hub>>,
+    Query(q): Query<AppQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let app = resolve_app(&hub, q.app).await?;
+    let email = match cookie(&headers, &user_cookie(&app.name)) {
+        Some(token) => {
+            let hash = auth::token_hash(token);
+            let name = app.name.clone();
+            blocking(&hub, move |s| s.user_session(&name, &hash)).await?
+        }
+        None => None,
+    };
+    Ok(Json(serde_json::json!({
+        "app": app.name,
+        "user": email,
+        "signup": app.signup,
+        "anonymous_calls": app.anonymous_calls,
+    }))
+    .into_response())
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /_/ferrolink.js`.
+pub(crate) async fn client_js() -> Response {
+    asset("text/javascript; charset=utf-8", CLIENT_JS)
+}
+
+/// `GET /_/ferrolink.d.ts`.
+pub(crate) async fn client_dts() -> Response {
+    asset("application/typescript; charset=utf-8", CLIENT_DTS)
+}
+
+/// `GET /app/NAME`: to the folder URL, so relative links work.
+pub(crate) async fn app_root(Path(name): Path<String>) -> Redirect {
+    let mut to = String::from("/app/");
+    to.push_str(&percent_path(&name));
+    to.push('/');
+    Redirect::permanent(&to)
+}
+
+fn percent_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `GET /app/NAME/PATH`: a file of the app's front end.
+pub(crate) async fn app_file(
+    State(hub): State<Arc<Hub>>,
+    Path((name, rest)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    if crate::storage::validate_name("app name", &name).is_err() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    serve_site(&hub, &name, &format!("/{rest}"), req).await
+}
+
+/// `GET /app/NAME/`.
+pub(crate) async fn app_index(
+    State(hub): State<Arc<Hub>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    if crate::storage::validate_name("app name", &name).is_err() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    serve_site(&hub, &name, "/", req).await
+}
+
+/// Any other `GET`: the default app's front end, or the status text at `/`.
+pub(crate) async fn fallback(State(hub): State<Arc<Hub>>, req: Request) -> Response {
+    if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response();
+    }
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/_/") {
+        return (StatusCode::NOT_FOUND, "no such ferrolink endpoint\n").into_response();
+    }
+    match resolve_app(&hub, None).await {
+        Ok(app) if crate::sites::site_dir(&hub.config.data_dir, &app.name).is_dir() => {
+            serve_site(&hub, &app.name, &path, req).await
+        }
+        _ if path == "/" => index(&hub).await,
+        _ => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+async fn index(hub: &Arc<Hub>) -> Response {
+    let apps = blocking(hub, Store::apps).await.unwrap_or_default();
+    let mut text = format!(
+        "ferrolink {}\nuplink endpoint: {}/_/uplink (websocket)\nauthenticated uplinks: {}\ndashboard: {}/_/admin\n",
+        env!("CARGO_PKG_VERSION"),
+        hub.origin.replacen("http", "ws", 1),
+        hub.live_connections(),
+        hub.origin,
+    );
+    for app in apps {
+        if crate::sites::site_dir(&hub.config.data_dir, &app.name).is_dir() {
+            text.push_str(&format!(
+                "app {}: {}/app/{}/\n",
+                app.name, hub.origin, app.name
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+async fn serve_site(hub: &Arc<Hub>, app: &str, path: &str, req: Request) -> Response {
+    let dir = crate::sites::site_dir(&hub.config.data_dir, app);
+    let mut parts = req.into_parts().0;
+    let Ok(uri) = path.parse::<axum::http::Uri>() else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    parts.uri = uri;
+    let req = Request::from_parts(parts, Body::empty());
+    match tower_http::services::ServeDir::new(dir)
+        .append_index_html_on_directories(true)
+        .oneshot(req)
+        .await
+    {
+        Ok(res) => res.map(Body::new),
+        Err(e) => match e {},
+    }
+}
+
+/// Adds the security headers to every response.
+pub(crate) async fn security_headers(
+    State(hub): State<Arc<Hub>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let server_page = req.uri().path().starts_with("/_/");
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let set = |h: &mut HeaderMap, name: &'static str, value: &'static str| {
+        h.entry(name).or_insert(HeaderValue::from_static(value));
+    };
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "referrer-policy", "same-origin");
+    set(h, "cross-origin-opener-policy", "same-origin");
+    if server_page {
+        set(h, "x-frame-options", "DENY");
+        set(
+            h,
+            "content-security-policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
+        );
+        set(h, "cache-control", "no-store");
+    } else {
+        // App pages are the operator's own code: framing and plugins are
+        // limited, scripts are theirs to choose.
+        set(h, "x-frame-options", "SAMEORIGIN");
+        set(
+            h,
+            "content-security-policy",
+            "frame-ancestors 'self'; base-uri 'self'; object-src 'none'",
+        );
+    }
+    if matches!(
+        hub.config.tls,
+        Some(crate::tls::TlsSetting::Files { .. } | crate::tls::TlsSetting::Acme(_))
+    ) {
+        set(h, "strict-transport-security", "max-age=31536000");
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; flk_u_demo=tok; flk_u_demo2=x"),
+        );
+        assert_eq!(cookie(&h, "flk_u_demo"), Some("tok"));
+        assert_eq!(cookie(&h, "flk_u"), None);
+    }
+
+    #[test]
+    fn app_paths_are_escaped() {
+        assert_eq!(percent_path("a b/.."), "a%20b%2F..");
+    }
+}
