@@ -54,6 +54,17 @@ def length(text):
 
 
 @anvil.server.callable
+def greet_user():
+    # What the official Pico W library's require_user=True does: ask the
+    # server who the user of the calling browser session is (the nested
+    # call carries this call's call-stack-id) and refuse without one.
+    email = anvil.server.call("anvil.private.users.get_current_user_email", allow_remembered=True)
+    if not email:
+        raise anvil.server.PermissionDenied("You must log in to call greet_user")
+    return "hello " + email
+
+
+@anvil.server.callable
 def call_app(fn, *args):
     # A call from inside a call: uplink -> server direction, nested.
     return anvil.server.call(fn, *args)

@@ -10,6 +10,8 @@
 //! - [`RawClient`]: a bare websocket peer for sending exactly the bytes a
 //!   test wants.
 
+pub mod browser;
+pub mod http;
 pub mod pebble;
 pub mod pki;
 pub mod python;
@@ -102,6 +104,26 @@ impl TestServer {
     /// Certificates installed from the ACME server since start.
     pub fn acme_certificates_issued(&self) -> u64 {
         self.server().acme_certificates_issued()
+    }
+
+    /// The origin pages are served from (`http://127.0.0.1:PORT`).
+    pub fn origin(&self) -> String {
+        self.server().origin()
+    }
+
+    /// `ws://127.0.0.1:PORT/_/session?app=APP`, the browser session endpoint.
+    pub fn session_url(&self, app: &str) -> String {
+        format!(
+            "{}/_/session?app={app}",
+            self.origin().replacen("http", "ws", 1)
+        )
+    }
+
+    /// Creates a dashboard operator.
+    pub fn create_operator(&self, name: &str, password: &str) {
+        self.store()
+            .create_operator(name, &ferrolink::auth::hash_password(password), true)
+            .expect("create operator");
     }
 
     /// The bound port.

@@ -32,6 +32,25 @@ impl RawClient {
         Self { ws }
     }
 
+    /// Connects with extra request headers (a browser's `Origin` and
+    /// `Cookie`), or returns the HTTP status the upgrade was refused with.
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = url.into_client_request().expect("a websocket url");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
+
     /// Connects from a chosen local address (any 127.x.y.z works on
     /// loopback), to test per-address behaviour.
     pub async fn connect_from(url: &str, local: std::net::IpAddr) -> Self {

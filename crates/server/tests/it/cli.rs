@@ -21,7 +21,7 @@ fn ferrolink(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-struct Serve(std::process::Child);
+pub(crate) struct Serve(std::process::Child);
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -33,7 +33,11 @@ impl Drop for Serve {
 /// Starts `ferrolink serve` with `extra` flags and returns its printed lines
 /// up to the first one starting with `until`; the rest of its output is
 /// drained, as a terminal would.
-fn spawn_serve(data: &std::path::Path, extra: &[&str], until: &str) -> (Serve, Vec<String>) {
+pub(crate) fn spawn_serve(
+    data: &std::path::Path,
+    extra: &[&str],
+    until: &str,
+) -> (Serve, Vec<String>) {
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
@@ -63,7 +67,7 @@ fn serve(data: &std::path::Path) -> (Serve, Vec<String>) {
     spawn_serve(data, &[], "uplink: ")
 }
 
-fn field(lines: &[String], prefix: &str) -> String {
+pub(crate) fn field(lines: &[String], prefix: &str) -> String {
     lines
         .iter()
         .find_map(|l| l.strip_prefix(prefix))
@@ -159,7 +163,7 @@ fn bad_cli_input_gets_clear_errors_and_exit_codes() {
 }
 
 /// Starts `ferrolink serve --demo` and returns its lines up to the demo device line.
-fn serve_demo(data: &std::path::Path) -> (Serve, Vec<String>) {
+pub(crate) fn serve_demo(data: &std::path::Path) -> (Serve, Vec<String>) {
     spawn_serve(data, &["--demo"], "demo device pico-sim is online")
 }
 

@@ -2,8 +2,10 @@
 //! the official Python client, raw websocket peers and the CLI binary.
 
 mod acme;
+mod browser;
 mod cli;
 mod keys;
 mod protocol;
 mod python;
 mod routing;
+mod web;

@@ -1,0 +1,553 @@
+//! The browser side without a browser: session websockets (origin checks,
+//! identity, events), user accounts, the dashboard's API guards and app
+//! hosting, driven over plain HTTP and websockets.
+
+use std::time::Duration;
+
+use ferrolink_client::{Client, HandlerError, Request};
+use ferrolink_testkit::http::{Response, request};
+use ferrolink_testkit::{RawClient, TestServer};
+use serde_json::json;
+
+async fn post_json(
+    server: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+    cookie: Option<&str>,
+) -> Response {
+    let origin = server.origin();
+    let mut headers = vec![
+        ("origin", origin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    request(
+        server.addr(),
+        "POST",
+        path,
+        &headers,
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+/// Opens a browser session as a page of the server would.
+async fn session(server: &TestServer, cookie: Option<&str>) -> (RawClient, serde_json::Value) {
+    let origin = server.origin();
+    let mut headers = vec![("origin", origin.as_str())];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    let mut ws = RawClient::connect_with_headers(&server.session_url("demo"), &headers)
+        .await
+        .expect("session opens");
+    let hello = ws.recv_json().await;
+    (ws, hello["session"].clone())
+}
+
+fn call(id: &str, command: &str, args: serde_json::Value) -> serde_json::Value {
+    json!({"type": "CALL", "id": id, "command": command, "args": args, "kwargs": {}})
+}
+
+#[tokio::test]
+async fn session_websockets_only_open_for_pages_of_this_server() {
+    let server = TestServer::start().await;
+    let url = server.session_url("demo");
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:1"] {
+        let refused = RawClient::connect_with_headers(&url, &[("origin", origin)]).await;
+        assert_eq!(refused.err(), Some(403), "origin {origin}");
+    }
+    assert_eq!(
+        RawClient::connect_with_headers(&url, &[]).await.err(),
+        Some(403),
+        "no Origin"
+    );
+    let (_ws, s) = session(&server, None).await;
+    assert_eq!(s["app"], "demo");
+    assert_eq!(s["user"], serde_json::Value::Null);
+    let unknown = RawClient::connect_with_headers(
+        &server.session_url("nope"),
+        &[("origin", &server.origin())],
+    )
+    .await;
+    assert_eq!(unknown.err(), Some(404));
+}
+
+#[tokio::test]
+async fn accounts_sign_up_log_in_and_out_with_safe_cookies() {
+    let server = TestServer::start().await;
+    let creds = json!({"email": "Ada@Example.org", "password": "correct horse"});
+    let r = post_json(&server, "/_/auth/signup?app=demo", creds.clone(), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["user"], "ada@example.org");
+    let set = r.set_cookies().join("\n");
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let again = post_json(&server, "/_/auth/signup?app=demo", creds.clone(), None).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        again.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("log in instead")
+    );
+
+    let weak = post_json(
+        &server,
+        "/_/auth/signup?app=demo",
+        json!({"email": "b@c.d", "password": "short"}),
+        None,
+    )
+    .await;
+    assert_eq!(weak.status, 400);
+    let bad_email = post_json(
+        &server,
+        "/_/auth/signup?app=demo",
+        json!({"email": "nobody", "password": "long enough"}),
+        None,
+    )
+    .await;
+    assert_eq!(bad_email.status, 400);
+    assert!(
+        bad_email.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an email")
+    );
+
+    let wrong = post_json(
+        &server,
+        "/_/auth/login?app=demo",
+        json!({"email": "ada@example.org", "password": "wrong horse"}),
+        None,
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.set_cookies().is_empty());
+    let ok = post_json(&server, "/_/auth/login?app=demo", creds.clone(), None).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let cookie = ok.cookie("flk_u_demo").expect("session cookie");
+
+    // Cross-site posts and form posts are refused (CSRF).
+    let cross = request(
+        server.addr(),
+        "POST",
+        "/_/auth/login?app=demo",
+        &[
+            ("origin", "http://evil.example"),
+            ("content-type", "application/json"),
+        ],
+        Some(&creds.to_string()),
+    )
+    .await;
+    assert_eq!(cross.status, 403);
+    let form = request(
+        server.addr(),
+        "POST",
+        "/_/auth/login?app=demo",
+        &[
+            ("origin", &server.origin()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        Some("email=ada%40example.org&password=correct+horse"),
+    )
+    .await;
+    assert_eq!(form.status, 415, "only JSON bodies: {}", form.body);
+
+    let me = request(
+        server.addr(),
+        "GET",
+        "/_/auth/me?app=demo",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(me.json()["user"], "ada@example.org");
+    let (_ws, s) = session(&server, Some(&cookie)).await;
+    assert_eq!(s["user"], "ada@example.org");
+
+    let out = post_json(&server, "/_/auth/logout?app=demo", json!({}), Some(&cookie)).await;
+    assert_eq!(out.status, 200);
+    let me = request(
+        server.addr(),
+        "GET",
+        "/_/auth/me?app=demo",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        me.json()["user"],
+        serde_json::Value::Null,
+        "the old cookie is dead"
+    );
+
+    // Passwords are stored as argon2id hashes.
+    let stored = server
+        .store()
+        .user("demo", "ada@example.org")
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored.password.starts_with("$argon2id$"),
+        "{}",
+        stored.password
+    );
+}
+
+#[tokio::test]
+async fn repeated_wrong_logins_are_throttled() {
+    let server = TestServer::start().await;
+    let wrong = json!({"email": "x@y.z", "password": "not the password"});
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            post_json(&server, "/_/auth/login?app=demo", wrong.clone(), None)
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses[0], 401);
+    assert_eq!(statuses[4], 429, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn device_functions_see_the_browser_user_through_nested_calls() {
+    let server = TestServer::start().await;
+    let device = Client::builder(server.url(), &server.server_key)
+        .register_raw("whoami", |req: Request| async move {
+            let email: Option<String> = req
+                .context
+                .call("anvil.private.users.get_current_user_email", ())
+                .await
+                .map_err(|e| HandlerError::new("Exception", e.to_string()))?;
+            Ok::<_, HandlerError>(json!({ "email": email }))
+        })
+        .connect()
+        .await
+        .unwrap();
+    let signup = post_json(
+        &server,
+        "/_/auth/signup?app=demo",
+        json!({"email": "grace@example.org", "password": "hopper1906"}),
+        None,
+    )
+    .await;
+    let cookie = signup.cookie("flk_u_demo").unwrap();
+    let (mut logged_in, _) = session(&server, Some(&cookie)).await;
+    logged_in.send_json(&call("1", "whoami", json!([]))).await;
+    assert_eq!(
+        logged_in.recv_json().await["response"],
+        json!({"email": "grace@example.org"})
+    );
+    let (mut anonymous, _) = session(&server, None).await;
+    anonymous.send_json(&call("1", "whoami", json!([]))).await;
+    assert_eq!(
+        anonymous.recv_json().await["response"],
+        json!({"email": null})
+    );
+    // A top-level call from an uplink has no user either.
+    let (mut uplink, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
+    uplink.send_json(&call("1", "whoami", json!([]))).await;
+    assert_eq!(uplink.recv_json().await["response"], json!({"email": null}));
+    // The call is tagged as coming from a browser.
+    let (mut raw_device, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    raw_device.register("peek").await;
+    logged_in.send_json(&call("2", "peek", json!([]))).await;
+    let forwarded = raw_device.recv_json().await;
+    assert_eq!(forwarded["call-stack"][0]["type"], "browser");
+    assert_eq!(forwarded["client"]["type"], "browser");
+    device.disconnect().await;
+}
+
+#[tokio::test]
+async fn apps_can_refuse_anonymous_calls() {
+    let server = TestServer::start().await;
+    server.store().set_app("demo", Some(false), None).unwrap();
+    let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    provider.register("f").await;
+    let (mut anonymous, s) = session(&server, None).await;
+    assert_eq!(s["anonymous_calls"], false);
+    anonymous.send_json(&call("1", "f", json!([]))).await;
+    let r = anonymous.recv_json().await;
+    assert_eq!(r["error"]["type"], "anvil.server.PermissionDenied");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("log in"),
+        "{r}"
+    );
+    assert!(
+        provider
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    // Browser sessions have client privilege: no registering, no events.
+    anonymous
+        .send_json(&call("2", "anvil.private.raise_event", json!(["x", 1])))
+        .await;
+    assert_eq!(
+        anonymous.recv_json().await["error"]["type"],
+        "anvil.server.PermissionDenied"
+    );
+}
+
+#[tokio::test]
+async fn events_reach_the_sessions_they_target() {
+    let server = TestServer::start().await;
+    let (mut a, sa) = session(&server, None).await;
+    let (mut b, _) = session(&server, None).await;
+    let (mut device, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    let raise = |id: &str, kwargs: serde_json::Value| {
+        json!({"type": "CALL", "id": id, "command": "anvil.private.raise_event",
+               "args": ["temperature", {"celsius": 21.5}], "kwargs": kwargs})
+    };
+    // Every session of the app.
+    device
+        .send_json(&raise(
+            "1",
+            json!({"channel": "*", "session_id": null, "session_ids": null}),
+        ))
+        .await;
+    assert_eq!(
+        device.recv_json().await["response"],
+        serde_json::Value::Null
+    );
+    for s in [&mut a, &mut b] {
+        let e = s.recv_json().await;
+        assert_eq!(
+            e["event"],
+            json!({"name": "temperature", "payload": {"celsius": 21.5}})
+        );
+        assert!(e["id"].as_str().unwrap().starts_with("evt"));
+    }
+    // One session by id.
+    device
+        .send_json(&raise("2", json!({"session_id": sa["id"]})))
+        .await;
+    device.recv_json().await;
+    assert_eq!(a.recv_json().await["event"]["name"], "temperature");
+    assert!(b.recv_within(Duration::from_millis(200)).await.is_none());
+    // A channel: only subscribers.
+    b.send_json(&call(
+        "s",
+        "ferrolink.session.subscribe",
+        json!(["kitchen"]),
+    ))
+    .await;
+    assert_eq!(b.recv_json().await["id"], "s");
+    device
+        .send_json(&raise("3", json!({"channel": "kitchen"})))
+        .await;
+    device.recv_json().await;
+    assert_eq!(b.recv_json().await["event"]["name"], "temperature");
+    assert!(a.recv_within(Duration::from_millis(200)).await.is_none());
+    // No target, at top level: the uplink's own session, where no browser listens.
+    device.send_json(&raise("4", json!({}))).await;
+    device.recv_json().await;
+    assert!(a.recv_within(Duration::from_millis(200)).await.is_none());
+    // Raised inside a browser's call with no target: back to that browser.
+    device.register("notify_me").await;
+    a.send_json(&call("n", "notify_me", json!([]))).await;
+    let inner = device.recv_json().await;
+    device
+        .send_json(
+            &json!({"type": "CALL", "id": "5", "command": "anvil.private.raise_event",
+            "args": ["done", "yes"], "kwargs": {}, "call-stack-id": inner["call-stack-id"]}),
+        )
+        .await;
+    device.recv_json().await;
+    device
+        .send_json(&json!({"id": inner["id"], "response": true}))
+        .await;
+    assert_eq!(
+        a.recv_json().await["event"],
+        json!({"name": "done", "payload": "yes"})
+    );
+    assert_eq!(a.recv_json().await["response"], true);
+    assert!(b.recv_within(Duration::from_millis(200)).await.is_none());
+    // Client-privilege keys may not raise events.
+    let (mut client, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
+    client.send_json(&raise("6", json!({"channel": "*"}))).await;
+    assert_eq!(
+        client.recv_json().await["error"]["type"],
+        "anvil.server.PermissionDenied"
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_api_needs_a_session_and_its_csrf_token() {
+    let server = TestServer::start().await;
+    server.create_operator("ops", "operator password");
+    let addr = server.addr();
+    let origin = server.origin();
+    assert_eq!(
+        request(addr, "GET", "/_/admin/api/state", &[], None)
+            .await
+            .status,
+        401
+    );
+    // The login form carries a token bound to a cookie.
+    let form = request(addr, "GET", "/_/admin", &[], None).await;
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("name=\"csrf\""));
+    let csrf_cookie = form.cookie("flk_csrf").unwrap();
+    let token = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let login = |body: String, cookie: String| {
+        let origin = origin.clone();
+        async move {
+            request(
+                addr,
+                "POST",
+                "/_/admin/login",
+                &[
+                    ("origin", &origin),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("cookie", &cookie),
+                ],
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let forged = login(
+        "name=ops&password=operator+password&csrf=other".to_owned(),
+        csrf_cookie.clone(),
+    )
+    .await;
+    assert_eq!(forged.header("location"), Some("/_/admin?error=form"));
+    assert!(forged.cookie("flk_admin").is_none());
+    let wrong = login(
+        format!("name=ops&password=nope&csrf={token}"),
+        csrf_cookie.clone(),
+    )
+    .await;
+    assert_eq!(wrong.header("location"), Some("/_/admin?error=login"));
+    let ok = login(
+        format!("name=ops&password=operator+password&csrf={token}"),
+        csrf_cookie.clone(),
+    )
+    .await;
+    let session = ok.cookie("flk_admin").expect("operator session");
+    let set = ok.set_cookies().join("\n");
+    assert!(
+        set.contains("SameSite=Strict")
+            && set.contains("HttpOnly")
+            && set.contains("Path=/_/admin"),
+        "{set}"
+    );
+
+    let page = request(addr, "GET", "/_/admin", &[("cookie", &session)], None).await;
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let csrf = page
+        .body
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let state = request(
+        addr,
+        "GET",
+        "/_/admin/api/state",
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(state.json()["operator"], "ops");
+
+    let create = |token: String| {
+        let (origin, session) = (origin.clone(), session.clone());
+        async move {
+            request(
+                addr,
+                "POST",
+                "/_/admin/api/keys",
+                &[
+                    ("origin", &origin),
+                    ("cookie", &session),
+                    ("content-type", "application/json"),
+                    ("x-csrf-token", &token),
+                ],
+                Some(r#"{"app":"demo","privilege":"server","device":"pico-9"}"#),
+            )
+            .await
+        }
+    };
+    assert_eq!(create("wrong".to_owned()).await.status, 403);
+    let created = create(csrf.clone()).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let (_device, _) = RawClient::authenticated(&server.url(), &key).await;
+    let state = request(
+        addr,
+        "GET",
+        "/_/admin/api/state",
+        &[("cookie", &session)],
+        None,
+    )
+    .await
+    .json();
+    let dev = state["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == "pico-9")
+        .expect("device listed");
+    assert_eq!(dev["app"], "demo");
+    assert_eq!(dev["address"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn front_ends_are_served_and_confined_to_their_folder() {
+    let server = TestServer::start().await;
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<h1>hello</h1>").unwrap();
+    std::fs::write(site.path().join("app.js"), "console.log(1)").unwrap();
+    ferrolink::sites::deploy_dir(server.data_dir(), "demo", site.path()).unwrap();
+    let addr = server.addr();
+    let get = |path: &'static str| async move { request(addr, "GET", path, &[], None).await };
+    let index = get("/app/demo/").await;
+    assert_eq!(index.status, 200);
+    assert_eq!(index.body, "<h1>hello</h1>");
+    assert_eq!(index.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        get("/").await.body,
+        "<h1>hello</h1>",
+        "the only app with a front end is at /"
+    );
+    assert!(
+        get("/app.js")
+            .await
+            .header("content-type")
+            .unwrap()
+            .contains("javascript")
+    );
+    assert_eq!(get("/app/demo").await.status, 308);
+    for escape in [
+        "/app/demo/../../ferrolink.db",
+        "/app/demo/%2e%2e/%2e%2e/ferrolink.db",
+        "/../ferrolink.db",
+        "/app/demo/..%2F..%2Fferrolink.db",
+    ] {
+        let r = get(escape).await;
+        assert!(r.status == 404 || r.status == 400, "{escape}: {}", r.status);
+        assert!(!r.body.contains("SQLite"), "{escape}");
+    }
+    let js = get("/_/ferrolink.js").await;
+    assert!(js.body.contains("export async function connect"));
+    assert!(
+        get("/_/ferrolink.d.ts")
+            .await
+            .body
+            .contains("export class Link")
+    );
+}
