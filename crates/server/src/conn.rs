@@ -145,7 +145,7 @@ pub(crate) struct ConnSetup {
     pub(crate) protocol_version: u32,
     pub(crate) ip: String,
     pub(crate) app: String,
-    pub(crate) browser: Option<BrowserSession>,
+    pub(crate) browser: Option<Box<BrowserSession>>,
 }
 
 /// The shared part of an authenticated connection.
@@ -172,7 +172,7 @@ pub(crate) struct ConnShared {
     /// How it appears in the call log.
     pub(crate) label: Arc<str>,
     /// Set for browser sessions.
-    pub(crate) browser: Option<BrowserSession>,
+    pub(crate) browser: Option<Box<BrowserSession>>,
     /// When it connected, ms since the Unix epoch.
     pub(crate) connected_at_ms: u64,
     /// When a frame last arrived, on the protocol clock.

@@ -92,20 +92,10 @@ async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
         version = shared.protocol_version,
         "uplink connected"
     );
-    drive(hub, ws, session, shared).await;
-}
-
-async fn drive(hub: Arc<Hub>, ws: WebSocket, session: ServerSession, shared: Arc<ConnShared>) {
-    let mut driver = Driver {
-        app: hub.app(&shared.app),
-        pending: CallTable::new(hub.config.max_pending_calls.saturating_mul(4).max(16)),
-        hub,
-        ws,
-        session,
-        shared,
-        inbox: VecDeque::new(),
-        dirty: false,
-    };
+    // The driver is built and run here rather than in a helper `async fn`
+    // that takes the socket: a nested future would keep a second,
+    // moved-from slot for the websocket in every idle connection.
+    let mut driver = Driver::new(hub, ws, session, shared);
     let end = driver.run().await;
     driver.finish(end).await;
 }
@@ -155,7 +145,7 @@ pub(crate) async fn serve_browser(
                 protocol_version: 8,
                 ip: peer.ip().to_string(),
                 app,
-                browser: Some(browser),
+                browser: Some(Box::new(browser)),
             },
             &hub.config.environment,
             hub.config.max_queued_bytes,
@@ -164,7 +154,9 @@ pub(crate) async fn serve_browser(
         hub.app(&shared.app).add_browser(&shared);
         hub.monitor.changed();
         tracing::debug!(conn = shared.id, "browser session opened");
-        drive(hub, ws, session, shared).await;
+        let mut driver = Driver::new(hub, ws, session, shared);
+        let end = driver.run().await;
+        driver.finish(end).await;
     }
     .instrument(span)
     .await;
@@ -290,6 +282,19 @@ struct Driver {
 }
 
 impl Driver {
+    fn new(hub: Arc<Hub>, ws: WebSocket, session: ServerSession, shared: Arc<ConnShared>) -> Self {
+        Self {
+            app: hub.app(&shared.app),
+            pending: CallTable::new(hub.config.max_pending_calls.saturating_mul(4).max(16)),
+            hub,
+            ws,
+            session,
+            shared,
+            inbox: VecDeque::new(),
+            dirty: false,
+        }
+    }
+
     async fn run(&mut self) -> End {
         let mut armed = self.next_deadline();
         let sleep = tokio::time::sleep_until(self.hub.to_tokio(armed));
