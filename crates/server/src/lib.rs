@@ -20,9 +20,11 @@
 //! hashing), `router` (who provides which function), `uplink` (one
 //! connection's driver around `ferrolink_proto::server::ServerSession`).
 //!
-//! TLS: [`tls::TlsSetting`] (certificate files reloaded on change, or a
-//! generated development CA). Not here yet: ACME, browser sessions, users,
-//! the dashboard.
+//! TLS: [`tls::TlsSetting`] (certificate files reloaded on change, a
+//! generated development CA, or ACME). Web apps: [`sites`] (deployed front
+//! ends), [`auth`] (passwords and tokens), `web` (browser sessions, the
+//! browser client, user accounts), `admin` (the dashboard); see
+//! `docs/web.md`.
 
 pub mod acme;
 mod activity;
