@@ -240,11 +240,16 @@ impl Hub {
             .sum()
     }
 
-    /// Asks every authenticated connection to close with `reason`.
+    /// Asks every authenticated connection and browser session to close
+    /// with `reason`.
     pub(crate) fn close_all(&self, reason: &str) {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for conn in live.values().flatten().filter_map(Weak::upgrade) {
             conn.close_with(reason.to_owned());
+        }
+        drop(live);
+        for (_, app) in self.app_runtimes() {
+            app.close_browsers(reason);
         }
     }
 

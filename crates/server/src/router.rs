@@ -114,6 +114,13 @@ impl AppRuntime {
         self.browsers().retain(|c| c.id != conn.id);
     }
 
+    /// Asks every open browser session to close with `reason`.
+    pub(crate) fn close_browsers(&self, reason: &str) {
+        for c in self.browsers().iter() {
+            c.close_with(reason.to_owned());
+        }
+    }
+
     /// Number of open browser sessions.
     pub(crate) fn browser_count(&self) -> usize {
         self.browsers().len()

@@ -250,3 +250,90 @@ fn device_sim_registers_its_functions() {
         "{printed}"
     );
 }
+
+#[test]
+fn web_app_commands_deploy_configure_and_add_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(ferrolink(dir.path(), &["app", "create", "garden"]).0);
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<p>garden</p>").unwrap();
+    let (ok, out, err) = ferrolink(
+        dir.path(),
+        &["app", "deploy", "garden", site.path().to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("deployed 1 files") && out.contains("/app/garden/"),
+        "{out}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, _, err) = ferrolink(
+        dir.path(),
+        &["app", "deploy", "garden", empty.path().to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("no index.html"), "{err}");
+    let (ok, _, err) = ferrolink(
+        dir.path(),
+        &["app", "deploy", "nope", site.path().to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("no app named \"nope\""), "{err}");
+    let (ok, out, _) = ferrolink(
+        dir.path(),
+        &["app", "set", "garden", "--anonymous-calls", "false"],
+    );
+    assert!(
+        ok && out.contains("anonymous-calls=false signup=true"),
+        "{out}"
+    );
+    let (_, out, _) = ferrolink(dir.path(), &["app", "list"]);
+    assert!(
+        out.contains("garden\tanonymous-calls=false\tsignup=true\tfront-end=deployed"),
+        "{out}"
+    );
+
+    let (ok, out, _) = ferrolink(dir.path(), &["admin", "create-user", "alice"]);
+    assert!(ok, "{out}");
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown only now): "))
+        .unwrap();
+    let store = ferrolink::storage::Store::open(dir.path()).unwrap();
+    let hash = store.operator_password("alice").unwrap().unwrap();
+    assert!(ferrolink::auth::verify_password(password, &hash));
+    let (ok, _, err) = ferrolink(dir.path(), &["admin", "create-user", "alice"]);
+    assert!(!ok && err.contains("--replace"), "{err}");
+    let mut child = Command::new(BIN)
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "admin",
+            "create-user",
+            "alice",
+            "--password-stdin",
+            "--replace",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long passphrase\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("a long passphrase"),
+        "never echoed"
+    );
+    let hash = store.operator_password("alice").unwrap().unwrap();
+    assert!(ferrolink::auth::verify_password("a long passphrase", &hash));
+    let (ok, _, err) = ferrolink(
+        dir.path(),
+        &["admin", "create-user", "bob", "--password-stdin"],
+    );
+    assert!(!ok && err.contains("8 to 1024"), "empty stdin: {err}");
+}

@@ -551,3 +551,12 @@ async fn front_ends_are_served_and_confined_to_their_folder() {
             .contains("export class Link")
     );
 }
+
+#[tokio::test]
+async fn browser_sessions_are_closed_with_a_reason_when_the_server_stops() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = session(&server, None).await;
+    server.shutdown().await;
+    let (fatal, _) = ws.recv_until_closed().await;
+    assert!(fatal.unwrap_or_default().contains("shutting down"));
+}
