@@ -170,17 +170,7 @@ pub(crate) async fn login(
     let name = form.name.trim().to_owned();
     let n2 = name.clone();
     let stored = blocking(&hub, move |s| s.operator_password(&n2)).await?;
-    let found = stored.is_some();
-    let password = form.password;
-    let ok = tokio::task::spawn_blocking(move || {
-        auth::verify_password(
-            &password,
-            stored.as_deref().unwrap_or_else(|| auth::dummy_hash()),
-        )
-    })
-    .await
-    .unwrap_or(false);
-    if !(ok && found) {
+    if !auth::verify_off_thread(form.password, stored).await {
         hub.login_throttle
             .failed(peer.ip(), std::time::Instant::now());
         tracing::warn!(%peer, "failed dashboard login");

@@ -37,11 +37,21 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     })
 }
 
-/// A hash to verify against when the user does not exist, so that a wrong
-/// email takes as long as a wrong password.
-pub(crate) fn dummy_hash() -> &'static str {
+/// Verifies `password` against `stored` on a blocking thread. Without a
+/// stored hash (no such user) it verifies against a dummy hash and answers
+/// false, so a wrong name costs as long as a wrong password.
+pub(crate) async fn verify_off_thread(password: String, stored: Option<String>) -> bool {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| hash_password("ferrolink-no-such-user"))
+    tokio::task::spawn_blocking(move || match stored {
+        Some(hash) => verify_password(&password, &hash),
+        None => {
+            let dummy = DUMMY.get_or_init(|| hash_password("ferrolink-no-such-user"));
+            let _ = verify_password(&password, dummy);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// A new random token (256 bits, URL-safe base64).

@@ -180,6 +180,20 @@ fn user_cookie(app: &str) -> String {
     format!("flk_u_{app}")
 }
 
+/// The email of the user whose login cookie for `app` the request carries.
+async fn cookie_user(
+    hub: &Arc<Hub>,
+    headers: &HeaderMap,
+    app: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(token) = cookie(headers, &user_cookie(app)) else {
+        return Ok(None);
+    };
+    let hash = auth::token_hash(token);
+    let app = app.to_owned();
+    blocking(hub, move |s| s.user_session(&app, &hash)).await
+}
+
 /// `GET /_/session`: upgrades to a browser session websocket.
 pub(crate) async fn session_endpoint(
     State(hub): State<Arc<Hub>>,
@@ -190,14 +204,7 @@ pub(crate) async fn session_endpoint(
 ) -> Result<Response, ApiError> {
     check_origin(&hub, &headers)?;
     let app = resolve_app(&hub, q.app).await?;
-    let email = match cookie(&headers, &user_cookie(&app.name)) {
-        Some(token) => {
-            let hash = auth::token_hash(token);
-            let name = app.name.clone();
-            blocking(&hub, move |s| s.user_session(&name, &hash)).await?
-        }
-        None => None,
-    };
+    let email = cookie_user(&hub, &headers, &app.name).await?;
     let browser = BrowserSession {
         id: auth::new_token()[..22].to_owned(),
         email,
@@ -296,15 +303,7 @@ pub(crate) async fn login(
     let email = auth::normalize_email(&c.email).unwrap_or_default();
     let (name, e2) = (app.name.clone(), email.clone());
     let user = blocking(&hub, move |s| s.user(&name, &e2)).await?;
-    let stored = user.as_ref().map(|u| u.password.clone());
-    let ok = tokio::task::spawn_blocking(move || {
-        auth::verify_password(
-            &c.password,
-            stored.as_deref().unwrap_or_else(|| auth::dummy_hash()),
-        )
-    })
-    .await
-    .unwrap_or(false);
+    let ok = auth::verify_off_thread(c.password, user.as_ref().map(|u| u.password.clone())).await;
     match user {
         Some(user) if ok => {
             hub.login_throttle.succeeded(peer.ip());
@@ -351,14 +350,7 @@ pub(crate) async fn me(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let app = resolve_app(&hub, q.app).await?;
-    let email = match cookie(&headers, &user_cookie(&app.name)) {
-        Some(token) => {
-            let hash = auth::token_hash(token);
-            let name = app.name.clone();
-            blocking(&hub, move |s| s.user_session(&name, &hash)).await?
-        }
-        None => None,
-    };
+    let email = cookie_user(&hub, &headers, &app.name).await?;
     Ok(Json(serde_json::json!({
         "app": app.name,
         "user": email,

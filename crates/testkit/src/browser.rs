@@ -29,24 +29,8 @@ pub fn screenshots_dir() -> PathBuf {
 /// Debian's Chromium, installed with apt-get if missing (tests run as
 /// root on these machines; `.ci/run` installs it up front).
 pub fn chromium() -> PathBuf {
-    let path = PathBuf::from("/usr/bin/chromium");
     let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    if !path.exists() {
-        let install = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install(&["install", "-y", "-qq", "chromium"]) {
-            install(&["update", "-qq"]);
-            assert!(
-                install(&["install", "-y", "-qq", "chromium"]),
-                "cannot install chromium: run `apt-get install chromium` as root"
-            );
-        }
-    }
-    path
+    crate::apt_install("chromium", "/usr/bin/chromium")
 }
 
 /// Installs the scripts' npm dependencies (once; `npm ci` from the lock

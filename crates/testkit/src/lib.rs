@@ -26,6 +26,28 @@ use ferrolink_proto::encode::Privilege;
 pub use ferrolink::tls::TlsSetting;
 pub use raw::RawClient;
 
+/// Debian's `package`, installed with apt-get if `binary` is missing (tests
+/// run as root on these machines; `.ci/run` installs packages up front).
+pub fn apt_install(package: &str, binary: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(binary);
+    if !path.exists() {
+        let install = |args: &[&str]| {
+            std::process::Command::new("apt-get")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !install(&["install", "-y", "-qq", package]) {
+            install(&["update", "-qq"]);
+            assert!(
+                install(&["install", "-y", "-qq", package]),
+                "cannot install {package}: run `apt-get install {package}` as root"
+            );
+        }
+    }
+    path
+}
+
 /// A server running in this process on an ephemeral loopback port.
 pub struct TestServer {
     server: Option<Server>,

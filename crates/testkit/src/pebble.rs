@@ -35,23 +35,7 @@ fn free_port() -> u16 {
 /// The pebble binary, installed from Debian's packages when missing (tests
 /// run as root on these machines).
 pub fn binary() -> PathBuf {
-    let path = PathBuf::from("/usr/bin/pebble");
-    if !path.exists() {
-        let install = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install(&["install", "-y", "-qq", "pebble"]) {
-            install(&["update", "-qq"]);
-            assert!(
-                install(&["install", "-y", "-qq", "pebble"]),
-                "cannot install pebble: run `apt-get install pebble` as root"
-            );
-        }
-    }
-    path
+    crate::apt_install("pebble", "/usr/bin/pebble")
 }
 
 impl Pebble {
