@@ -73,7 +73,7 @@ pub mod time;
 pub mod tls;
 pub mod ws;
 
-pub use ferrolink_proto::Instant;
+pub use ferrolink_proto::{Instant, sntp};
 pub use session::{
     Args, Backoff, Buffers, CallError, Clock, Config, Handler, HandlerError, InsecurePlaintext,
     Security, Session, SessionError, Transport, Value,
