@@ -1,9 +1,10 @@
 //! The protocol messages a device reads and writes, heap-free: decoding
 //! into borrowed views of the received text, encoding into a [`Writer`].
 //!
-//! Field meanings follow `ferrolink_proto::message` (the heap-using model
-//! the server and tokio client share); the same shared vectors in
-//! `tests/vectors/` are replayed against this decoder.
+//! Field meanings and defaults follow `ferrolink_proto::codec` (the
+//! heap-using model the server and tokio client share); the shared vectors
+//! in `tests/vectors/decode.json` are replayed against this decoder
+//! (`crates/device/tests/it/vectors.rs`).
 
 use ferrolink_proto::wire;
 
@@ -56,6 +57,10 @@ pub enum DecodeError {
     /// Not a JSON object.
     #[error("the server sent a frame that is not a JSON object: {0}")]
     Json(#[source] JsonError),
+    /// A field this client reads appears twice (which one counts is
+    /// ambiguous, so the frame is refused, as `ferrolink_proto` does).
+    #[error("the server sent a message with the field \"{0}\" twice")]
+    Duplicate(&'static str),
     /// A field the message kind needs is missing or has the wrong type.
     #[error("the server sent a {message} whose \"{field}\" is missing or not {expected}")]
     Field {
@@ -72,9 +77,24 @@ fn is_string(raw: &str) -> bool {
     raw.starts_with('"')
 }
 
+/// The fields [`decode`] reads.
+const READ: [&str; 9] = [
+    "type", "id", "command", "args", "kwargs", "objects", "auth", "error", "response",
+];
+
 /// Decodes one text frame. Never panics; linear in the frame length.
 pub fn decode(text: &str) -> Result<Incoming<'_>, DecodeError> {
     let m = json::object(text).map_err(DecodeError::Json)?;
+    let mut seen = [false; READ.len()];
+    for (key, _) in m.clone() {
+        let Some(i) = READ.iter().position(|f| json::plain_str(key) == Some(f)) else {
+            continue;
+        };
+        if seen[i] {
+            return Err(DecodeError::Duplicate(READ[i]));
+        }
+        seen[i] = true;
+    }
     if let Some(kind) = m.get("type") {
         if json::plain_str(kind) != Some("CALL") {
             return Ok(Incoming::Ignored);
@@ -92,10 +112,12 @@ pub fn decode(text: &str) -> Result<Incoming<'_>, DecodeError> {
             .get("command")
             .filter(|v| is_string(v))
             .ok_or(field("command", "a string"))?;
-        let args = m
-            .get("args")
-            .filter(|v| v.starts_with('['))
-            .ok_or(field("args", "an array"))?;
+        // Missing arguments default to none, as in `ferrolink_proto::codec`.
+        let args = match m.get("args") {
+            None => "[]",
+            Some(v) if v.starts_with('[') => v,
+            Some(_) => return Err(field("args", "an array")),
+        };
         let kwargs = match m.get("kwargs") {
             None | Some("null") => "{}",
             Some(v) if v.starts_with('{') => v,

@@ -6,3 +6,4 @@ mod frames;
 mod plain;
 mod support;
 mod tls;
+mod vectors;
