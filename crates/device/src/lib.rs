@@ -76,6 +76,6 @@ pub mod ws;
 pub use ferrolink_proto::{Instant, sntp};
 pub use session::{
     Args, Backoff, Buffers, CallError, Clock, Config, Handler, HandlerError, InsecurePlaintext,
-    Security, Session, SessionError, Transport, Value,
+    NeverBusy, ReadGuard, Security, Session, SessionError, Transport, Value,
 };
 pub use time::TrustedTime;

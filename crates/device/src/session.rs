@@ -42,9 +42,39 @@ pub enum Security {
 }
 
 /// A byte stream to the server that says whether it is a verified TLS session.
+///
+/// The session races reads against its timers, so a `read` future may be
+/// dropped before it completes. A transport whose reads lose data when
+/// dropped part-way (TLS, mid-record) says so through its [`ReadGuard`];
+/// the session then lets the read finish before acting on a timer.
 pub trait Transport: Read + Write {
+    /// See [`ReadGuard`].
+    type Guard: ReadGuard;
+
     /// What this transport vouches for.
     fn security(&self) -> Security;
+
+    /// A handle the session checks, while a read is pending, before it
+    /// drops that read for a timer.
+    fn read_guard(&self) -> Self::Guard;
+}
+
+/// Whether a pending read may be dropped without losing data.
+pub trait ReadGuard: Copy {
+    /// `true` while a read is part-way through a unit it cannot resume
+    /// (a TLS record whose header it has consumed).
+    fn busy(&self) -> bool;
+}
+
+/// The guard of transports whose reads can always be dropped safely
+/// (sockets of embassy-net and tokio: a dropped read consumed nothing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NeverBusy;
+
+impl ReadGuard for NeverBusy {
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 /// A plaintext transport (host TCP in tests, `ws://` on a network you
@@ -73,8 +103,14 @@ impl<T: Write> Write for InsecurePlaintext<T> {
 }
 
 impl<T: Read + Write> Transport for InsecurePlaintext<T> {
+    type Guard = NeverBusy;
+
     fn security(&self) -> Security {
         Security::Plaintext
+    }
+
+    fn read_guard(&self) -> NeverBusy {
+        NeverBusy
     }
 }
 
@@ -352,6 +388,18 @@ impl Backoff {
     }
 }
 
+/// Completes at `wake`, but not while `guard` says a read is part-way
+/// through something it cannot resume: then it waits (checking every
+/// 5 ms) for the read to finish its unit or return.
+async fn timer<C: Clock, G: ReadGuard>(clock: &C, wake: Instant, guard: G) {
+    clock.sleep_until(wake).await;
+    while guard.busy() {
+        clock
+            .sleep_until(clock.now() + Duration::from_millis(5))
+            .await;
+    }
+}
+
 fn io_err<E: embedded_io::Error>(e: E) -> SessionError {
     SessionError::Io(e.kind())
 }
@@ -434,7 +482,8 @@ impl<T: Transport> Link<'_, T> {
                 return Ok(Some(h));
             }
             let free = &mut self.rx[self.rx_len..];
-            match select(self.io.read(free), clock.sleep_until(wake)).await {
+            let guard = self.io.read_guard();
+            match select(self.io.read(free), timer(clock, wake, guard)).await {
                 Either::First(Ok(0)) => return Err(SessionError::Closed),
                 Either::First(Ok(n)) => self.rx_len += n,
                 Either::First(Err(e)) => return Err(io_err(e)),
@@ -515,7 +564,8 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
                 break n;
             }
             let free = &mut link.rx[link.rx_len..];
-            match select(link.io.read(free), clock.sleep_until(deadline)).await {
+            let guard = link.io.read_guard();
+            match select(link.io.read(free), timer(&clock, deadline, guard)).await {
                 Either::First(Ok(0)) => return Err(SessionError::Closed),
                 Either::First(Ok(n)) => link.rx_len += n,
                 Either::First(Err(e)) => return Err(io_err(e)),

@@ -21,6 +21,7 @@
 //! refused; pin an ECDSA root (ISRG Root X2, or the server's `--dev-tls` CA).
 //! See `docs/device.md` for why embedded-tls' own verifier is not used.
 
+use core::cell::Cell;
 use core::time::Duration;
 
 use embedded_io_async::{Read, Write};
@@ -38,7 +39,7 @@ use rand_core::CryptoRngCore;
 use sha2::{Digest as _, Sha256};
 
 use crate::conn::ShortText;
-use crate::session::{Security, Transport};
+use crate::session::{ReadGuard, Security, Transport};
 use crate::time::{TimeError, TrustedTime};
 
 /// Fingerprints shipped with this release (shared with `ferrolink-client`).
@@ -438,6 +439,8 @@ impl<R: CryptoRngCore> CryptoProvider for &mut Provider<'_, R> {
 pub struct TlsBuffers<const READ: usize, const WRITE: usize> {
     read: [u8; READ],
     write: [u8; WRITE],
+    /// Set while a TLS record is part-way read (see [`Gate`]).
+    mid_record: Cell<bool>,
 }
 
 impl<const READ: usize, const WRITE: usize> TlsBuffers<READ, WRITE> {
@@ -446,7 +449,84 @@ impl<const READ: usize, const WRITE: usize> TlsBuffers<READ, WRITE> {
         Self {
             read: [0; READ],
             write: [0; WRITE],
+            mid_record: Cell::new(false),
         }
+    }
+}
+
+/// The socket as embedded-tls sees it, tracking TLS record boundaries.
+///
+/// embedded-tls keeps a record's header in a local variable while it reads
+/// the body, so a read dropped part-way through a record loses the header
+/// and the stream with it. The gate collects each 5-byte header in itself
+/// (so a read dropped while waiting for one loses nothing) and flags the
+/// time between handing out a header and the last byte of its body, during
+/// which the session does not drop a read ([`TlsGuard`]).
+struct Gate<'a, S> {
+    socket: S,
+    mid_record: &'a Cell<bool>,
+    header: [u8; 5],
+    collected: usize,
+    handed: usize,
+    body_left: usize,
+}
+
+impl<S: embedded_io::ErrorType> embedded_io::ErrorType for Gate<'_, S> {
+    type Error = S::Error;
+}
+
+impl<S: Read> Read for Gate<'_, S> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, S::Error> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.handed == 5 && self.body_left == 0 {
+            // The previous record is complete.
+            self.collected = 0;
+            self.handed = 0;
+        }
+        while self.collected < 5 {
+            let n = self.socket.read(&mut self.header[self.collected..]).await?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.collected += n;
+            if self.collected == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+            }
+        }
+        if self.handed < 5 {
+            let n = (5 - self.handed).min(buf.len());
+            buf[..n].copy_from_slice(&self.header[self.handed..self.handed + n]);
+            self.handed += n;
+            self.mid_record.set(self.handed < 5 || self.body_left > 0);
+            return Ok(n);
+        }
+        let want = buf.len().min(self.body_left);
+        let n = self.socket.read(&mut buf[..want]).await?;
+        self.body_left -= n.min(self.body_left);
+        self.mid_record.set(self.body_left > 0);
+        Ok(n)
+    }
+}
+
+impl<S: Write> Write for Gate<'_, S> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, S::Error> {
+        self.socket.write(buf).await
+    }
+
+    async fn flush(&mut self) -> Result<(), S::Error> {
+        self.socket.flush().await
+    }
+}
+
+/// The [`ReadGuard`] of a [`TlsStream`]: busy while a record is part-way read.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsGuard<'a>(&'a Cell<bool>);
+
+impl ReadGuard for TlsGuard<'_> {
+    fn busy(&self) -> bool {
+        self.0.get()
     }
 }
 
@@ -459,7 +539,8 @@ impl<const READ: usize, const WRITE: usize> Default for TlsBuffers<READ, WRITE> 
 /// A TLS session whose server passed every check of the module docs; the
 /// only [`Transport`] that reports [`Security::VerifiedTls`].
 pub struct TlsStream<'a, S: Read + Write + 'a> {
-    inner: TlsConnection<'a, S, Aes128GcmSha256>,
+    inner: TlsConnection<'a, Gate<'a, S>, Aes128GcmSha256>,
+    mid_record: &'a Cell<bool>,
 }
 
 impl<S: Read + Write> core::fmt::Debug for TlsStream<'_, S> {
@@ -517,9 +598,15 @@ impl<S: Read + Write> Write for TlsStream<'_, S> {
     }
 }
 
-impl<S: Read + Write> Transport for TlsStream<'_, S> {
+impl<'a, S: Read + Write> Transport for TlsStream<'a, S> {
+    type Guard = TlsGuard<'a>;
+
     fn security(&self) -> Security {
         Security::VerifiedTls
+    }
+
+    fn read_guard(&self) -> TlsGuard<'a> {
+        TlsGuard(self.mid_record)
     }
 }
 
@@ -553,9 +640,24 @@ pub async fn connect<
             refusal: None,
         },
     };
-    let mut inner = TlsConnection::new(socket, &mut buffers.read, &mut buffers.write);
+    let TlsBuffers {
+        read,
+        write,
+        mid_record,
+    } = buffers;
+    let mid_record: &'a Cell<bool> = mid_record;
+    mid_record.set(false);
+    let gate = Gate {
+        socket,
+        mid_record,
+        header: [0; 5],
+        collected: 0,
+        handed: 0,
+        body_left: 0,
+    };
+    let mut inner = TlsConnection::new(gate, read, write);
     match inner.open(TlsContext::new(&config, &mut provider)).await {
-        Ok(()) => Ok(TlsStream { inner }),
+        Ok(()) => Ok(TlsStream { inner, mid_record }),
         Err(e) => Err(match provider.verifier.refusal {
             Some(reason) => TlsConnectError::Certificate {
                 host: ShortText::new(host),

@@ -249,3 +249,87 @@ fn hex32(hex: &str) -> [u8; 32] {
     }
     out
 }
+
+/// Forwards one connection to `target`, passing the server's bytes on in
+/// 7-byte pieces a millisecond apart, so TLS records arrive in many reads.
+async fn trickle_proxy(target: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (device, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(target).await.unwrap();
+        let (mut dr, mut dw) = device.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut dr, &mut sw).await;
+        });
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for piece in buf[..n].chunks(7) {
+                if dw.write_all(piece).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timers_firing_mid_record_do_not_break_the_tls_stream() {
+    let server = TestServer::start_with(|c| c.tls = Some(TlsSetting::Dev)).await;
+    let ca_der = std::fs::read(server.data_dir().join("tls/dev-ca.der")).unwrap();
+    let roots = [ca_der.as_slice()];
+    let proxy = trickle_proxy(server.addr()).await;
+    let clock = TokioClock::new();
+    let time = host_time(&clock);
+    let mut tls_buffers = Box::new(Buffers::new());
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let stream = tls::connect(
+        FromTokio::new(tcp),
+        "localhost",
+        TrustConfig::pinned(&roots),
+        &time,
+        clock.now(),
+        rand_core::OsRng,
+        &mut tls_buffers,
+    )
+    .await
+    .unwrap();
+    let mut config = Config::new("localhost", server.port(), &server.server_key, FUNCTIONS);
+    // Timers every few milliseconds, while each record takes tens of them.
+    config.timing.heartbeat_interval = Duration::from_millis(15);
+    config.timing.heartbeat_timeout = Duration::from_secs(10);
+    let mut buffers = Box::new(Bufs::new());
+    let mut session = Session::connect(stream, clock, &config, &mut buffers, rand_seed())
+        .await
+        .unwrap();
+    let mut device = Device::default();
+    let long = "x".repeat(1_500);
+    for round in 0..3 {
+        let deadline = session.now() + Duration::from_millis(200);
+        // Many short serving slices: each ends with a timer racing a read.
+        while session.now() < deadline {
+            let slice = session.now() + Duration::from_millis(3);
+            session.serve_until(&mut device, slice).await.unwrap();
+        }
+        let args = format!("[\"{long}{round}\"]");
+        let r = session
+            .call(
+                &mut device,
+                "anvil.private.echo",
+                &args,
+                "{}",
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, format!("\"{long}{round}\""));
+    }
+}
