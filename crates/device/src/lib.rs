@@ -53,7 +53,9 @@
 //! # Features
 //!
 //! - `tls` (default): [`tls`], with embedded-tls, rustls-webpki (no heap)
-//!   and RustCrypto's ECDSA P-256/P-384.
+//!   and RustCrypto's ECDSA P-256.
+//! - `p384` (default, implies `tls`): ECDSA P-384 in certificate chains
+//!   (ISRG Root X2); about 125 KiB of flash on a Cortex-M0+.
 //!
 //! Design, security checks and the footprint on an RP2040 are in
 //! `docs/device.md`.

@@ -16,7 +16,7 @@
 //! 5. the server's `CertificateVerify` signature over the handshake is
 //!    made by the key of that certificate.
 //!
-//! RSA signatures are not supported (no heap-free RSA in RustCrypto), so
+//! P-384 needs the `p384` feature (default). RSA signatures are not supported (no heap-free RSA in RustCrypto), so
 //! chains signed with RSA, such as Let's Encrypt's ISRG Root X1 chains, are
 //! refused; pin an ECDSA root (ISRG Root X2, or the server's `--dev-tls` CA).
 //! See `docs/device.md` for why embedded-tls' own verifier is not used.
@@ -209,6 +209,7 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
+#[cfg(feature = "p384")]
 const P384_SPKI_PREFIX: [u8; 23] = [
     0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
     0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
@@ -235,9 +236,11 @@ impl SignatureVerificationAlgorithm for EcdsaP256Sha256 {
 }
 
 /// ECDSA P-384 with SHA-384, for webpki, in pure Rust.
+#[cfg(feature = "p384")]
 #[derive(Debug)]
 struct EcdsaP384Sha384;
 
+#[cfg(feature = "p384")]
 impl SignatureVerificationAlgorithm for EcdsaP384Sha384 {
     fn verify_signature(&self, key: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), InvalidSignature> {
         let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(key).map_err(|_| InvalidSignature)?;
@@ -254,7 +257,10 @@ impl SignatureVerificationAlgorithm for EcdsaP384Sha384 {
     }
 }
 
+#[cfg(feature = "p384")]
 static ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[&EcdsaP256Sha256, &EcdsaP384Sha384];
+#[cfg(not(feature = "p384"))]
+static ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[&EcdsaP256Sha256];
 
 fn cert_error(e: webpki::Error) -> CertError {
     use webpki::Error as E;
@@ -275,6 +281,7 @@ fn cert_error(e: webpki::Error) -> CertError {
 #[derive(Debug, Clone, Copy)]
 enum LeafKey {
     P256([u8; 65]),
+    #[cfg(feature = "p384")]
     P384([u8; 97]),
 }
 
@@ -351,6 +358,7 @@ impl PinnedVerifier<'_> {
                 .map(LeafKey::P256)
                 .map_err(|_| CertError::Invalid);
         }
+        #[cfg(feature = "p384")]
         if let Some(point) = key.strip_prefix(&P384_SPKI_PREFIX[..]) {
             return point
                 .try_into()
@@ -373,6 +381,7 @@ impl PinnedVerifier<'_> {
             (SignatureScheme::EcdsaSecp256r1Sha256, LeafKey::P256(k)) => {
                 EcdsaP256Sha256.verify_signature(&k, &msg, verify.signature)
             }
+            #[cfg(feature = "p384")]
             (SignatureScheme::EcdsaSecp384r1Sha384, LeafKey::P384(k)) => {
                 EcdsaP384Sha384.verify_signature(&k, &msg, verify.signature)
             }

@@ -333,3 +333,31 @@ async fn timers_firing_mid_record_do_not_break_the_tls_stream() {
         assert_eq!(r, format!("\"{long}{round}\""));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_p384_chain_like_lets_encrypt_ecdsa_verifies() {
+    // ISRG Root X2 (P-384) -> E5-like intermediate (P-384) -> P-256 leaf.
+    let root = Ca::root_p384("x2-like root");
+    let issuing = root.intermediate_p384("e5-like");
+    let (server, _dir) = tls_server(&issuing.leaf(&["localhost"])).await;
+    let roots = [root.der.as_slice()];
+    let clock = TokioClock::new();
+    let time = host_time(&clock);
+    let mut tls_buffers = Box::new(Buffers::new());
+    let stream = handshake(
+        &server,
+        "localhost",
+        TrustConfig::pinned(&roots),
+        &time,
+        &clock,
+        &mut tls_buffers,
+    )
+    .await
+    .unwrap();
+    let config = Config::new("localhost", server.port(), &server.server_key, FUNCTIONS);
+    let mut buffers = Box::new(Bufs::new());
+    let mut session = Session::connect(stream, clock, &config, &mut buffers, rand_seed())
+        .await
+        .unwrap();
+    barrier(&mut session).await;
+}
