@@ -4,6 +4,7 @@
 
 mod frames;
 mod plain;
+mod sim;
 mod support;
 mod tls;
 mod vectors;
