@@ -375,8 +375,8 @@ impl ClientConnection {
             let timeout = self.config.heartbeat_timeout;
             let _ = self.send_call(
                 now,
-                "anvil.private.echo",
-                "[\"keep-alive\"]",
+                crate::wire::ECHO_COMMAND,
+                crate::wire::HEARTBEAT_ARGS,
                 "{}",
                 timeout,
                 None,

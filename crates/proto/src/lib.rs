@@ -30,23 +30,42 @@
 //! assert_eq!(call.kwargs.get(), "{}"); // defaulted, as the official server does
 //! ```
 //!
-//! The crate is `no_std` and needs `alloc`.
+//! # Features
+//!
+//! - `alloc` (default): everything above, which needs a heap. Without it the
+//!   crate is heap-free and offers [`sntp`], [`Instant`], [`civil_date`] and
+//!   the protocol constants in [`wire`]: the part the heap-free device client
+//!   (`ferrolink-device`) shares.
+//!
+//! The crate is `no_std`.
 
 #![no_std]
 #![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
+#[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "alloc")]
 pub mod calls;
+#[cfg(feature = "alloc")]
 pub mod client;
+#[cfg(feature = "alloc")]
 pub mod codec;
+#[cfg(feature = "alloc")]
 pub mod encode;
+#[cfg(feature = "alloc")]
 mod json;
+#[cfg(feature = "alloc")]
 pub mod message;
+#[cfg(feature = "alloc")]
 pub mod server;
 pub mod sntp;
 mod time;
+pub mod wire;
 
+#[cfg(feature = "alloc")]
 pub use json::push_str_literal;
-pub use message::{Message, error_type};
+#[cfg(feature = "alloc")]
+pub use message::Message;
 pub use time::{Instant, civil_date};
+pub use wire::error_type;

@@ -9,26 +9,7 @@ use alloc::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-/// Standard error type strings, as the official clients map them to
-/// exception classes.
-pub mod error_type {
-    /// No registration matches the called name.
-    pub const NO_SERVER_FUNCTION: &str = "anvil.server.NoServerFunctionError";
-    /// The provider of a call disconnected before answering.
-    pub const UPLINK_DISCONNECTED: &str = "anvil.server.UplinkDisconnectedError";
-    /// The call's deadline passed.
-    pub const TIMEOUT: &str = "anvil.server.TimeoutError";
-    /// The caller may not do this (privilege).
-    pub const PERMISSION_DENIED: &str = "anvil.server.PermissionDenied";
-    /// A value could not be carried (malformed arguments, unsupported objects).
-    pub const SERIALIZATION: &str = "anvil.server.SerializationError";
-    /// A limit of the server was hit (calls in flight).
-    pub const QUOTA_EXCEEDED: &str = "anvil.server.QuotaExceededError";
-    /// Too many nested calls.
-    pub const STACK_OVERFLOW: &str = "anvil.server.StackOverflow";
-    /// Internal failure of the server.
-    pub const INTERNAL: &str = "anvil.server.InternalError";
-}
+pub use crate::wire::error_type;
 
 /// A JSON string value kept exactly as received, quotes and escapes included.
 ///

@@ -57,7 +57,16 @@ fn ca_params(name: &str) -> CertificateParams {
 impl Ca {
     /// A new root CA.
     pub fn root(name: &str) -> Self {
-        let key = KeyPair::generate().expect("key");
+        Self::root_with_key(name, KeyPair::generate().expect("key"))
+    }
+
+    /// A new root CA with an ECDSA P-384 key (as Let's Encrypt's ISRG Root X2).
+    pub fn root_p384(name: &str) -> Self {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        Self::root_with_key(name, key)
+    }
+
+    fn root_with_key(name: &str, key: KeyPair) -> Self {
         let params = ca_params(name);
         let cert = params.self_signed(&key).expect("self-signed CA");
         Self {
@@ -71,7 +80,16 @@ impl Ca {
 
     /// An intermediate CA signed by this one.
     pub fn intermediate(&self, name: &str) -> Self {
-        let key = KeyPair::generate().expect("key");
+        self.intermediate_with_key(name, KeyPair::generate().expect("key"))
+    }
+
+    /// An intermediate CA with an ECDSA P-384 key (as Let's Encrypt's E5–E9).
+    pub fn intermediate_p384(&self, name: &str) -> Self {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        self.intermediate_with_key(name, key)
+    }
+
+    fn intermediate_with_key(&self, name: &str, key: KeyPair) -> Self {
         let params = ca_params(name);
         let cert = params.signed_by(&key, &self.issuer).expect("intermediate");
         let mut chain = vec![cert.pem()];

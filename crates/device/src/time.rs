@@ -1,0 +1,158 @@
+//! Trusted time for certificate checks: several SNTP servers that agree
+//! (`ferrolink_proto::sntp`, shared with the tokio client), never earlier
+//! than this build. Until a [`TrustedTime`] is set, [`crate::tls`] refuses
+//! to connect.
+
+use ferrolink_proto::sntp::{self, AgreementError, Sample};
+use ferrolink_proto::{Instant, civil_date};
+
+/// Seconds since the Unix epoch before which no clock is believed: a day
+/// before this crate was built.
+pub const BUILD_FLOOR: u64 = parse_floor(env!("FERROLINK_BUILD_FLOOR"));
+
+const fn parse_floor(s: &str) -> u64 {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0u64;
+    while i < bytes.len() {
+        n = n * 10 + (bytes[i] - b'0') as u64;
+        i += 1;
+    }
+    n
+}
+
+/// A calendar date for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Date(u64);
+
+impl core::fmt::Display for Date {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (y, m, d) = civil_date(self.0);
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// Why the time cannot be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimeError {
+    /// No trusted time was set yet.
+    #[error("no trusted time yet; query SNTP servers (TrustedTime::from_sntp) before connecting")]
+    NotSet,
+    /// The time given reads earlier than the floor.
+    #[error("the time reads {}, earlier than this build ({}); it cannot be right", Date(*now), Date(*floor))]
+    BeforeFloor {
+        /// What the time said (Unix seconds).
+        now: u64,
+        /// The floor (Unix seconds).
+        floor: u64,
+    },
+    /// The SNTP answers were too few or disagreed.
+    #[error(transparent)]
+    Sntp(AgreementError),
+}
+
+/// Wall-clock time anchored to the monotonic clock, or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedTime {
+    /// Unix milliseconds at monotonic `Instant`.
+    anchor: Option<(u64, Instant)>,
+    floor: u64,
+}
+
+impl Default for TrustedTime {
+    fn default() -> Self {
+        Self::unset()
+    }
+}
+
+impl TrustedTime {
+    /// No time yet: every certificate check refuses.
+    pub const fn unset() -> Self {
+        Self {
+            anchor: None,
+            floor: BUILD_FLOOR,
+        }
+    }
+
+    /// The time agreed by `samples` (answers taken at monotonic `at`): at
+    /// least `need` of them within `bound_ms` of each other, and not before
+    /// the build floor.
+    pub fn from_sntp(
+        samples: &mut [Sample],
+        need: usize,
+        bound_ms: u64,
+        at: Instant,
+    ) -> Result<Self, TimeError> {
+        let unix_ms = sntp::agree(samples, need, bound_ms).map_err(TimeError::Sntp)?;
+        Self::from_trusted_source(unix_ms, at)
+    }
+
+    /// A time known by other trusted means (a battery-backed clock set
+    /// securely, or a test), still held to the build floor.
+    pub fn from_trusted_source(unix_ms: u64, at: Instant) -> Result<Self, TimeError> {
+        let t = Self {
+            anchor: Some((unix_ms, at)),
+            floor: BUILD_FLOOR,
+        };
+        t.unix_secs(at)?;
+        Ok(t)
+    }
+
+    /// Seconds since the Unix epoch at monotonic `now`.
+    pub fn unix_secs(&self, now: Instant) -> Result<u64, TimeError> {
+        let (unix_ms, at) = self.anchor.ok_or(TimeError::NotSet)?;
+        let elapsed = now.as_millis().saturating_sub(at.as_millis());
+        let secs = unix_ms.saturating_add(elapsed) / 1000;
+        if secs < self.floor {
+            return Err(TimeError::BeforeFloor {
+                now: secs,
+                floor: self.floor,
+            });
+        }
+        Ok(secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::string::ToString as _;
+
+    use super::*;
+
+    #[test]
+    fn time_is_refused_until_set_and_before_the_floor() {
+        assert_eq!(
+            TrustedTime::unset().unix_secs(Instant::ZERO),
+            Err(TimeError::NotSet)
+        );
+        let e = TrustedTime::from_trusted_source(978_307_200_000, Instant::ZERO).unwrap_err();
+        assert!(e.to_string().contains("2001-01-01"), "{e}");
+        let now = (BUILD_FLOOR + 86_400) * 1000;
+        let t = TrustedTime::from_trusted_source(now, Instant::from_millis(5_000)).unwrap();
+        assert_eq!(
+            t.unix_secs(Instant::from_millis(65_000)),
+            Ok(BUILD_FLOOR + 86_400 + 60)
+        );
+    }
+
+    #[test]
+    fn sntp_answers_must_agree() {
+        let s = |ms| Sample {
+            unix_ms: ms,
+            round_trip_ms: 10,
+        };
+        let now = (BUILD_FLOOR + 10) * 1000;
+        assert!(
+            TrustedTime::from_sntp(&mut [s(now), s(now + 500)], 2, 2_000, Instant::ZERO).is_ok()
+        );
+        assert!(matches!(
+            TrustedTime::from_sntp(&mut [s(now), s(now + 3_600_000)], 2, 2_000, Instant::ZERO),
+            Err(TimeError::Sntp(AgreementError::Disagree { .. }))
+        ));
+        assert!(matches!(
+            TrustedTime::from_sntp(&mut [s(now)], 2, 2_000, Instant::ZERO),
+            Err(TimeError::Sntp(AgreementError::TooFew { .. }))
+        ));
+    }
+}
