@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub environment: String,
     /// TLS for every endpoint; `None` serves plain HTTP/ws.
     pub tls: Option<TlsSetting>,
+    /// Extra host names or IP addresses for the development certificate
+    /// (with [`TlsSetting::Dev`]), so devices on the LAN can verify it.
+    pub dev_tls_names: Vec<String>,
     /// Serve plain ws on a non-loopback address. Keys then cross the network
     /// in clear text; only for a network you control.
     pub insecure_plain_ws: bool,
@@ -65,6 +68,7 @@ impl ServerConfig {
             session: SessionConfig::default(),
             environment: "ferrolink".to_owned(),
             tls: None,
+            dev_tls_names: Vec::new(),
             insecure_plain_ws: false,
             auth_throttle: crate::ThrottleConfig::default(),
             cert_reload_every: Duration::from_secs(5),

@@ -117,7 +117,7 @@ impl Server {
                         (r.clone(), None, Some((r, cert.clone(), key.clone())))
                     }
                     tls::TlsSetting::Dev => {
-                        let (key, ca) = tls::dev_tls(&config.data_dir)?;
+                        let (key, ca) = tls::dev_tls(&config.data_dir, &config.dev_tls_names)?;
                         (tls::Reloading::new(key), Some(ca), None)
                     }
                     tls::TlsSetting::Acme(a) => {

@@ -143,6 +143,10 @@ struct ServeArgs {
     /// file and fingerprint are printed so devices can pin it.
     #[arg(long)]
     dev_tls: bool,
+    /// With --dev-tls: also certify this host name or IP address (the one
+    /// devices on the LAN use to reach the server). Repeatable.
+    #[arg(long = "dev-tls-name", value_name = "NAME", requires = "dev_tls")]
+    dev_tls_names: Vec<String>,
     /// Get (and renew) the certificate for this domain over ACME, answering
     /// the tls-alpn-01 challenge on the listen port (which must be reachable
     /// as DOMAIN:443 from the ACME server).
@@ -542,6 +546,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     config.read_buffer_bytes = args.read_buffer_bytes.max(256);
     config.insecure_plain_ws = args.insecure_plain_ws;
+    config.dev_tls_names = args.dev_tls_names;
     config.tls = match (args.tls_cert, args.tls_key, args.dev_tls, args.acme) {
         (Some(cert), Some(key), _, _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
         (_, _, true, _) => Some(ferrolink::tls::TlsSetting::Dev),

@@ -23,7 +23,8 @@ pub enum TlsSetting {
         key: PathBuf,
     },
     /// A development CA generated once in `<data>/tls/`, and a server
-    /// certificate it signs for `localhost`, `127.0.0.1` and `::1`.
+    /// certificate it signs for `localhost`, `127.0.0.1`, `::1` and
+    /// [`crate::ServerConfig::dev_tls_names`].
     Dev,
     /// Certificates issued and renewed automatically over ACME.
     Acme(crate::acme::AcmeSetting),
@@ -186,7 +187,10 @@ pub(crate) fn spki_sha256(spki_der: &[u8]) -> String {
 /// Creates (once) the development CA and a server certificate it signs, in
 /// `<data>/tls/`. The CA is kept across restarts so pinned devices keep
 /// working; the server certificate is re-issued when missing.
-pub(crate) fn dev_tls(data_dir: &Path) -> Result<(Arc<CertifiedKey>, DevCa), TlsError> {
+pub(crate) fn dev_tls(
+    data_dir: &Path,
+    extra_names: &[String],
+) -> Result<(Arc<CertifiedKey>, DevCa), TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SanType,
@@ -233,6 +237,22 @@ pub(crate) fn dev_tls(data_dir: &Path) -> Result<(Arc<CertifiedKey>, DevCa), Tls
     params
         .subject_alt_names
         .push(SanType::IpAddress("::1".parse().expect("valid address")));
+    for name in extra_names {
+        // A device on the LAN reaches the server by its address or a local
+        // name; the certificate must carry exactly that.
+        let bad = || {
+            TlsError::Generate(format!(
+                "\"{name}\" is neither a host name nor an IP address"
+            ))
+        };
+        params.subject_alt_names.push(match name.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) if is_host_name(name) => {
+                SanType::DnsName(name.as_str().try_into().map_err(|_| bad())?)
+            }
+            Err(_) => return Err(bad()),
+        });
+    }
     params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
@@ -256,6 +276,20 @@ pub(crate) fn dev_tls(data_dir: &Path) -> Result<(Arc<CertifiedKey>, DevCa), Tls
     ))
 }
 
+/// Letters, digits and inner hyphens in dot-separated labels of 1-63
+/// characters, 253 at most in all.
+fn is_host_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// Writes a secret file readable only by its owner (replacing any old one).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -267,4 +301,49 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sans(ck: &CertifiedKey) -> Vec<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&ck.cert[0]).unwrap();
+        let ext = cert.subject_alternative_name().unwrap().unwrap();
+        ext.value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dev_certificate_names_localhost_and_the_extra_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, ca) = dev_tls(
+            dir.path(),
+            &["pico-server.lan".to_owned(), "192.168.1.20".to_owned()],
+        )
+        .unwrap();
+        let names = sans(&ck);
+        assert!(names.contains(&"localhost".to_owned()), "{names:?}");
+        assert!(names.contains(&"pico-server.lan".to_owned()), "{names:?}");
+        assert!(
+            names.contains(&"ip:[192, 168, 1, 20]".to_owned()),
+            "{names:?}"
+        );
+        // The CA stays the same across restarts with other names.
+        let (_, again) = dev_tls(dir.path(), &[]).unwrap();
+        assert_eq!(ca.spki_sha256, again.spki_sha256);
+        let err = dev_tls(dir.path(), &["not a name".to_owned()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("neither a host name nor an IP address"),
+            "{err}"
+        );
+    }
 }
