@@ -22,19 +22,8 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use sha2::{Digest as _, Sha256};
 
 /// Seconds since the Unix epoch before which no clock is believed: about
-/// when this library was built.
-pub const BUILD_FLOOR: u64 = parse_floor(env!("FERROLINK_BUILD_FLOOR"));
-
-const fn parse_floor(s: &str) -> u64 {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    let mut n = 0u64;
-    while i < bytes.len() {
-        n = n * 10 + (bytes[i] - b'0') as u64;
-        i += 1;
-    }
-    n
-}
+/// when ferrolink was built (shared with the device client).
+pub const BUILD_FLOOR: u64 = ferrolink_proto::BUILD_FLOOR;
 
 /// SHA-256 fingerprints (of a certificate's DER, or of its
 /// SubjectPublicKeyInfo) refused in any server chain, shipped with this

@@ -7,19 +7,8 @@ use ferrolink_proto::sntp::{self, AgreementError, Sample};
 use ferrolink_proto::{Instant, civil_date};
 
 /// Seconds since the Unix epoch before which no clock is believed: a day
-/// before this crate was built.
-pub const BUILD_FLOOR: u64 = parse_floor(env!("FERROLINK_BUILD_FLOOR"));
-
-const fn parse_floor(s: &str) -> u64 {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    let mut n = 0u64;
-    while i < bytes.len() {
-        n = n * 10 + (bytes[i] - b'0') as u64;
-        i += 1;
-    }
-    n
-}
+/// before ferrolink was built (the same floor as the tokio client's).
+pub const BUILD_FLOOR: u64 = ferrolink_proto::BUILD_FLOOR;
 
 /// A calendar date for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

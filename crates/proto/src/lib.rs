@@ -67,5 +67,5 @@ pub mod wire;
 pub use json::push_str_literal;
 #[cfg(feature = "alloc")]
 pub use message::Message;
-pub use time::{Instant, civil_date};
+pub use time::{BUILD_FLOOR, Instant, civil_date};
 pub use wire::error_type;

@@ -1,5 +1,21 @@
 //! Time as an input: the protocol core never reads a clock.
 
+/// Seconds since the Unix epoch before which no clock is believed: a day
+/// before this crate was built (`SOURCE_DATE_EPOCH` when set). Clients
+/// refuse to check certificate validity against an earlier clock.
+pub const BUILD_FLOOR: u64 = parse_floor(env!("FERROLINK_BUILD_FLOOR"));
+
+const fn parse_floor(s: &str) -> u64 {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0u64;
+    while i < bytes.len() {
+        n = n * 10 + (bytes[i] - b'0') as u64;
+        i += 1;
+    }
+    n
+}
+
 use core::ops::Add;
 use core::time::Duration;
 

@@ -1,6 +1,7 @@
-//! Records the build time: the client refuses a clock that reads earlier
-//! than the moment it was built (certificate expiry means nothing on a
-//! clock that was never set). `SOURCE_DATE_EPOCH` wins, for reproducible builds.
+//! Records the build time as `BUILD_FLOOR`: the clients (tokio and device)
+//! refuse a clock that reads earlier than the moment they were built
+//! (certificate expiry means nothing on a clock that was never set).
+//! `SOURCE_DATE_EPOCH` wins, for reproducible builds.
 
 fn main() {
     let now = std::env::var("SOURCE_DATE_EPOCH")
