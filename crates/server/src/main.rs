@@ -166,6 +166,11 @@ struct ServeArgs {
     /// Renew this many days before expiry.
     #[arg(long, default_value_t = 30)]
     acme_renew_before_days: u64,
+    /// The origin browsers see (`https://app.example`), when the server is
+    /// behind a reverse proxy: pages from it may open sessions, cookies get
+    /// `Secure` for https, and `anvil.private.get_app_origin` answers it.
+    #[arg(long, env = "FERROLINK_PUBLIC_ORIGIN", value_parser = parse_origin)]
+    public_origin: Option<String>,
     /// Allow plain ws:// on a non-loopback address (keys cross the network
     /// unencrypted).
     #[arg(long)]
@@ -347,6 +352,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Call(args) => call(args),
         Command::DeviceSim(args) => device_sim(args),
     }
+}
+
+/// `scheme://host[:port]`, without a path.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim_end_matches('/');
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or("an origin starts with https:// or http://")?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(
+            "an origin is scheme://host[:port] with no path, e.g. https://app.example".to_owned(),
+        );
+    }
+    Ok(s.to_owned())
 }
 
 /// The demo app's front end, shipped in the binary and deployed by
@@ -547,6 +567,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     config.read_buffer_bytes = args.read_buffer_bytes.max(256);
     config.insecure_plain_ws = args.insecure_plain_ws;
     config.dev_tls_names = args.dev_tls_names;
+    config.public_origin = args.public_origin;
     config.tls = match (args.tls_cert, args.tls_key, args.dev_tls, args.acme) {
         (Some(cert), Some(key), _, _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
         (_, _, true, _) => Some(ferrolink::tls::TlsSetting::Dev),

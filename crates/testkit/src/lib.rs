@@ -135,10 +135,7 @@ impl TestServer {
 
     /// `ws://127.0.0.1:PORT/_/session?app=APP`, the browser session endpoint.
     pub fn session_url(&self, app: &str) -> String {
-        format!(
-            "{}/_/session?app={app}",
-            self.origin().replacen("http", "ws", 1)
-        )
+        format!("ws://{}/_/session?app={app}", self.addr())
     }
 
     /// Creates a dashboard operator.

@@ -560,3 +560,36 @@ async fn browser_sessions_are_closed_with_a_reason_when_the_server_stops() {
     let (fatal, _) = ws.recv_until_closed().await;
     assert!(fatal.unwrap_or_default().contains("shutting down"));
 }
+
+#[tokio::test]
+async fn behind_a_proxy_the_public_origin_is_the_one_pages_come_from() {
+    let server =
+        TestServer::start_with(|c| c.public_origin = Some("https://app.example".to_owned())).await;
+    let url = server.session_url("demo");
+    let mut ws = RawClient::connect_with_headers(&url, &[("origin", "https://app.example")])
+        .await
+        .expect("the public origin may open sessions");
+    assert!(ws.recv_json().await["session"].is_object());
+    assert_eq!(
+        RawClient::connect_with_headers(&url, &[("origin", "https://other.example")])
+            .await
+            .err(),
+        Some(403)
+    );
+    let r = request(
+        server.addr(),
+        "POST",
+        "/_/auth/signup?app=demo",
+        &[
+            ("origin", "https://app.example"),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"email":"p@example.org","password":"proxy pass"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.set_cookies().join("").contains("; Secure"),
+        "https origin: Secure cookies"
+    );
+}
