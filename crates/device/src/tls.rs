@@ -2,8 +2,8 @@
 //! bytes; the server's certificate is checked here, by our verifier, not
 //! by embedded-tls' own.
 //!
-//! The checks, in order, each a refusal before the handshake completes
-//! (so before the websocket opens and long before the key is sent):
+//! The checks, in order, each a refusal before the websocket opens (so
+//! long before the key is sent):
 //!
 //! 1. the time is trusted ([`TrustedTime`]: SNTP agreement, build floor);
 //! 2. no certificate in the chain, nor its public key, is on the
@@ -14,7 +14,17 @@
 //!    building, no heap, with pure-Rust ECDSA P-256/P-384 from RustCrypto);
 //! 4. the certificate is valid for the host name (or IP address) dialled;
 //! 5. the server's `CertificateVerify` signature over the handshake is
-//!    made by the key of that certificate.
+//!    made by the key of that certificate;
+//! 6. these came in TLS 1.3's order — `Certificate`, then
+//!    `CertificateVerify`, then `Finished` — and none was skipped.
+//!
+//! The last check is ours because embedded-tls 0.19 does not make it: its
+//! client accepts the server's `Finished` without having seen a
+//! `Certificate` or a `CertificateVerify`, so a man in the middle who does
+//! the key exchange itself could otherwise finish the handshake with no
+//! certificate, or with the genuine server's public chain and no proof of
+//! its key. [`connect`] returns a [`TlsStream`] only with a [`ServerProof`],
+//! which exists only after a verified chain and then a verified signature.
 //!
 //! P-384 needs the `p384` feature (default). RSA signatures are not supported (no heap-free RSA in RustCrypto), so
 //! chains signed with RSA, such as Let's Encrypt's ISRG Root X1 chains, are
@@ -113,6 +123,24 @@ pub enum CertError {
     /// Anything else wrong with the certificate.
     #[error("the server's certificate is malformed or not for TLS server use")]
     Invalid,
+    /// The handshake finished without a `Certificate`: nobody proved who
+    /// they are (a man in the middle doing the key exchange itself).
+    #[error(
+        "the server finished the handshake without sending a certificate; refused as an impostor (TLS 1.3 requires Certificate, then CertificateVerify, then Finished)"
+    )]
+    NoCertificate,
+    /// A chain came, but the handshake finished without a
+    /// `CertificateVerify`: anyone can copy a server's public chain; only
+    /// the signature proves the key.
+    #[error(
+        "the server sent a certificate but finished the handshake without proving it holds the certificate's key (no CertificateVerify before Finished); refused as an impostor"
+    )]
+    NoProofOfKey,
+    /// Handshake messages in the wrong order (which ones, in the text).
+    #[error(
+        "the server's handshake came out of order ({0}); refused (TLS 1.3 requires Certificate, then CertificateVerify, then Finished)"
+    )]
+    OutOfOrder(&'static str),
 }
 
 /// Why a TLS connection was not made.
@@ -285,14 +313,33 @@ enum LeafKey {
     P384([u8; 97]),
 }
 
+/// How far the server has got in proving who it is, in the order TLS 1.3
+/// requires (RFC 8446 section 4.4.1): a chain, then a signature with its
+/// leaf's key over the handshake so far, then `Finished`.
+enum Proof {
+    AwaitingCertificate,
+    /// The chain passed; the signature must be over `transcript` (the
+    /// handshake up to and including the `Certificate` message).
+    AwaitingSignature {
+        leaf: LeafKey,
+        transcript: Sha256,
+    },
+    Proven,
+    Refused(CertError),
+}
+
+/// Evidence that the server passed every check of the module docs in
+/// order; only [`PinnedVerifier::finish`] makes one, and a [`TlsStream`]
+/// cannot exist without it.
+#[derive(Debug)]
+struct ServerProof(());
+
 /// The certificate checks of the module docs, as embedded-tls' verifier.
 struct PinnedVerifier<'a> {
     host: &'a str,
     trust: TrustConfig<'a>,
     now: u64,
-    leaf: Option<LeafKey>,
-    transcript: Option<Sha256>,
-    refusal: Option<CertError>,
+    proof: Proof,
 }
 
 impl PinnedVerifier<'_> {
@@ -368,10 +415,11 @@ impl PinnedVerifier<'_> {
         Err(CertError::UnsupportedAlgorithm)
     }
 
-    fn check_signature(&self, verify: &CertificateVerifyRef<'_>) -> Result<(), CertError> {
-        let (Some(leaf), Some(transcript)) = (self.leaf, self.transcript.clone()) else {
-            return Err(CertError::Invalid);
-        };
+    fn check_signature(
+        leaf: LeafKey,
+        transcript: Sha256,
+        verify: &CertificateVerifyRef<'_>,
+    ) -> Result<(), CertError> {
         // RFC 8446 section 4.4.3: 64 spaces, the context string, a zero
         // byte (in the literal), then the transcript hash.
         let mut msg = [0x20u8; 64 + 34 + 32];
@@ -389,6 +437,34 @@ impl PinnedVerifier<'_> {
         };
         ok.map_err(|_| CertError::BadSignature)
     }
+
+    /// Records a refusal (the first one stands) and tells embedded-tls.
+    fn refuse(&mut self, reason: CertError, alert: TlsError) -> Result<(), TlsError> {
+        if !matches!(self.proof, Proof::Refused(_)) {
+            self.proof = Proof::Refused(reason);
+        }
+        Err(alert)
+    }
+
+    /// After embedded-tls says the handshake is complete: the proof, or
+    /// why there is none. `Finished` arriving before the chain or the
+    /// signature leaves the state short of `Proven`.
+    fn finish(&self) -> Result<ServerProof, CertError> {
+        match self.proof {
+            Proof::Proven => Ok(ServerProof(())),
+            Proof::AwaitingCertificate => Err(CertError::NoCertificate),
+            Proof::AwaitingSignature { .. } => Err(CertError::NoProofOfKey),
+            Proof::Refused(reason) => Err(reason),
+        }
+    }
+
+    /// The reason of a refusal, if this verifier made one.
+    fn refusal(&self) -> Option<CertError> {
+        match self.proof {
+            Proof::Refused(reason) => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 impl TlsVerifier<Aes128GcmSha256> for PinnedVerifier<'_> {
@@ -402,24 +478,54 @@ impl TlsVerifier<Aes128GcmSha256> for PinnedVerifier<'_> {
         transcript: &Sha256,
         cert: CertificateRef<'_>,
     ) -> Result<(), TlsError> {
+        match self.proof {
+            Proof::AwaitingCertificate => {}
+            Proof::AwaitingSignature { .. } | Proof::Proven => {
+                return self.refuse(
+                    CertError::OutOfOrder("a second Certificate"),
+                    TlsError::InvalidHandshake,
+                );
+            }
+            Proof::Refused(_) => return Err(TlsError::InvalidCertificate),
+        }
         match self.check_chain(&cert) {
-            Ok(key) => {
-                self.leaf = Some(key);
-                self.transcript = Some(transcript.clone());
+            Ok(leaf) => {
+                // embedded-tls adds each message to the transcript before
+                // handing it over, so this hash ends with the Certificate.
+                self.proof = Proof::AwaitingSignature {
+                    leaf,
+                    transcript: transcript.clone(),
+                };
                 Ok(())
             }
-            Err(e) => {
-                self.refusal = Some(e);
-                Err(TlsError::InvalidCertificate)
-            }
+            Err(e) => self.refuse(e, TlsError::InvalidCertificate),
         }
     }
 
     fn verify_signature(&mut self, verify: CertificateVerifyRef<'_>) -> Result<(), TlsError> {
-        self.check_signature(&verify).map_err(|e| {
-            self.refusal = Some(e);
-            TlsError::InvalidSignature
-        })
+        let (leaf, transcript) = match &self.proof {
+            Proof::AwaitingSignature { leaf, transcript } => (*leaf, transcript.clone()),
+            Proof::AwaitingCertificate => {
+                return self.refuse(
+                    CertError::OutOfOrder("CertificateVerify before Certificate"),
+                    TlsError::InvalidHandshake,
+                );
+            }
+            Proof::Proven => {
+                return self.refuse(
+                    CertError::OutOfOrder("a second CertificateVerify"),
+                    TlsError::InvalidHandshake,
+                );
+            }
+            Proof::Refused(_) => return Err(TlsError::InvalidSignature),
+        };
+        match Self::check_signature(leaf, transcript, &verify) {
+            Ok(()) => {
+                self.proof = Proof::Proven;
+                Ok(())
+            }
+            Err(e) => self.refuse(e, TlsError::InvalidSignature),
+        }
     }
 }
 
@@ -550,6 +656,7 @@ impl<const READ: usize, const WRITE: usize> Default for TlsBuffers<READ, WRITE> 
 pub struct TlsStream<'a, S: Read + Write + 'a> {
     inner: TlsConnection<'a, Gate<'a, S>, Aes128GcmSha256>,
     mid_record: &'a Cell<bool>,
+    _proof: ServerProof,
 }
 
 impl<S: Read + Write> core::fmt::Debug for TlsStream<'_, S> {
@@ -644,9 +751,7 @@ pub async fn connect<
             host,
             trust,
             now: secs,
-            leaf: None,
-            transcript: None,
-            refusal: None,
+            proof: Proof::AwaitingCertificate,
         },
     };
     let TlsBuffers {
@@ -665,13 +770,23 @@ pub async fn connect<
         body_left: 0,
     };
     let mut inner = TlsConnection::new(gate, read, write);
+    let refused = |reason| TlsConnectError::Certificate {
+        host: ShortText::new(host),
+        reason,
+    };
     match inner.open(TlsContext::new(&config, &mut provider)).await {
-        Ok(()) => Ok(TlsStream { inner, mid_record }),
-        Err(e) => Err(match provider.verifier.refusal {
-            Some(reason) => TlsConnectError::Certificate {
-                host: ShortText::new(host),
-                reason,
-            },
+        // embedded-tls' word that the handshake is complete is not enough:
+        // the chain and the signature must both have been verified, in order.
+        Ok(()) => match provider.verifier.finish() {
+            Ok(proof) => Ok(TlsStream {
+                inner,
+                mid_record,
+                _proof: proof,
+            }),
+            Err(reason) => Err(refused(reason)),
+        },
+        Err(e) => Err(match provider.verifier.refusal() {
+            Some(reason) => refused(reason),
             None => {
                 use core::fmt::Write as _;
                 let mut buf = [0u8; 96];
@@ -691,6 +806,60 @@ mod tests {
     fn the_shipped_list_parses_without_a_heap() {
         assert!(!is_revoked(&[0u8; 32], &[]));
         assert!(is_revoked(&[7u8; 32], &[[7u8; 32]]));
+    }
+
+    fn verifier(proof: Proof) -> PinnedVerifier<'static> {
+        PinnedVerifier {
+            host: "localhost",
+            trust: TrustConfig::pinned(&[]),
+            now: 0,
+            proof,
+        }
+    }
+
+    fn awaiting_signature() -> Proof {
+        Proof::AwaitingSignature {
+            leaf: LeafKey::P256([4; 65]),
+            transcript: Sha256::new(),
+        }
+    }
+
+    // Issue 10: embedded-tls completes the handshake without these.
+    #[test]
+    fn a_handshake_finished_without_the_proof_is_refused() {
+        let e = verifier(Proof::AwaitingCertificate).finish().unwrap_err();
+        assert_eq!(e, CertError::NoCertificate);
+        assert!(std::string::ToString::to_string(&e).contains("without sending a certificate"));
+        let e = verifier(awaiting_signature()).finish().unwrap_err();
+        assert_eq!(e, CertError::NoProofOfKey);
+        assert!(verifier(Proof::Proven).finish().is_ok());
+        let refused = verifier(Proof::Refused(CertError::Expired));
+        assert_eq!(refused.finish().unwrap_err(), CertError::Expired);
+    }
+
+    #[test]
+    fn a_certificate_verify_out_of_order_is_refused() {
+        let cv = || CertificateVerifyRef {
+            signature_scheme: SignatureScheme::EcdsaSecp256r1Sha256,
+            signature: &[0x30, 0x00],
+        };
+        let mut v = verifier(Proof::AwaitingCertificate);
+        assert!(v.verify_signature(cv()).is_err());
+        assert_eq!(
+            v.finish().unwrap_err(),
+            CertError::OutOfOrder("CertificateVerify before Certificate")
+        );
+        let mut v = verifier(Proof::Proven);
+        assert!(v.verify_signature(cv()).is_err());
+        assert_eq!(
+            v.finish().unwrap_err(),
+            CertError::OutOfOrder("a second CertificateVerify")
+        );
+        // A bad signature is a refusal, and it stays the reason.
+        let mut v = verifier(awaiting_signature());
+        assert!(v.verify_signature(cv()).is_err());
+        assert!(v.verify_signature(cv()).is_err());
+        assert_eq!(v.finish().unwrap_err(), CertError::BadSignature);
     }
 
     #[test]
