@@ -279,6 +279,10 @@ pub(crate) enum Refusal {
     },
     #[error(transparent)]
     Time(TimeError),
+    #[error(
+        "its handshake signature (CertificateVerify) does not verify with its certificate's key; refused as an impostor"
+    )]
+    HandshakeSignature,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -350,7 +354,10 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        // rustls reports this as a certificate error; say which signature failed.
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .map_err(|_| other(Refusal::HandshakeSignature))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -106,9 +106,15 @@ pub enum CertError {
         /// 0 is the server's own certificate.
         position: usize,
     },
-    /// A signature does not verify.
-    #[error("a signature in the server's chain or handshake is invalid")]
+    /// A certificate's signature in the chain does not verify.
+    #[error("a signature in the server's certificate chain is invalid")]
     BadSignature,
+    /// The handshake signature (`CertificateVerify`) does not verify with
+    /// the leaf certificate's key: whoever answered does not hold it.
+    #[error(
+        "the server's handshake signature (CertificateVerify) does not verify with its certificate's key; refused as an impostor"
+    )]
+    BadHandshakeSignature,
     /// An algorithm this device cannot verify (RSA, or an unusual curve).
     #[error(
         "the server's certificate uses a signature algorithm this device cannot verify (RSA?); use an ECDSA P-256/P-384 chain"
@@ -435,7 +441,7 @@ impl PinnedVerifier<'_> {
             }
             _ => return Err(CertError::UnsupportedAlgorithm),
         };
-        ok.map_err(|_| CertError::BadSignature)
+        ok.map_err(|_| CertError::BadHandshakeSignature)
     }
 
     /// Records a refusal (the first one stands) and tells embedded-tls.
@@ -859,7 +865,7 @@ mod tests {
         let mut v = verifier(awaiting_signature());
         assert!(v.verify_signature(cv()).is_err());
         assert!(v.verify_signature(cv()).is_err());
-        assert_eq!(v.finish().unwrap_err(), CertError::BadSignature);
+        assert_eq!(v.finish().unwrap_err(), CertError::BadHandshakeSignature);
     }
 
     #[test]

@@ -9,13 +9,18 @@
 //!   valid or broken in the ways the TLS tests need.
 //! - [`RawClient`]: a bare websocket peer for sending exactly the bytes a
 //!   test wants.
+//! - [`mitm`]: a hand-made TLS 1.3 server that misbehaves on purpose (the
+//!   man in the middle every client must refuse).
+//! - [`sntp`]: time servers on loopback, honest or skewed.
 
 pub mod browser;
 pub mod http;
+pub mod mitm;
 pub mod pebble;
 pub mod pki;
 pub mod python;
 pub mod raw;
+pub mod sntp;
 
 use std::path::Path;
 

@@ -18,16 +18,21 @@ pub struct Ca {
     pub der: Vec<u8>,
     /// SHA-256 of the CA's public key, hex.
     pub spki_sha256: String,
-    /// PEMs a server sends after its leaf: this CA and its ancestors, roots excluded.
-    chain: Vec<String>,
+    /// What a server sends after its leaf: this CA and its ancestors,
+    /// roots excluded (PEM, DER).
+    chain: Vec<(String, Vec<u8>)>,
 }
 
 /// A server certificate with its key.
 pub struct Leaf {
     /// Leaf, then intermediates (PEM), as a server sends them.
     pub chain_pem: String,
+    /// The same chain, DER.
+    pub chain_der: Vec<Vec<u8>>,
     /// The private key, PEM.
     pub key_pem: String,
+    /// The private key, PKCS#8 DER.
+    pub key_der: Vec<u8>,
     /// SHA-256 of the leaf certificate's DER, hex.
     pub cert_sha256: String,
 }
@@ -92,7 +97,7 @@ impl Ca {
     fn intermediate_with_key(&self, name: &str, key: KeyPair) -> Self {
         let params = ca_params(name);
         let cert = params.signed_by(&key, &self.issuer).expect("intermediate");
-        let mut chain = vec![cert.pem()];
+        let mut chain = vec![(cert.pem(), cert.der().to_vec())];
         chain.extend(self.chain.iter().cloned());
         Self {
             spki_sha256: sha256_hex(&key.subject_public_key_info()),
@@ -110,12 +115,16 @@ impl Ca {
         let params = leaf_params(names, not_before, not_after);
         let cert = params.signed_by(&key, &self.issuer).expect("leaf");
         let mut chain_pem = cert.pem();
-        for pem in &self.chain {
+        let mut chain_der = vec![cert.der().to_vec()];
+        for (pem, der) in &self.chain {
             chain_pem.push_str(pem);
+            chain_der.push(der.clone());
         }
         Leaf {
             chain_pem,
+            chain_der,
             key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
             cert_sha256: sha256_hex(cert.der()),
         }
     }
@@ -153,7 +162,9 @@ pub fn self_signed(names: &[&str]) -> Leaf {
         .expect("self-signed");
     Leaf {
         chain_pem: cert.pem(),
+        chain_der: vec![cert.der().to_vec()],
         key_pem: key.serialize_pem(),
+        key_der: key.serialize_der(),
         cert_sha256: sha256_hex(cert.der()),
     }
 }

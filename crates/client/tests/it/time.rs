@@ -7,33 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ferrolink_client::time::{SntpClock, SntpQuery, TrustedTime};
 use ferrolink_client::tls::{TimeSource as _, TlsConfig};
 use ferrolink_client::{Client, ConnectErrorKind};
-use ferrolink_proto::sntp;
 use ferrolink_testkit::TestServer;
+use ferrolink_testkit::sntp::time_server;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// A UDP time server answering real SNTP requests with the real time plus
-/// `skew_ms` (or not at all, with `None`).
-async fn time_server(skew_ms: Option<i64>) -> SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let (Some(skew), true) = (skew_ms, n >= sntp::PACKET_LEN) else {
-                continue;
-            };
-            let req: [u8; sntp::PACKET_LEN] = buf[..sntp::PACKET_LEN].try_into().unwrap();
-            let t = (unix_ms() as i64 + skew) as u64;
-            let _ = socket.send_to(&sntp::response(&req, t, 2), from).await;
-        }
-    });
-    addr
 }
 
 fn query(servers: Vec<SocketAddr>) -> SntpQuery {

@@ -1,13 +1,12 @@
-//! `wss://`: every refusal first (each proving the server never received the
-//! key), then the happy paths.
+//! `wss://` against the real server: the default pins, a `ws://` URL to a
+//! TLS server, then the happy paths. Every other refusal is in the
+//! man-in-the-middle suite (`crates/mitm-suite`).
 
-use std::sync::Arc;
-
-use ferrolink_client::tls::{FixedTime, TlsConfig};
+use ferrolink_client::tls::TlsConfig;
 use ferrolink_client::{Client, ConnectError, ConnectErrorKind};
 use ferrolink_testkit::TestServer;
 use ferrolink_testkit::TlsSetting;
-use ferrolink_testkit::pki::{self, Ca, Leaf};
+use ferrolink_testkit::pki::{Ca, Leaf};
 
 /// A TLS server presenting `leaf`, and the temp dir holding its files.
 async fn tls_server(leaf: &Leaf) -> (TestServer, tempfile::TempDir) {
@@ -53,89 +52,6 @@ async fn refuses_a_certificate_from_an_unpinned_ca() {
     // The default pins (Let's Encrypt only) refuse it too.
     let e = refused(&server, TlsConfig::default()).await;
     assert!(e.to_string().contains("ISRG Root X1"), "{e}");
-}
-
-#[tokio::test]
-async fn refuses_a_certificate_for_another_host() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf(&["device-gateway.example"])).await;
-    let e = refused(&server, pinned(&ca)).await;
-    assert!(
-        e.to_string()
-            .contains("not valid for the name \"localhost\""),
-        "{e}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_an_expired_certificate() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf_valid(&["localhost"], -30 * 86_400, -86_400)).await;
-    let e = refused(&server, pinned(&ca)).await;
-    assert!(e.to_string().contains("expired"), "{e}");
-}
-
-#[tokio::test]
-async fn refuses_a_certificate_not_yet_valid() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf_valid(&["localhost"], 86_400, 30 * 86_400)).await;
-    let e = refused(&server, pinned(&ca)).await;
-    assert!(e.to_string().contains("not valid yet"), "{e}");
-}
-
-#[tokio::test]
-async fn refuses_a_revoked_leaf() {
-    let ca = Ca::root("ca");
-    let leaf = ca.leaf(&["localhost"]);
-    let (server, _dir) = tls_server(&leaf).await;
-    let e = refused(&server, pinned(&ca).revoke(&leaf.cert_sha256).unwrap()).await;
-    assert!(
-        e.to_string()
-            .contains("certificate 0 of the server's chain is on the revocation list"),
-        "{e}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_a_chain_through_a_revoked_intermediate() {
-    let root = Ca::root("root");
-    let intermediate = root.intermediate("issuing CA");
-    let (server, _dir) = tls_server(&intermediate.leaf(&["localhost"])).await;
-    // By public key: a re-issued certificate for the same key is refused too.
-    let e = refused(
-        &server,
-        pinned(&root).revoke(&intermediate.spki_sha256).unwrap(),
-    )
-    .await;
-    assert!(
-        e.to_string()
-            .contains("certificate 1 of the server's chain is on the revocation list"),
-        "{e}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_when_the_clock_reads_before_the_build() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf(&["localhost"])).await;
-    // A device that booted without setting its clock: 2001-01-01.
-    let e = refused(
-        &server,
-        pinned(&ca).time_source(Arc::new(FixedTime::new(978_307_200))),
-    )
-    .await;
-    assert_eq!(e.kind(), ConnectErrorKind::Tls);
-    assert!(e.to_string().contains("earlier than this build"), "{e}");
-}
-
-#[tokio::test]
-async fn refuses_a_self_signed_leaf() {
-    let (server, _dir) = tls_server(&pki::self_signed(&["localhost"])).await;
-    let e = refused(&server, pinned(&Ca::root("some ca"))).await;
-    assert!(
-        e.to_string().contains("does not chain to a pinned root"),
-        "{e}"
-    );
 }
 
 #[tokio::test]

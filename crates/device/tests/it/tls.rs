@@ -1,11 +1,11 @@
-//! The device client over TLS: every refusal first, each proving the server
-//! never received the key; then the development CA's happy path.
+//! The device client over TLS against the real server: the development
+//! CA's happy path, a P-384 chain, timers mid-record. Every refusal is in
+//! the man-in-the-middle suite (`crates/mitm-suite`).
 
 use std::time::Duration;
 
 use embedded_io_adapters::tokio_1::FromTokio;
-use ferrolink_device::time::TimeError;
-use ferrolink_device::tls::{self, CertError, TlsBuffers, TlsConnectError, TrustConfig};
+use ferrolink_device::tls::{self, TlsBuffers, TlsConnectError, TrustConfig};
 use ferrolink_device::{Clock as _, Config, Session, TrustedTime};
 use ferrolink_testkit::TestServer;
 use ferrolink_testkit::TlsSetting;
@@ -47,137 +47,6 @@ async fn handshake<'a>(
         buffers,
     )
     .await
-}
-
-/// Connects to `server` as `host` with `trust`, expecting a refusal, and
-/// checks that the key never reached the server.
-async fn refused(
-    server: &TestServer,
-    host: &str,
-    trust: TrustConfig<'_>,
-    time: Option<TrustedTime>,
-) -> TlsConnectError {
-    let clock = TokioClock::new();
-    let time = time.unwrap_or_else(|| host_time(&clock));
-    let mut buffers = Box::new(Buffers::new());
-    let e = handshake(server, host, trust, &time, &clock, &mut buffers)
-        .await
-        .map(|_| ())
-        .expect_err("the device must refuse this server");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        server.key_messages_received(),
-        0,
-        "the key reached the server: {e}"
-    );
-    e
-}
-
-fn reason(e: TlsConnectError) -> CertError {
-    match e {
-        TlsConnectError::Certificate { reason, .. } => reason,
-        other => panic!("not a certificate refusal: {other}"),
-    }
-}
-
-#[tokio::test]
-async fn refuses_a_certificate_from_an_unpinned_ca() {
-    let trusted = Ca::root("trusted");
-    let other = Ca::root("other");
-    let (server, _dir) = tls_server(&other.leaf(&["localhost"])).await;
-    let roots = [trusted.der.as_slice()];
-    let e = refused(&server, "localhost", TrustConfig::pinned(&roots), None).await;
-    assert!(
-        e.to_string().contains("does not chain to a pinned root"),
-        "{e}"
-    );
-    assert_eq!(reason(e), CertError::UnknownIssuer);
-}
-
-#[tokio::test]
-async fn refuses_a_certificate_for_another_host() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf(&["device-gateway.example"])).await;
-    let roots = [ca.der.as_slice()];
-    let e = refused(&server, "localhost", TrustConfig::pinned(&roots), None).await;
-    assert_eq!(reason(e), CertError::WrongName);
-}
-
-#[tokio::test]
-async fn refuses_an_expired_certificate() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf_valid(&["localhost"], -30 * 86_400, -86_400)).await;
-    let roots = [ca.der.as_slice()];
-    let e = refused(&server, "localhost", TrustConfig::pinned(&roots), None).await;
-    assert!(e.to_string().contains("expired"), "{e}");
-    assert_eq!(reason(e), CertError::Expired);
-}
-
-#[tokio::test]
-async fn refuses_a_certificate_not_yet_valid() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf_valid(&["localhost"], 86_400, 30 * 86_400)).await;
-    let roots = [ca.der.as_slice()];
-    let e = refused(&server, "localhost", TrustConfig::pinned(&roots), None).await;
-    assert_eq!(reason(e), CertError::NotValidYet);
-}
-
-#[tokio::test]
-async fn refuses_a_revoked_certificate_or_key() {
-    let ca = Ca::root("ca");
-    let leaf = ca.leaf(&["localhost"]);
-    let (server, _dir) = tls_server(&leaf).await;
-    let roots = [ca.der.as_slice()];
-    let revoked = [hex32(&leaf.cert_sha256)];
-    let trust = TrustConfig {
-        roots: &roots,
-        revoked: &revoked,
-    };
-    let e = refused(&server, "localhost", trust, None).await;
-    assert_eq!(reason(e), CertError::Revoked { position: 0 });
-    // An intermediate's public key, listed by its SPKI fingerprint.
-    let inter = ca.intermediate("issuing");
-    let (server, _dir) = tls_server(&inter.leaf(&["localhost"])).await;
-    let revoked = [hex32(&inter.spki_sha256)];
-    let trust = TrustConfig {
-        roots: &roots,
-        revoked: &revoked,
-    };
-    let e = refused(&server, "localhost", trust, None).await;
-    assert_eq!(reason(e), CertError::Revoked { position: 1 });
-}
-
-#[tokio::test]
-async fn refuses_to_connect_before_the_time_is_trusted() {
-    let ca = Ca::root("ca");
-    let (server, _dir) = tls_server(&ca.leaf(&["localhost"])).await;
-    let roots = [ca.der.as_slice()];
-    let e = refused(
-        &server,
-        "localhost",
-        TrustConfig::pinned(&roots),
-        Some(TrustedTime::unset()),
-    )
-    .await;
-    assert_eq!(e, TlsConnectError::Time(TimeError::NotSet));
-    assert!(e.to_string().contains("no trusted time yet"), "{e}");
-    // A clock that was never set (1970, 2001) is not a time either.
-    assert!(matches!(
-        TrustedTime::from_trusted_source(978_307_200_000, TokioClock::new().now()),
-        Err(TimeError::BeforeFloor { .. })
-    ));
-}
-
-#[tokio::test]
-async fn refuses_a_self_signed_certificate_and_the_wrong_dev_ca() {
-    let (server, _dir) = tls_server(&ferrolink_testkit::pki::self_signed(&["localhost"])).await;
-    let other = Ca::root("other");
-    let roots = [other.der.as_slice()];
-    let e = refused(&server, "localhost", TrustConfig::pinned(&roots), None).await;
-    assert_eq!(reason(e), CertError::UnknownIssuer);
-    let dev = TestServer::start_with(|c| c.tls = Some(TlsSetting::Dev)).await;
-    let e = refused(&dev, "localhost", TrustConfig::pinned(&roots), None).await;
-    assert_eq!(reason(e), CertError::UnknownIssuer);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -240,14 +109,6 @@ async fn works_over_tls_with_the_dev_ca_in_both_directions() {
         .await
         .unwrap();
     assert_eq!(r, "\"over tls\"");
-}
-
-fn hex32(hex: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
 }
 
 /// Forwards one connection to `target`, passing the server's bytes on in

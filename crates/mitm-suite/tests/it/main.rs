@@ -1,0 +1,3 @@
+//! The man-in-the-middle suite (see the crate docs).
+
+mod mitm;
