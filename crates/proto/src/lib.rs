@@ -33,9 +33,11 @@
 //! # Features
 //!
 //! - `alloc` (default): everything above, which needs a heap. Without it the
-//!   crate is heap-free and offers [`sntp`], [`Instant`], [`civil_date`] and
-//!   the protocol constants in [`wire`]: the part the heap-free device client
-//!   (`ferrolink-device`) shares.
+//!   crate is heap-free and offers [`sntp`] and [`roughtime`] (network time,
+//!   plain and signed), [`trust`] (signed trust bundles: checking, not
+//!   signing), [`Instant`], [`civil_date`] and the protocol constants in
+//!   [`wire`]: the part the heap-free device client (`ferrolink-device`)
+//!   shares.
 //!
 //! The crate is `no_std`.
 
@@ -57,10 +59,12 @@ pub mod encode;
 mod json;
 #[cfg(feature = "alloc")]
 pub mod message;
+pub mod roughtime;
 #[cfg(feature = "alloc")]
 pub mod server;
 pub mod sntp;
 mod time;
+pub mod trust;
 pub mod wire;
 
 #[cfg(feature = "alloc")]
