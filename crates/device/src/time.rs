@@ -1,10 +1,15 @@
-//! Trusted time for certificate checks: several SNTP servers that agree
-//! (`ferrolink_proto::sntp`, shared with the tokio client), never earlier
-//! than this build. Until a [`TrustedTime`] is set, [`crate::tls`] refuses
-//! to connect.
+//! Trusted time for certificate checks, never earlier than this build:
+//! signed Roughtime answers (`ferrolink_proto::roughtime`), or several SNTP
+//! servers that agree (`ferrolink_proto::sntp`); both are shared with the
+//! tokio client. Until a [`TrustedTime`] is set, [`crate::tls`] refuses to
+//! connect.
+//!
+//! Prefer Roughtime: an attacker on the Wi-Fi at boot can answer SNTP for
+//! every server the device asks, but cannot sign a Roughtime answer, which
+//! binds the device's random nonce.
 
 use ferrolink_proto::sntp::{self, AgreementError, Sample};
-use ferrolink_proto::{Instant, civil_date};
+use ferrolink_proto::{Instant, civil_date, roughtime};
 
 /// Seconds since the Unix epoch before which no clock is believed: a day
 /// before ferrolink was built (the same floor as the tokio client's).
@@ -26,7 +31,9 @@ impl core::fmt::Display for Date {
 #[non_exhaustive]
 pub enum TimeError {
     /// No trusted time was set yet.
-    #[error("no trusted time yet; query SNTP servers (TrustedTime::from_sntp) before connecting")]
+    #[error(
+        "no trusted time yet; ask Roughtime (TrustedTime::from_roughtime) or SNTP servers (from_sntp) before connecting"
+    )]
     NotSet,
     /// The time given reads earlier than the floor.
     #[error("the time reads {}, earlier than this build ({}); it cannot be right", Date(*now), Date(*floor))]
@@ -39,6 +46,9 @@ pub enum TimeError {
     /// The SNTP answers were too few or disagreed.
     #[error(transparent)]
     Sntp(AgreementError),
+    /// The verified Roughtime answers were too few or did not overlap.
+    #[error(transparent)]
+    Roughtime(roughtime::AgreementError),
 }
 
 /// Wall-clock time anchored to the monotonic clock, or nothing.
@@ -75,6 +85,19 @@ impl TrustedTime {
     ) -> Result<Self, TimeError> {
         let unix_ms = sntp::agree(samples, need, bound_ms).map_err(TimeError::Sntp)?;
         Self::from_trusted_source(unix_ms, at)
+    }
+
+    /// The time where at least `need` verified Roughtime answers overlap
+    /// (each checked with `ferrolink_proto::roughtime::Pending::verify`
+    /// against the server's pinned key), at monotonic `now`; not before
+    /// the build floor.
+    pub fn from_roughtime(
+        samples: &[roughtime::Sample],
+        need: usize,
+        now: Instant,
+    ) -> Result<Self, TimeError> {
+        let unix_ms = roughtime::agree(samples, need, now).map_err(TimeError::Roughtime)?;
+        Self::from_trusted_source(unix_ms, now)
     }
 
     /// A time known by other trusted means (a battery-backed clock set

@@ -30,6 +30,8 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest as _, Sha512};
 
+use crate::Instant;
+
 /// Bytes of a request packet (the 12-byte frame and a 1024-byte message, as
 /// RFC 10049 section 5.1 asks).
 pub const REQUEST_LEN: usize = 1036;
@@ -232,7 +234,8 @@ impl<'a> Message<'a> {
         let mut previous_end = 0;
         for i in 0..count {
             let (start, end) = msg.bounds(i);
-            if !start.is_multiple_of(4) || start < previous_end || end < start || end > values.len() {
+            if !start.is_multiple_of(4) || start < previous_end || end < start || end > values.len()
+            {
                 return Err(bad("a message's offsets are out of order or out of bounds"));
             }
             previous_end = start;
@@ -415,26 +418,33 @@ impl Pending {
     }
 }
 
-/// A verified answer placed on the local timeline: the Unix time in
-/// milliseconds at the local moment the answer arrived, give or take
-/// `radius_ms`.
+/// A verified answer placed on the local timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
-    /// Estimated Unix milliseconds when the answer arrived.
+    /// Estimated Unix milliseconds at local moment `at`.
     pub unix_ms: u64,
     /// Uncertainty of that estimate, milliseconds.
     pub radius_ms: u64,
+    /// When the answer arrived (the local monotonic clock).
+    pub at: Instant,
 }
 
 impl Sample {
-    /// Places `answer`, received `round_trip_ms` after its request was sent.
-    /// The server stamped its midpoint somewhere in that round trip, to the
-    /// second, within its radius.
-    pub fn new(answer: &Answer, round_trip_ms: u64) -> Self {
+    /// Places `answer` to a request sent at `sent` and answered at
+    /// `received`: the server stamped its midpoint somewhere in that round
+    /// trip, to the second, within its radius.
+    pub fn new(answer: &Answer, sent: Instant, received: Instant) -> Self {
+        let round_trip_ms = received.as_millis().saturating_sub(sent.as_millis());
         Self {
             unix_ms: answer.midpoint.saturating_mul(1000) + round_trip_ms / 2,
             radius_ms: u64::from(answer.radius).saturating_mul(1000) + round_trip_ms / 2 + 1000,
+            at: received,
         }
+    }
+
+    /// The estimate carried forward to local moment `now`.
+    fn at(&self, now: Instant) -> u64 {
+        self.unix_ms + now.as_millis().saturating_sub(self.at.as_millis())
     }
 }
 
@@ -464,10 +474,10 @@ pub enum AgreementError {
     },
 }
 
-/// Accepts a time only where at least `need` samples (taken at the same
-/// local moment) overlap, and returns the middle of the overlap, in Unix
-/// milliseconds.
-pub fn agree(samples: &[Sample], need: usize) -> Result<u64, AgreementError> {
+/// Accepts a time only where at least `need` samples overlap, and returns
+/// the middle of the overlap: the Unix time in milliseconds at local
+/// moment `now` (no earlier than every sample's `at`).
+pub fn agree(samples: &[Sample], need: usize, now: Instant) -> Result<u64, AgreementError> {
     let need = need.max(1);
     if samples.len() < need {
         return Err(AgreementError::TooFew {
@@ -476,10 +486,8 @@ pub fn agree(samples: &[Sample], need: usize) -> Result<u64, AgreementError> {
         });
     }
     let interval = |s: &Sample| {
-        (
-            s.unix_ms.saturating_sub(s.radius_ms),
-            s.unix_ms + s.radius_ms,
-        )
+        let t = s.at(now);
+        (t.saturating_sub(s.radius_ms), t + s.radius_ms)
     };
     let mut best: Option<(usize, u64, u64)> = None;
     for candidate in samples {
@@ -553,18 +561,35 @@ mod tests {
 
     #[test]
     fn agreement_wants_overlapping_intervals() {
-        let s = |unix_ms, radius_ms| Sample { unix_ms, radius_ms };
-        assert_eq!(agree(&[s(10_000, 1_000)], 1), Ok(10_000));
-        // Two overlap on [10_500, 11_000]; the third is an hour off.
-        let samples = [s(10_000, 1_000), s(11_500, 1_000), s(3_610_000, 1_000)];
-        assert_eq!(agree(&samples, 2), Ok(10_750));
+        let s = |unix_ms, radius_ms, at| Sample {
+            unix_ms,
+            radius_ms,
+            at: Instant::from_millis(at),
+        };
+        let now = Instant::from_millis(500);
+        assert_eq!(agree(&[s(10_000, 1_000, 500)], 1, now), Ok(10_000));
+        // Two overlap on [10_500, 11_000] (the second was taken 500 ms
+        // before `now`); the third is an hour off.
+        let samples = [
+            s(10_000, 1_000, 500),
+            s(11_000, 1_000, 0),
+            s(3_610_000, 1_000, 500),
+        ];
+        assert_eq!(agree(&samples, 2, now), Ok(10_750));
         assert!(matches!(
-            agree(&samples, 3),
+            agree(&samples, 3, now),
             Err(AgreementError::Disagree { overlapping: 2, .. })
         ));
         assert!(matches!(
-            agree(&samples[..1], 2),
+            agree(&samples[..1], 2, now),
             Err(AgreementError::TooFew { .. })
         ));
+        let answer = Answer {
+            midpoint: 100,
+            radius: 3,
+            version: VERSION_1,
+        };
+        let placed = Sample::new(&answer, Instant::from_millis(0), Instant::from_millis(200));
+        assert_eq!((placed.unix_ms, placed.radius_ms), (100_100, 4_100));
     }
 }

@@ -11,7 +11,8 @@
 //!   test wants.
 //! - [`mitm`]: a hand-made TLS 1.3 server that misbehaves on purpose (the
 //!   man in the middle every client must refuse).
-//! - [`sntp`]: time servers on loopback, honest or skewed.
+//! - [`sntp`]: time servers on loopback, honest or skewed; [`roughtime`]:
+//!   a signed-time server that can lie on purpose.
 
 pub mod browser;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod pebble;
 pub mod pki;
 pub mod python;
 pub mod raw;
+pub mod roughtime;
 pub mod sntp;
 
 use std::path::Path;

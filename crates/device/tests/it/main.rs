@@ -6,5 +6,6 @@ mod frames;
 mod plain;
 mod sim;
 mod support;
+mod time;
 mod tls;
 mod vectors;

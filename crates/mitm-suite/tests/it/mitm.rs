@@ -15,18 +15,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embedded_io_adapters::tokio_1::FromTokio;
 use ferrolink_client::Client;
-use ferrolink_client::time::{SntpClock, SntpQuery, TrustedTime as ClientTrustedTime};
+use ferrolink_client::time::{
+    NetworkClock, RoughtimeQuery, RoughtimeServer as ClientRoughtimeServer, SntpQuery,
+    TrustedTime as ClientTrustedTime,
+};
 use ferrolink_client::tls::{FixedTime, TlsConfig};
 use ferrolink_device::json::Writer;
 use ferrolink_device::tls::{self as device_tls, TlsBuffers, TrustConfig};
 use ferrolink_device::{
     Args, Buffers, Clock, Config, Handler, HandlerError, Instant, Session, TrustedTime,
 };
-use ferrolink_proto::sntp;
+use ferrolink_proto::{roughtime, sntp};
 use ferrolink_testkit::TestServer;
 use ferrolink_testkit::mitm::{Attack, MitmServer};
 use ferrolink_testkit::pki::{self, Ca, Leaf};
 use ferrolink_testkit::python::PyProcess;
+use ferrolink_testkit::roughtime::{Fault, RoughtimeServer};
 use ferrolink_testkit::sntp::time_server;
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -42,6 +46,8 @@ enum Time {
     BeforeFloor,
     /// Two SNTP servers an hour apart.
     SntpDisagree,
+    /// A Roughtime answer whose time is not signed by the server's key.
+    RoughtimeForged,
 }
 
 /// One row of the table.
@@ -212,9 +218,22 @@ fn cases() -> Vec<Case> {
         "disagree by",
     );
     disagree.time = Time::SntpDisagree;
+    let mut forged_time = on(
+        "forged Roughtime answer",
+        Attack::Honest,
+        "not signed by the server's delegated key",
+        "not signed by the server's delegated key",
+    );
+    forged_time.time = Time::RoughtimeForged;
     cases.splice(
         12..12,
-        [revoked_leaf, revoked_intermediate, before_floor, disagree],
+        [
+            revoked_leaf,
+            revoked_intermediate,
+            before_floor,
+            disagree,
+            forged_time,
+        ],
     );
     cases
 }
@@ -352,6 +371,22 @@ async fn device_time(case: &Case, clock: &TokioClock) -> Result<TrustedTime, Str
             return TrustedTime::from_sntp(&mut samples, 2, 2_000, clock.now())
                 .map_err(|e| e.to_string());
         }
+        Time::RoughtimeForged => {
+            let server = RoughtimeServer::start(Fault::BadResponseSignature).await;
+            let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            let mut packet = [0u8; roughtime::REQUEST_LEN];
+            let pending = roughtime::request(&[7; 32], &server.public_key(), &mut packet);
+            socket.send_to(&packet, server.addr()).await.expect("send");
+            let mut buf = [0u8; roughtime::MAX_RESPONSE_LEN];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+                .await
+                .expect("an answer")
+                .expect("receive");
+            return match pending.verify(&buf[..n], &server.public_key()) {
+                Ok(_) => Ok(TrustedTime::unset()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
     };
     TrustedTime::from_trusted_source(unix_ms, clock.now()).map_err(|e| e.to_string())
 }
@@ -435,9 +470,22 @@ async fn tokio_client(case: &Case, mitm: &MitmServer, key: &str) -> Outcome {
         Time::SntpDisagree => {
             let mut query = SntpQuery::new(disagreeing_time_servers().await);
             query.timeout = Duration::from_secs(2);
-            let e = SntpClock::query(&query)
+            let e = NetworkClock::sntp(&query)
                 .await
                 .expect_err("disagreeing servers give no time");
+            time_refusal = Some(e.to_string());
+            tls = tls.time_source(Arc::new(ClientTrustedTime::default()));
+        }
+        Time::RoughtimeForged => {
+            let server = RoughtimeServer::start(Fault::BadResponseSignature).await;
+            let mut query = RoughtimeQuery::new(vec![ClientRoughtimeServer {
+                addr: server.addr(),
+                public_key: server.public_key(),
+            }]);
+            query.timeout = Duration::from_secs(2);
+            let e = NetworkClock::roughtime(&query)
+                .await
+                .expect_err("a forged answer gives no time");
             time_refusal = Some(e.to_string());
             tls = tls.time_source(Arc::new(ClientTrustedTime::default()));
         }
