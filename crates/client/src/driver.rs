@@ -12,11 +12,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use ferrolink_proto::Instant;
 use ferrolink_proto::calls::CallId;
 use ferrolink_proto::client::{
-    CallResult, ClientConfig, ClientConnection, ClientEvent, CloseReason, LocalFailure,
+    CallResult, ClientConfig, ClientConnection, ClientEvent, CloseReason, IncomingCall,
+    LocalFailure,
 };
+use ferrolink_proto::{Instant, wire};
 
 use crate::backoff::{Backoff, ReconnectPolicy};
 use crate::client::{OutputFn, Status, WeakClient, status_text};
@@ -77,6 +78,9 @@ pub(crate) struct Link {
     ws: Ws,
     conn: ClientConnection,
     clock: Clock,
+    /// Calls that arrived while `connect` was still reading replies of its
+    /// own; `run` dispatches them first.
+    early: Vec<IncomingCall>,
 }
 
 /// `ws://` or `wss://` URL parts.
@@ -168,100 +172,23 @@ async fn open(settings: &Settings) -> Result<Ws, ConnectError> {
 }
 
 /// Opens the websocket, sends the key and the registrations, and waits for
-/// the verdict.
+/// the verdict. Over TLS with trust bundles kept, then asks the server for
+/// a newer bundle; if one is installed, connects again under it.
 pub(crate) async fn connect(settings: &Settings) -> Result<Link, ConnectError> {
     let attempt = async {
-        let ws = open(settings).await?;
-        let clock = Clock(tokio::time::Instant::now());
-        let mut config = ClientConfig::new(settings.key.clone());
-        config.heartbeat_interval = settings.heartbeat_interval;
-        config.heartbeat_timeout = settings.heartbeat_timeout;
-        config.max_pending = settings.max_pending;
-        let mut conn = ClientConnection::new(config, clock.now());
-        for name in settings.handlers.keys() {
-            conn.register(name);
+        let mut link = handshake(settings).await?;
+        if target(&settings.url)?.tls
+            && settings.tls.keeps_bundles()
+            && let Some(sequence) = update_trust(&mut link, settings).await?
+        {
+            tracing::info!(
+                sequence,
+                "installed a newer trust bundle; connecting again under it"
+            );
+            let _ = link.ws.close(None).await;
+            link = handshake(settings).await?;
         }
-        let mut link = Link { ws, conn, clock };
-        // Registrations have no acknowledgement; once the key is accepted, an
-        // echo sent after them comes back only after the server has processed
-        // them (it handles a connection's frames in order), so a refusal
-        // arrives first and `connect` reports it.
-        let mut barrier = None;
-        loop {
-            flush(&mut link).await.map_err(|e| {
-                ConnectError::with_source(
-                    ConnectErrorKind::Transport,
-                    "the connection broke during the handshake",
-                    e,
-                )
-            })?;
-            // Only the verdict is read here; anything after it stays queued
-            // in the connection for the driver.
-            if let Some(ev) = link.conn.poll_event() {
-                match ev {
-                    ClientEvent::Authenticated { .. } if settings.handlers.is_empty() => {
-                        return Ok(link);
-                    }
-                    ClientEvent::Authenticated { .. } => {
-                        let now = link.clock.now();
-                        let id = link
-                            .conn
-                            .call(
-                                now,
-                                "anvil.private.echo",
-                                "[\"registered\"]",
-                                "{}",
-                                settings.connect_timeout,
-                            )
-                            .map_err(|e| {
-                                ConnectError::new(ConnectErrorKind::Protocol, e.to_string())
-                            })?;
-                        barrier = Some(id);
-                    }
-                    ClientEvent::Completed { id, result } if Some(id) == barrier => {
-                        return match result {
-                            CallResult::Response(_) => Ok(link),
-                            // The link closed; the reason follows as `Closed`.
-                            CallResult::Failed(LocalFailure::ConnectionClosed) => continue,
-                            other => Err(ConnectError::new(
-                                ConnectErrorKind::Protocol,
-                                format!("the server did not confirm the registrations: {other:?}"),
-                            )),
-                        };
-                    }
-                    ClientEvent::Closed(CloseReason::Fatal(text)) => {
-                        return Err(ConnectError::from_fatal(&text));
-                    }
-                    ClientEvent::Closed(CloseReason::Protocol(text)) => {
-                        return Err(ConnectError::new(
-                            ConnectErrorKind::Protocol,
-                            format!("the server does not speak the uplink protocol: {text}"),
-                        ));
-                    }
-                    ClientEvent::Closed(_) => {
-                        return Err(ConnectError::new(
-                            ConnectErrorKind::Transport,
-                            "the server closed the connection before answering the key",
-                        ));
-                    }
-                    ClientEvent::Output(text) => output(settings, &text),
-                    _ => {}
-                }
-                continue;
-            }
-            match link.ws.next().await {
-                Some(Ok(Message::Text(t))) => link.conn.handle_text(link.clock.now(), &t),
-                Some(Ok(Message::Close(_))) | None => link.conn.handle_closed(),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    return Err(ConnectError::with_source(
-                        ConnectErrorKind::Transport,
-                        "the connection broke during the handshake",
-                        e,
-                    ));
-                }
-            }
-        }
+        Ok(link)
     };
     match tokio::time::timeout(settings.connect_timeout, attempt).await {
         Ok(result) => result,
@@ -272,6 +199,194 @@ pub(crate) async fn connect(settings: &Settings) -> Result<Link, ConnectError> {
                 settings.url, settings.connect_timeout
             ),
         )),
+    }
+}
+
+/// The websocket, the key, the registrations and the verdict.
+async fn handshake(settings: &Settings) -> Result<Link, ConnectError> {
+    let ws = open(settings).await?;
+    let clock = Clock(tokio::time::Instant::now());
+    let mut config = ClientConfig::new(settings.key.clone());
+    config.heartbeat_interval = settings.heartbeat_interval;
+    config.heartbeat_timeout = settings.heartbeat_timeout;
+    config.max_pending = settings.max_pending;
+    let mut conn = ClientConnection::new(config, clock.now());
+    for name in settings.handlers.keys() {
+        conn.register(name);
+    }
+    let mut link = Link {
+        ws,
+        conn,
+        clock,
+        early: Vec::new(),
+    };
+    // Registrations have no acknowledgement; once the key is accepted, an
+    // echo sent after them comes back only after the server has processed
+    // them (it handles a connection's frames in order), so a refusal
+    // arrives first and `connect` reports it.
+    let mut barrier = None;
+    loop {
+        flush(&mut link).await.map_err(|e| {
+            ConnectError::with_source(
+                ConnectErrorKind::Transport,
+                "the connection broke during the handshake",
+                e,
+            )
+        })?;
+        // Only the verdict is read here; anything after it stays queued
+        // in the connection for the driver.
+        if let Some(ev) = link.conn.poll_event() {
+            match ev {
+                ClientEvent::Authenticated { .. } if settings.handlers.is_empty() => {
+                    return Ok(link);
+                }
+                ClientEvent::Authenticated { .. } => {
+                    let now = link.clock.now();
+                    let id = link
+                        .conn
+                        .call(
+                            now,
+                            "anvil.private.echo",
+                            "[\"registered\"]",
+                            "{}",
+                            settings.connect_timeout,
+                        )
+                        .map_err(|e| {
+                            ConnectError::new(ConnectErrorKind::Protocol, e.to_string())
+                        })?;
+                    barrier = Some(id);
+                }
+                ClientEvent::Completed { id, result } if Some(id) == barrier => {
+                    return match result {
+                        CallResult::Response(_) => Ok(link),
+                        // The link closed; the reason follows as `Closed`.
+                        CallResult::Failed(LocalFailure::ConnectionClosed) => continue,
+                        other => Err(ConnectError::new(
+                            ConnectErrorKind::Protocol,
+                            format!("the server did not confirm the registrations: {other:?}"),
+                        )),
+                    };
+                }
+                ClientEvent::Closed(CloseReason::Fatal(text)) => {
+                    return Err(ConnectError::from_fatal(&text));
+                }
+                ClientEvent::Closed(CloseReason::Protocol(text)) => {
+                    return Err(ConnectError::new(
+                        ConnectErrorKind::Protocol,
+                        format!("the server does not speak the uplink protocol: {text}"),
+                    ));
+                }
+                ClientEvent::Closed(_) => {
+                    return Err(ConnectError::new(
+                        ConnectErrorKind::Transport,
+                        "the server closed the connection before answering the key",
+                    ));
+                }
+                ClientEvent::Output(text) => output(settings, &text),
+                ClientEvent::Incoming(call) => link.early.push(call),
+                _ => {}
+            }
+            continue;
+        }
+        match link.ws.next().await {
+            Some(Ok(Message::Text(t))) => link.conn.handle_text(link.clock.now(), &t),
+            Some(Ok(Message::Close(_))) | None => link.conn.handle_closed(),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                return Err(ConnectError::with_source(
+                    ConnectErrorKind::Transport,
+                    "the connection broke during the handshake",
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+/// Asks the server for a trust bundle newer than the one in use and
+/// installs it if it verifies. `Some(sequence)` when one was installed.
+async fn update_trust(link: &mut Link, settings: &Settings) -> Result<Option<u64>, ConnectError> {
+    let have = settings
+        .tls
+        .trust_bundle_sequence()
+        .map_or_else(|| "null".to_owned(), |s| s.to_string());
+    let now = link.clock.now();
+    let id = link
+        .conn
+        .call(
+            now,
+            wire::TRUST_BUNDLE_COMMAND,
+            &format!("[{have}]"),
+            "{}",
+            settings.connect_timeout,
+        )
+        .map_err(|e| ConnectError::new(ConnectErrorKind::Protocol, e.to_string()))?;
+    let broke = |e| {
+        ConnectError::with_source(
+            ConnectErrorKind::Transport,
+            "the connection broke while asking for a trust bundle",
+            e,
+        )
+    };
+    loop {
+        flush(link).await.map_err(broke)?;
+        while let Some(ev) = link.conn.poll_event() {
+            match ev {
+                ClientEvent::Completed { id: done, result } if done == id => {
+                    return Ok(match result {
+                        CallResult::Response(reply) => offer_bundle(settings, &reply),
+                        CallResult::Error(e) => {
+                            tracing::debug!(error = %e, "the server offers no trust bundles");
+                            None
+                        }
+                        CallResult::Failed(f) => {
+                            return Err(ConnectError::new(
+                                ConnectErrorKind::Transport,
+                                format!("asking for a trust bundle failed: {f:?}"),
+                            ));
+                        }
+                    });
+                }
+                ClientEvent::Incoming(call) => link.early.push(call),
+                ClientEvent::Output(text) => output(settings, &text),
+                _ => {}
+            }
+        }
+        match link.ws.next().await {
+            Some(Ok(Message::Text(t))) => link.conn.handle_text(link.clock.now(), &t),
+            Some(Ok(Message::Close(_))) | None => link.conn.handle_closed(),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(broke(e)),
+        }
+    }
+}
+
+/// Installs the bundle in a `ferrolink.trust.bundle` reply, if it is one
+/// newer than ours by our signer; logs why not otherwise.
+fn offer_bundle(settings: &Settings, reply: &str) -> Option<u64> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Offer {
+        bundle: String,
+    }
+    let offer = match serde_json::from_str::<Option<Offer>>(reply) {
+        Ok(Some(offer)) => offer,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "the server's trust bundle reply is malformed; ignored");
+            return None;
+        }
+    };
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(offer.bundle) else {
+        tracing::warn!("the server's trust bundle is not base64; ignored");
+        return None;
+    };
+    match settings.tls.offer_bundle(&bytes) {
+        Ok(sequence) => Some(sequence),
+        Err(e) => {
+            tracing::warn!(error = %e, "trust bundle offered by the server");
+            None
+        }
     }
 }
 
@@ -466,6 +581,9 @@ async fn run(
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     let mut requested: Option<End> = None;
+    for call in std::mem::take(&mut link.early) {
+        dispatch(settings, client, &respond_tx, call);
+    }
     loop {
         let mut closed = None;
         while let Some(ev) = link.conn.poll_event() {
@@ -608,7 +726,7 @@ fn dispatch(
     settings: &Settings,
     client: &WeakClient,
     respond: &mpsc::UnboundedSender<(String, Result<String, HandlerError>)>,
-    call: ferrolink_proto::client::IncomingCall,
+    call: IncomingCall,
 ) {
     let Some(handler) = settings.handlers.get(&call.command).cloned() else {
         let message = format!(

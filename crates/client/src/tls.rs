@@ -11,8 +11,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferrolink_proto::trust::{self, BundleError};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -131,6 +134,78 @@ pub enum TlsConfigError {
     /// A fingerprint is not 64 hex digits.
     #[error("\"{0}\" is not a SHA-256 fingerprint (64 hex digits)")]
     BadFingerprint(String),
+    /// A signer's public key is not 64 hex digits.
+    #[error(
+        "\"{0}\" is not a trust signing key (64 hex digits, as `ferrolink trust keygen` prints)"
+    )]
+    BadSigner(String),
+}
+
+/// Why a trust bundle offered by the server was not installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleOfferError {
+    /// Refused: another signer, a bad signature, not newer, malformed.
+    #[error("trust bundle ignored: {0}")]
+    Refused(BundleError),
+    /// Its roots are not usable certificates.
+    #[error("trust bundle ignored: a root in it is not a usable certificate ({0})")]
+    BadRoot(String),
+    /// It could not be saved.
+    #[error("cannot save the trust bundle to {}", path.display())]
+    Save {
+        /// The bundle file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A verified bundle in use: its roots replace the configured ones, its
+/// fingerprints are refused too.
+#[derive(Debug, Clone)]
+struct Installed {
+    sequence: u64,
+    roots: Arc<RootCertStore>,
+    revoked: HashSet<[u8; 32]>,
+}
+
+/// Where bundles are kept and who must have signed them; shared by every
+/// clone of a [`TlsConfig`].
+#[derive(Debug)]
+struct BundleFile {
+    path: PathBuf,
+    signer: [u8; 32],
+    installed: RwLock<Option<Installed>>,
+}
+
+impl BundleFile {
+    fn installed(&self) -> Option<Installed> {
+        self.installed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The roots and revocations of a verified bundle.
+fn install(bundle: &trust::TrustBundle<'_>) -> Result<Installed, BundleOfferError> {
+    let mut roots = RootCertStore::empty();
+    for der in bundle.roots() {
+        roots
+            .add(CertificateDer::from(der.to_vec()))
+            .map_err(|e| BundleOfferError::BadRoot(e.to_string()))?;
+    }
+    let revoked = bundle
+        .revoked()
+        .filter_map(|f| <[u8; 32]>::try_from(f).ok())
+        .collect();
+    Ok(Installed {
+        sequence: bundle.sequence(),
+        roots: Arc::new(roots),
+        revoked,
+    })
 }
 
 /// Which servers a client trusts. See the module docs.
@@ -140,6 +215,7 @@ pub struct TlsConfig {
     root_names: String,
     revoked: Arc<HashSet<[u8; 32]>>,
     time: Arc<dyn TimeSource>,
+    bundle: Option<Arc<BundleFile>>,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -148,6 +224,7 @@ impl fmt::Debug for TlsConfig {
             .field("roots", &self.root_names)
             .field("revoked", &self.revoked.len())
             .field("time", &self.time)
+            .field("bundle", &self.trust_bundle_sequence())
             .finish()
     }
 }
@@ -201,6 +278,7 @@ impl TlsConfig {
             root_names: "ISRG Root X1, ISRG Root X2 (Let's Encrypt)".to_owned(),
             revoked: Arc::new(shipped_revocations()),
             time: Arc::new(SystemClock::default()),
+            bundle: None,
         }
     }
 
@@ -236,6 +314,85 @@ impl TlsConfig {
         Ok(self)
     }
 
+    /// Keeps signed trust bundles in the file at `path`, taking only those
+    /// signed by `signer` (the public key `ferrolink trust keygen` printed,
+    /// hex) with a higher sequence than the one held. The bundle in the
+    /// file, if it verifies, is used at once: its roots replace the ones
+    /// configured, its fingerprints are refused too. After each connection
+    /// the client asks the server for a newer bundle; when it installs
+    /// one, it saves it (atomically) and reconnects under it. A file that
+    /// does not verify is ignored, with a warning.
+    pub fn trust_bundle(
+        mut self,
+        path: impl Into<PathBuf>,
+        signer: &str,
+    ) -> Result<Self, TlsConfigError> {
+        let signer =
+            parse_fingerprint(signer).map_err(|_| TlsConfigError::BadSigner(signer.to_owned()))?;
+        let path = path.into();
+        let installed = match std::fs::read(&path) {
+            Ok(bytes) => match trust::verify(&bytes, &signer)
+                .map_err(BundleOfferError::Refused)
+                .and_then(|b| install(&b))
+            {
+                Ok(installed) => Some(installed),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "the stored trust bundle is not used");
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the stored trust bundle");
+                None
+            }
+        };
+        self.bundle = Some(Arc::new(BundleFile {
+            path,
+            signer,
+            installed: RwLock::new(installed),
+        }));
+        Ok(self)
+    }
+
+    /// The sequence of the trust bundle in use, if any.
+    pub fn trust_bundle_sequence(&self) -> Option<u64> {
+        self.bundle.as_ref()?.installed().map(|i| i.sequence)
+    }
+
+    /// Whether trust bundles are kept (see [`TlsConfig::trust_bundle`]).
+    pub(crate) fn keeps_bundles(&self) -> bool {
+        self.bundle.is_some()
+    }
+
+    /// Takes `bytes` if it is a bundle by our signer newer than the one in
+    /// use: saves it to the bundle file (write, then rename) and uses it
+    /// for the next connection. Returns its sequence.
+    pub(crate) fn offer_bundle(&self, bytes: &[u8]) -> Result<u64, BundleOfferError> {
+        let Some(file) = &self.bundle else {
+            return Err(BundleOfferError::Refused(BundleError::WrongSigner));
+        };
+        let current = file.installed().map(|i| i.sequence);
+        let bundle =
+            trust::accept(bytes, &file.signer, current).map_err(BundleOfferError::Refused)?;
+        let installed = install(&bundle)?;
+        let save = |source| BundleOfferError::Save {
+            path: file.path.clone(),
+            source,
+        };
+        let dir = match file.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(save)?;
+        std::io::Write::write_all(&mut tmp, bytes).map_err(save)?;
+        tmp.as_file().sync_all().map_err(save)?;
+        tmp.persist(&file.path).map_err(|e| save(e.error))?;
+        let sequence = installed.sequence;
+        *file.installed.write().unwrap_or_else(|p| p.into_inner()) = Some(installed);
+        Ok(sequence)
+    }
+
     /// Where the time for certificate checks comes from.
     pub fn time_source(mut self, time: Arc<dyn TimeSource>) -> Self {
         self.time = time;
@@ -244,13 +401,21 @@ impl TlsConfig {
 
     pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .build()
-                .expect("a verifier over a root store always builds");
+        let installed = self.bundle.as_ref().and_then(|b| b.installed());
+        let (roots, revoked) = match installed {
+            Some(i) => {
+                let mut revoked = (*self.revoked).clone();
+                revoked.extend(i.revoked);
+                (i.roots, Arc::new(revoked))
+            }
+            None => (self.roots.clone(), self.revoked.clone()),
+        };
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .expect("a verifier over a root store always builds");
         let verifier = Arc::new(PinnedVerifier {
             inner,
-            revoked: self.revoked.clone(),
+            revoked,
             time: self.time.clone(),
         });
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -262,8 +427,11 @@ impl TlsConfig {
         Arc::new(config)
     }
 
-    pub(crate) fn root_names(&self) -> &str {
-        &self.root_names
+    pub(crate) fn root_names(&self) -> String {
+        match self.bundle.as_ref().and_then(|b| b.installed()) {
+            Some(i) => format!("{} root(s) from trust bundle {}", i.roots.len(), i.sequence),
+            None => self.root_names.clone(),
+        }
     }
 }
 

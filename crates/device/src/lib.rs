@@ -73,6 +73,8 @@ mod session;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "tls")]
+pub mod trust;
 pub mod ws;
 
 pub use ferrolink_proto::{Instant, sntp};

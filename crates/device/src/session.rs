@@ -18,6 +18,8 @@ use ferrolink_proto::{Instant, error_type, wire};
 use crate::conn::{Busy, ConnError, Connection, Due, Event, ShortText, Timing};
 use crate::json::{self, JsonError, Writer};
 use crate::message::{self, CallIn};
+#[cfg(feature = "tls")]
+use crate::trust::{TrustStore, TrustUpdate, TrustUpdateError};
 use crate::ws::{self, FrameError, HandshakeError, MAX_HEADER, Opcode};
 
 /// Where the time comes from, and how to wait. Implemented over
@@ -659,6 +661,61 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
                 _ => {}
             }
         }
+    }
+
+    /// Asks the server for a newer signed trust bundle than `current` (the
+    /// sequence of the bundle in use, if any) and, if one comes that
+    /// verifies with `signer` (the firmware's built-in key) and is newer,
+    /// saves it in `store`. `scratch` must hold the decoded bundle
+    /// (`ferrolink_proto::trust::MAX_LEN` at most; a bundle of two ECDSA
+    /// roots and a few revocations is under 2 KiB) and the session's `RX`
+    /// buffer its base64 reply. A refused bundle is ignored: the error says
+    /// why, and nothing is saved. Reconnect after [`TrustUpdate::Updated`]
+    /// to use it.
+    #[cfg(feature = "tls")]
+    pub async fn update_trust<H: Handler, S: TrustStore>(
+        &mut self,
+        handler: &mut H,
+        store: &mut S,
+        signer: &[u8; 32],
+        current: Option<u64>,
+        scratch: &mut [u8],
+        timeout: Duration,
+    ) -> Result<TrustUpdate, TrustUpdateError<S::Error>> {
+        use base64::Engine as _;
+        use core::fmt::Write as _;
+        let mut args_buf = [0u8; 32];
+        let mut args = Writer::new(&mut args_buf);
+        let _ = match current {
+            Some(seq) => write!(args, "[{seq}]"),
+            None => write!(args, "[null]"),
+        };
+        let len = args.len();
+        let args = core::str::from_utf8(&args_buf[..len]).unwrap_or("[null]");
+        let reply = self
+            .call(handler, wire::TRUST_BUNDLE_COMMAND, args, "{}", timeout)
+            .await
+            .map_err(TrustUpdateError::Call)?;
+        if reply.trim() == "null" {
+            return Ok(TrustUpdate::Current);
+        }
+        let encoded = json::object(reply)
+            .ok()
+            .and_then(|m| m.get("bundle"))
+            .and_then(json::plain_str)
+            .ok_or(TrustUpdateError::Malformed)?;
+        let n = base64::engine::general_purpose::STANDARD
+            .decode_slice(encoded, scratch)
+            .map_err(|_| TrustUpdateError::TooLarge(scratch.len()))?;
+        let bundle = crate::trust::accept(&scratch[..n], signer, current)
+            .map_err(TrustUpdateError::Refused)?;
+        store
+            .save(bundle.as_bytes())
+            .await
+            .map_err(TrustUpdateError::Store)?;
+        Ok(TrustUpdate::Updated {
+            sequence: bundle.sequence(),
+        })
     }
 
     /// Closes the websocket (best effort) and returns the transport.

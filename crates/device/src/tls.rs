@@ -51,6 +51,7 @@ use sha2::{Digest as _, Sha256};
 use crate::conn::ShortText;
 use crate::session::{ReadGuard, Security, Transport};
 use crate::time::{TimeError, TrustedTime};
+use crate::trust::TrustBundle;
 
 /// Fingerprints shipped with this release (shared with `ferrolink-client`).
 const SHIPPED_REVOCATIONS: &str = include_str!("../../client/revoked.txt");
@@ -63,11 +64,15 @@ pub const MAX_ROOTS: usize = 4;
 /// Which servers the device trusts.
 #[derive(Debug, Clone, Copy)]
 pub struct TrustConfig<'a> {
-    /// DER certificates of the pinned roots (at most [`MAX_ROOTS`]).
+    /// DER certificates of the pinned roots (at most [`MAX_ROOTS`]), built
+    /// into the firmware.
     pub roots: &'a [&'a [u8]],
     /// SHA-256 fingerprints (of a certificate's DER or its
     /// SubjectPublicKeyInfo) refused in addition to the shipped list.
     pub revoked: &'a [[u8; 32]],
+    /// A verified trust bundle (see [`crate::trust`]): when present, its
+    /// roots replace `roots` and its fingerprints are refused too.
+    pub bundle: Option<TrustBundle<'a>>,
 }
 
 impl<'a> TrustConfig<'a> {
@@ -76,7 +81,20 @@ impl<'a> TrustConfig<'a> {
         Self {
             roots,
             revoked: &[],
+            bundle: None,
         }
+    }
+
+    /// Also apply `bundle` (verified with `ferrolink_proto::trust::verify`
+    /// against the firmware's signing key).
+    pub const fn with_bundle(mut self, bundle: TrustBundle<'a>) -> Self {
+        self.bundle = Some(bundle);
+        self
+    }
+
+    fn is_revoked(&self, fingerprint: &[u8; 32]) -> bool {
+        is_revoked(fingerprint, self.revoked)
+            || self.bundle.is_some_and(|b| b.is_revoked(fingerprint))
     }
 }
 
@@ -363,19 +381,29 @@ impl PinnedVerifier<'_> {
             return Err(CertError::ChainLength);
         }
         for (position, der) in ders[..n].iter().enumerate() {
-            let revoked = is_revoked(&fingerprint(der), self.trust.revoked)
-                || spki(der).is_some_and(|k| is_revoked(&fingerprint(k), self.trust.revoked));
+            let revoked = self.trust.is_revoked(&fingerprint(der))
+                || spki(der).is_some_and(|k| self.trust.is_revoked(&fingerprint(k)));
             if revoked {
                 return Err(CertError::Revoked { position });
             }
         }
-        let root_ders: [CertificateDer<'_>; MAX_ROOTS] = core::array::from_fn(|i| {
-            CertificateDer::from(self.trust.roots.get(i).copied().unwrap_or(&[]))
-        });
-        let roots = self.trust.roots.len();
-        if roots == 0 || roots > MAX_ROOTS {
+        let mut pinned: [&[u8]; MAX_ROOTS] = [&[]; MAX_ROOTS];
+        let mut roots = 0;
+        let mut source = self.trust.roots.iter().copied();
+        let mut from_bundle = self.trust.bundle.map(|b| b.roots());
+        let all: &mut dyn Iterator<Item = &[u8]> = match from_bundle.as_mut() {
+            Some(bundle) => bundle,
+            None => &mut source,
+        };
+        for root in all {
+            *pinned.get_mut(roots).ok_or(CertError::BadRoot)? = root;
+            roots += 1;
+        }
+        if roots == 0 {
             return Err(CertError::BadRoot);
         }
+        let root_ders: [CertificateDer<'_>; MAX_ROOTS] =
+            core::array::from_fn(|i| CertificateDer::from(pinned[i]));
         let mut anchors: [Option<pki_types::TrustAnchor<'_>>; MAX_ROOTS] = Default::default();
         for (slot, der) in anchors.iter_mut().zip(&root_ders[..roots]) {
             *slot = Some(webpki::anchor_from_trusted_cert(der).map_err(|_| CertError::BadRoot)?);

@@ -27,6 +27,14 @@ pub mod error_type {
 /// The built-in function the official clients call as their heartbeat.
 pub const ECHO_COMMAND: &str = "anvil.private.echo";
 
+/// The built-in function a client calls, once authenticated, for the
+/// server's newest signed trust bundle (see [`crate::trust`]). Argument:
+/// the sequence the client holds, or `null`. Answer: `null` when nothing
+/// newer is published, else `{"sequence": N, "bundle": "<base64>"}`. The
+/// client decides, by the signature and the sequence inside, whether to
+/// take it; the server is not trusted with that.
+pub const TRUST_BUNDLE_COMMAND: &str = "ferrolink.trust.bundle";
+
 /// The argument list of a heartbeat call, as the official clients send it.
 pub const HEARTBEAT_ARGS: &str = "[\"keep-alive\"]";
 

@@ -54,6 +54,27 @@ pub(crate) struct Hub {
     pub(crate) monitor: Arc<Monitor>,
     /// Public origin answered to `anvil.private.get_app_origin`.
     pub(crate) origin: String,
+    /// The newest published trust bundle, as devices fetch it.
+    trust_bundle: RwLock<Option<Arc<PublishedBundle>>>,
+}
+
+/// A published trust bundle and the reply that carries it.
+#[derive(Debug)]
+pub(crate) struct PublishedBundle {
+    pub(crate) sequence: u64,
+    /// `{"sequence":N,"bundle":"<base64>"}`.
+    pub(crate) reply: String,
+}
+
+fn load_trust_bundle(store: &Store) -> Result<Option<Arc<PublishedBundle>>, StoreError> {
+    use base64::Engine as _;
+    Ok(store.trust_bundle()?.map(|(sequence, bytes)| {
+        let bundle = base64::engine::general_purpose::STANDARD.encode(bytes);
+        Arc::new(PublishedBundle {
+            sequence,
+            reply: format!("{{\"sequence\":{sequence},\"bundle\":\"{bundle}\"}}"),
+        })
+    }))
 }
 
 impl Hub {
@@ -63,6 +84,7 @@ impl Hub {
         origin: String,
     ) -> Result<Self, StoreError> {
         let keys = load_keys(&store)?;
+        let trust_bundle = RwLock::new(load_trust_bundle(&store)?);
         let throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
         let login_throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
         Ok(Self {
@@ -79,7 +101,16 @@ impl Hub {
             login_throttle,
             monitor: Arc::new(Monitor::new()),
             origin,
+            trust_bundle,
         })
+    }
+
+    /// The newest published trust bundle, if any.
+    pub(crate) fn trust_bundle(&self) -> Option<Arc<PublishedBundle>> {
+        self.trust_bundle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Now, on the protocol core's clock.
@@ -280,8 +311,9 @@ impl Hub {
         Ok(closed)
     }
 
-    /// Watches the database for changes made by other processes (the CLI)
-    /// and applies them. Runs until the server stops.
+    /// Watches the database for changes made by other processes (the CLI:
+    /// keys, published trust bundles) and applies them. Runs until the
+    /// server stops.
     pub(crate) async fn watch_keys(self: Arc<Self>) {
         let mut last = None;
         let mut tick = tokio::time::interval(self.config.revocation_poll);
@@ -293,6 +325,8 @@ impl Hub {
                 let v = hub.store.data_version()?;
                 if Some(v) != last {
                     hub.refresh_keys()?;
+                    let bundle = load_trust_bundle(&hub.store)?;
+                    *hub.trust_bundle.write().unwrap_or_else(|p| p.into_inner()) = bundle;
                 }
                 Ok(Some(v))
             })

@@ -41,6 +41,7 @@ mod throttle;
 pub use throttle::ThrottleConfig;
 pub mod sites;
 pub mod tls;
+pub mod trust;
 mod uplink;
 mod web;
 

@@ -46,6 +46,10 @@ enum Command {
     /// Manage dashboard operators.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Sign and publish trust bundles: the roots and revocations devices
+    /// accept, updated over the link without new firmware.
+    #[command(subcommand)]
+    Trust(TrustCommand),
     /// Call a function and print its JSON result (errors: exit 1).
     Call(CallArgs),
     /// Run a simulated Pico W: registers blink_morse(text),
@@ -234,6 +238,53 @@ enum AdminCommand {
 }
 
 #[derive(Subcommand)]
+enum TrustCommand {
+    /// Create the Ed25519 key that signs trust bundles and print its public
+    /// half, which goes into device firmware and client settings. Keep the
+    /// key file offline.
+    Keygen {
+        /// Where to write the key (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a trust bundle: the roots devices pin (replacing the built-in
+    /// ones) and certificates or keys they refuse.
+    Sign {
+        /// The signing key (from `trust keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The bundle's sequence number; devices take only a higher one
+        /// than they hold.
+        #[arg(long)]
+        sequence: u64,
+        /// PEM file of root certificates to pin (1 to 4 in all; repeat the flag).
+        #[arg(long = "root", required = true, value_name = "PEM")]
+        roots: Vec<PathBuf>,
+        /// SHA-256 fingerprint (hex) of a certificate's DER or its public key
+        /// to refuse (repeatable).
+        #[arg(long = "revoke", value_name = "SHA256")]
+        revoked: Vec<String>,
+        /// Where to write the bundle.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Publish a signed bundle for connected devices to fetch (works while
+    /// the server runs; devices pick it up at their next connection).
+    Publish {
+        /// The bundle (from `trust sign`).
+        bundle: PathBuf,
+    },
+    /// Show what a bundle holds and check its signature.
+    Show {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Check against this public key (hex) rather than the one the bundle names.
+        #[arg(long)]
+        signer: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// Create a key; the key itself is printed once, alone on the last line.
     Create {
@@ -349,9 +400,60 @@ fn run(cli: Cli) -> Result<()> {
             let store = open(&cli.data)?;
             key_command(&store, cmd)
         }
+        Command::Trust(cmd) => trust_command(&cli.data, cmd),
         Command::Call(args) => call(args),
         Command::DeviceSim(args) => device_sim(args),
     }
+}
+
+fn trust_command(data: &Path, cmd: TrustCommand) -> Result<()> {
+    use ferrolink::trust;
+    match cmd {
+        TrustCommand::Keygen { out } => {
+            let public = trust::keygen(&out)?;
+            println!("wrote the trust signing key to {}", out.display());
+            println!(
+                "public key (build it into devices: FERROLINK_TRUST_SIGNER for the Pico W firmware, TlsConfig::trust_bundle for the Rust client):"
+            );
+            println!("{}", trust::public_key_hex(&public));
+        }
+        TrustCommand::Sign {
+            key,
+            sequence,
+            roots,
+            revoked,
+            out,
+        } => {
+            let bundle = trust::sign(&key, sequence, &roots, &revoked)?;
+            std::fs::write(&out, &bundle)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            print!("{}", trust::describe(&bundle, None)?);
+            println!(
+                "wrote {}; publish it with `ferrolink trust publish {}`",
+                out.display(),
+                out.display()
+            );
+        }
+        TrustCommand::Publish { bundle } => {
+            let bytes = std::fs::read(&bundle)
+                .with_context(|| format!("cannot read {}", bundle.display()))?;
+            let sequence = open(data)?.publish_trust_bundle(&bytes)?;
+            println!("published trust bundle {sequence}; devices fetch it when they next connect");
+        }
+        TrustCommand::Show { bundle, signer } => {
+            let bytes = std::fs::read(&bundle)
+                .with_context(|| format!("cannot read {}", bundle.display()))?;
+            let signer = match signer {
+                Some(hex) => Some(
+                    trust::parse_hex32(&hex)
+                        .ok_or_else(|| usage(format!("--signer \"{hex}\" is not 64 hex digits")))?,
+                ),
+                None => None,
+            };
+            print!("{}", trust::describe(&bytes, signer)?);
+        }
+    }
+    Ok(())
 }
 
 /// `scheme://host[:port]`, without a path.

@@ -66,6 +66,14 @@ const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER NOT NULL
     );
 "#,
+    r#"
+    CREATE TABLE trust_bundles (
+        sequence     INTEGER PRIMARY KEY,
+        signer       BLOB NOT NULL,
+        bundle       BLOB NOT NULL,
+        published_at INTEGER NOT NULL
+    );
+"#,
 ];
 
 /// A storage failure, with what to do about it.
@@ -115,6 +123,19 @@ pub enum StoreError {
         name: String,
         /// The matching key ids.
         ids: String,
+    },
+    /// A trust bundle that is not one, or not self-consistent.
+    #[error("not a usable trust bundle: {0}")]
+    BadTrustBundle(#[source] ferrolink_proto::trust::BundleError),
+    /// A trust bundle not newer than the one published.
+    #[error(
+        "trust bundle {offered} is not newer than the published bundle {published}; sign it with a higher --sequence"
+    )]
+    TrustBundleNotNewer {
+        /// The sequence offered.
+        offered: u64,
+        /// The newest published.
+        published: u64,
     },
     /// The data directory could not be created or opened.
     #[error("cannot use data directory {}", path.display())]
@@ -425,6 +446,49 @@ impl Store {
     /// commits to the database.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         self.with(|c| c.query_row("PRAGMA data_version", [], |r| r.get(0)))
+    }
+
+    /// Publishes a signed trust bundle for devices to fetch: it must carry
+    /// a valid signature by the key it names and a sequence higher than
+    /// every published one. Returns its sequence.
+    pub fn publish_trust_bundle(&self, bundle: &[u8]) -> Result<u64, StoreError> {
+        use ferrolink_proto::trust;
+        let signer: [u8; 32] =
+            bundle
+                .get(5..37)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(StoreError::BadTrustBundle(trust::BundleError::Malformed(
+                    "too short",
+                )))?;
+        let parsed = trust::verify(bundle, &signer).map_err(StoreError::BadTrustBundle)?;
+        let offered = parsed.sequence();
+        if let Some((published, _)) = self.trust_bundle()?
+            && published >= offered
+        {
+            return Err(StoreError::TrustBundleNotNewer { offered, published });
+        }
+        let sequence = i64::try_from(offered).map_err(|_| {
+            StoreError::BadTrustBundle(trust::BundleError::Malformed("sequence above 2^63"))
+        })?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO trust_bundles (sequence, signer, bundle, published_at) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![sequence, &signer[..], bundle, now_secs()],
+            )
+        })?;
+        Ok(offered)
+    }
+
+    /// The newest published trust bundle: its sequence and bytes.
+    pub fn trust_bundle(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT sequence, bundle FROM trust_bundles ORDER BY sequence DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()
+        })
     }
 }
 

@@ -20,7 +20,7 @@ use ferrolink_proto::calls::{CallId, CallTable};
 use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall, Privilege};
 use ferrolink_proto::message::{Call, Outcome, Reply};
 use ferrolink_proto::server::{Inbound, PeerAction, ServerSession, SessionTimeout};
-use ferrolink_proto::{Instant, error_type};
+use ferrolink_proto::{Instant, error_type, wire};
 
 use crate::conn::{
     BrowserSession, ConnSetup, ConnShared, ForwardedCall, Outbound, ReplyTo, fail_queued_calls,
@@ -784,6 +784,24 @@ impl Driver {
         Ok("null".to_owned())
     }
 
+    /// `ferrolink.trust.bundle(have)`: the newest published trust bundle if
+    /// its sequence is above `have` (a number or `null`), else `null`.
+    fn trust_bundle(&self, call: &Call<'_>) -> Result<String, (&'static str, String)> {
+        let Ok((have,)) = serde_json::from_str::<(Option<u64>,)>(call.args.get()) else {
+            return Err((
+                "TypeError",
+                format!(
+                    "{}(have) takes one argument: the sequence of the bundle held, or null",
+                    wire::TRUST_BUNDLE_COMMAND
+                ),
+            ));
+        };
+        Ok(match self.hub.trust_bundle() {
+            Some(b) if have.is_none_or(|h| b.sequence > h) => b.reply.clone(),
+            _ => "null".to_owned(),
+        })
+    }
+
     /// Answers the built-in functions; `None` for any other name.
     fn builtin(&self, call: &Call<'_>) -> Option<Result<String, (&'static str, String)>> {
         let string = |s: &str| {
@@ -816,6 +834,7 @@ impl Driver {
             // A user row is a live object, which ferrolink does not carry.
             "anvil.private.users.get_current_user" => Ok("null".to_owned()),
             "anvil.private.raise_event" => self.raise_event(call),
+            wire::TRUST_BUNDLE_COMMAND => self.trust_bundle(call),
             "ferrolink.session.subscribe" if self.shared.browser.is_some() => {
                 self.subscribe(call, true)
             }

@@ -172,6 +172,13 @@ impl TestServer {
         Store::open(self.dir.path()).expect("open store")
     }
 
+    /// The database itself, for tests that play a compromised server
+    /// (rows written behind the server's back).
+    pub fn database(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join(ferrolink::storage::DB_FILE))
+            .expect("open the database")
+    }
+
     /// Creates an app.
     pub fn create_app(&self, name: &str) {
         self.store().create_app(name).expect("create app");

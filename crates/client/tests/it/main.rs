@@ -5,3 +5,4 @@ mod interop;
 mod lifecycle;
 mod time;
 mod tls;
+mod trust;

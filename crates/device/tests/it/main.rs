@@ -8,4 +8,5 @@ mod sim;
 mod support;
 mod time;
 mod tls;
+mod trust;
 mod vectors;

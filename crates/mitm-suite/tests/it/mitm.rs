@@ -420,8 +420,8 @@ async fn device(case: &Case, mitm: &MitmServer, key: &str) -> Outcome {
     let roots = [case.root.der.as_slice()];
     let revoked: Vec<[u8; 32]> = case.revoked.iter().map(|h| hex32(h)).collect();
     let trust = TrustConfig {
-        roots: &roots,
         revoked: &revoked,
+        ..TrustConfig::pinned(&roots)
     };
     let mut tls_buffers = Box::new(TlsBuffers::<17_000, 2_048>::new());
     let stream = match device_tls::connect(

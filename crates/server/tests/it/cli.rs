@@ -337,3 +337,83 @@ fn web_app_commands_deploy_configure_and_add_operators() {
     );
     assert!(!ok && err.contains("8 to 1024"), "empty stdin: {err}");
 }
+
+#[test]
+fn trust_bundles_are_signed_published_and_shown_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("signing.key");
+    let key_arg = key.to_str().unwrap();
+    let (ok, out, err) = ferrolink(&data, &["trust", "keygen", "--out", key_arg]);
+    assert!(ok, "{err}");
+    let public = out.lines().last().unwrap().to_owned();
+    assert_eq!(public.len(), 64, "{out}");
+    // Never overwritten: devices hold its public half.
+    let (ok, _, err) = ferrolink(&data, &["trust", "keygen", "--out", key_arg]);
+    assert!(!ok && err.contains("strand devices"), "{err}");
+
+    let root = ferrolink_testkit::pki::Ca::root("operator root");
+    let pem = dir.path().join("root.pem");
+    std::fs::write(&pem, &root.pem).unwrap();
+    let bundle = dir.path().join("bundle.bin");
+    let sign = |seq: &str| {
+        ferrolink(
+            &data,
+            &[
+                "trust",
+                "sign",
+                "--key",
+                key_arg,
+                "--sequence",
+                seq,
+                "--root",
+                pem.to_str().unwrap(),
+                "--revoke",
+                &"ab".repeat(32),
+                "--out",
+                bundle.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, out, err) = sign("3");
+    assert!(ok, "{err}");
+    assert!(out.contains("trust bundle 3"), "{out}");
+    assert!(out.contains("CN=operator root"), "{out}");
+    let (ok, out, err) = ferrolink(
+        &data,
+        &[
+            "trust",
+            "show",
+            bundle.to_str().unwrap(),
+            "--signer",
+            &public,
+        ],
+    );
+    assert!(
+        ok && out.contains(&format!("revoked: {}", "ab".repeat(32))),
+        "{out}{err}"
+    );
+    let (ok, _, err) = ferrolink(
+        &data,
+        &[
+            "trust",
+            "show",
+            bundle.to_str().unwrap(),
+            "--signer",
+            &"00".repeat(32),
+        ],
+    );
+    assert!(!ok && err.contains("another key"), "{err}");
+
+    let (ok, out, err) = ferrolink(&data, &["trust", "publish", bundle.to_str().unwrap()]);
+    assert!(ok && out.contains("published trust bundle 3"), "{out}{err}");
+    // The same sequence again is refused: devices would ignore it anyway.
+    let (ok, _, err) = ferrolink(&data, &["trust", "publish", bundle.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("not newer than the published bundle 3"),
+        "{err}"
+    );
+    // A file that is not a bundle says so.
+    let (ok, _, err) = ferrolink(&data, &["trust", "publish", pem.to_str().unwrap()]);
+    assert!(!ok && err.contains("not a ferrolink trust bundle"), "{err}");
+}
