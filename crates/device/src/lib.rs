@@ -77,7 +77,7 @@ pub mod tls;
 pub mod trust;
 pub mod ws;
 
-pub use ferrolink_proto::{Instant, sntp};
+pub use ferrolink_proto::{Instant, roughtime, sntp};
 pub use session::{
     Args, Backoff, Buffers, CallError, Clock, Config, Handler, HandlerError, InsecurePlaintext,
     NeverBusy, ReadGuard, Security, Session, SessionError, Transport, Value,

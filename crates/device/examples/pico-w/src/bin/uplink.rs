@@ -1,11 +1,16 @@
 //! ferrolink firmware for the Raspberry Pi Pico W.
 //!
-//! Joins Wi-Fi, learns the time from several SNTP servers that must agree,
-//! connects over TLS (pinned root, revocation list, host name) to a
-//! ferrolink server, registers `blink_morse` (the on-board LED, driven
-//! through the CYW43 radio chip) and `read_temperature` (the RP2040's
-//! sensor), and every minute logs a reading and calls the app's
-//! `log_reading` with it. Reconnects with a backoff when the link drops.
+//! Joins Wi-Fi, learns the time from Roughtime servers (signed answers
+//! bound to a random nonce; two must agree; SNTP only if built with
+//! `FERROLINK_SNTP_FALLBACK`), connects over TLS to a ferrolink server
+//! under the pinned root — or the roots of the newest signed trust bundle
+//! kept in flash — with the revocation list and host name checked,
+//! registers `blink_morse` (the on-board LED, driven through the CYW43
+//! radio chip) and `read_temperature` (the RP2040's sensor), fetches a
+//! newer trust bundle if the server has one (saved to flash; the next
+//! connection uses it), and every minute logs a reading and calls the
+//! app's `log_reading` with it. Reconnects with a backoff when the link
+//! drops.
 //!
 //! Settings come from environment variables at build time; see `build.rs`
 //! and `docs/device.md`.
@@ -31,15 +36,26 @@ use embassy_rp::peripherals::{DMA_CH0, PIO0};
 use embassy_rp::pio::{InterruptHandler, Pio};
 use embassy_rp::{bind_interrupts, dma};
 use embassy_time::Timer;
+#[cfg(feature = "trust-updates")]
+use embassy_rp::flash::Flash;
 use ferrolink_device::json::Writer;
 use ferrolink_device::sntp;
 use ferrolink_device::tls::{self, TlsBuffers, TrustConfig};
+#[cfg(feature = "trust-updates")]
+use ferrolink_device::trust::{self as bundles, TrustStore as _, TrustUpdate};
 use ferrolink_device::{
     Args, Backoff, Buffers, Clock, Config, Handler, HandlerError, Instant, Session, SessionError,
     TrustedTime,
 };
 use static_cell::{ConstStaticCell, StaticCell};
 use {defmt_rtt as _, panic_probe as _};
+
+#[cfg(feature = "trust-updates")]
+#[path = "../shared/flash_trust.rs"]
+mod flash_trust;
+
+#[cfg(feature = "trust-updates")]
+use flash_trust::{FlashTrustStore, MAX_BUNDLE};
 
 bind_interrupts!(struct Irqs {
     PIO0_IRQ_0 => InterruptHandler<PIO0>;
@@ -66,8 +82,25 @@ const KEY: &str = env_or!("FERROLINK_KEY", "");
 static ROOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/root.der"));
 static ROOTS: [&[u8]; 1] = [ROOT];
 
+/// Roughtime servers (host, port, long-term public key), from
+/// `FERROLINK_ROUGHTIME` or the defaults in `build.rs`.
+#[cfg(feature = "roughtime")]
+static ROUGHTIME_SERVERS: &[(&str, u16, [u8; 32])] =
+    &include!(concat!(env!("OUT_DIR"), "/roughtime.rs"));
+/// Verified Roughtime answers that must overlap: two, so that one server
+/// lying with its own key is caught (one, if only one is configured).
+#[cfg(feature = "roughtime")]
+const ROUGHTIME_NEED: usize = if ROUGHTIME_SERVERS.len() < 2 { 1 } else { 2 };
+/// Fall back to SNTP (unauthenticated) when no Roughtime server answers;
+/// without the `roughtime` feature, SNTP is the only source.
+const SNTP_FALLBACK: bool =
+    option_env!("FERROLINK_SNTP_FALLBACK").is_some() || cfg!(not(feature = "roughtime"));
 /// SNTP servers on different networks; two must agree within 2 s.
 const SNTP_SERVERS: [&str; 3] = ["time.cloudflare.com", "time.google.com", "pool.ntp.org"];
+/// The operator's trust-bundle signing key (`FERROLINK_TRUST_SIGNER`), or
+/// empty: trust updates off.
+#[cfg(feature = "trust-updates")]
+static SIGNER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/signer.bin"));
 
 static FUNCTIONS: [&str; 2] = ["blink_morse", "read_temperature"];
 
@@ -184,6 +217,74 @@ impl Handler for Pico {
     }
 }
 
+#[cfg(feature = "roughtime")]
+/// Asks each Roughtime server once (a fresh random nonce each), verifies
+/// every answer against the server's pinned key, and accepts the time where
+/// enough of them overlap.
+async fn roughtime_time(stack: Stack<'static>, rng: &mut RoscRng) -> Option<TrustedTime> {
+    let mut rx_meta = [PacketMetadata::EMPTY; 2];
+    let mut tx_meta = [PacketMetadata::EMPTY; 2];
+    use ferrolink_device::roughtime;
+    let mut rx_buf = [0u8; roughtime::MAX_RESPONSE_LEN];
+    let mut tx_buf = [0u8; roughtime::REQUEST_LEN];
+    let mut socket = UdpSocket::new(stack, &mut rx_meta, &mut rx_buf, &mut tx_meta, &mut tx_buf);
+    socket
+        .bind(49_152 + (rng.next_u32() % 16_000) as u16)
+        .ok()?;
+    let mut samples = [roughtime::Sample {
+        unix_ms: 0,
+        radius_ms: 0,
+        at: Instant::ZERO,
+    }; 4];
+    let mut got = 0;
+    for &(host, port, key) in ROUGHTIME_SERVERS.iter().take(samples.len()) {
+        let Ok(addrs) = stack.dns_query(host, DnsQueryType::A).await else {
+            warn!("time: cannot resolve {}", host);
+            continue;
+        };
+        let Some(&addr) = addrs.first() else { continue };
+        let mut nonce = [0u8; 32];
+        rng.fill_bytes(&mut nonce);
+        let mut packet = [0u8; roughtime::REQUEST_LEN];
+        let pending = roughtime::request(&nonce, &key, &mut packet);
+        let sent = EmbassyClock.now();
+        if socket.send_to(&packet, (addr, port)).await.is_err() {
+            continue;
+        }
+        let mut buf = [0u8; roughtime::MAX_RESPONSE_LEN];
+        let answer = embassy_time::with_timeout(embassy_time::Duration::from_secs(2), async {
+            loop {
+                if let Ok((n, meta)) = socket.recv_from(&mut buf).await
+                    && meta.endpoint.addr == addr
+                    && meta.endpoint.port == port
+                {
+                    return n;
+                }
+            }
+        })
+        .await;
+        let Ok(n) = answer else {
+            warn!("time: no answer from {}", host);
+            continue;
+        };
+        match pending.verify(&buf[..n], &key) {
+            Ok(a) => {
+                samples[got] = roughtime::Sample::new(&a, sent, EmbassyClock.now());
+                got += 1;
+            }
+            // A forged or misdirected answer: ignored, never believed.
+            Err(e) => warn!("time: {} refused: {}", host, Display2Format(&e)),
+        }
+    }
+    match TrustedTime::from_roughtime(&samples[..got], ROUGHTIME_NEED, EmbassyClock.now()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!("time: {}", Display2Format(&e));
+            None
+        }
+    }
+}
+
 /// Asks the SNTP servers and accepts a time two of them agree on.
 async fn trusted_time(stack: Stack<'static>, rng: &mut RoscRng) -> Option<TrustedTime> {
     let mut rx_meta = [PacketMetadata::EMPTY; 4];
@@ -260,7 +361,17 @@ struct Memory {
     tcp_rx: [u8; 4096],
     tcp_tx: [u8; 4096],
     tls: TlsBuffers<16_640, 4096>,
+    /// RX holds a trust bundle's base64 reply (4/3 of `MAX_BUNDLE`).
+    #[cfg(feature = "trust-updates")]
+    uplink: Buffers<6144, 2048>,
+    #[cfg(not(feature = "trust-updates"))]
     uplink: Buffers<4096, 2048>,
+    /// The bundle in use, read from flash at each connection.
+    #[cfg(feature = "trust-updates")]
+    bundle: [u8; MAX_BUNDLE],
+    /// A newer bundle while it is checked.
+    #[cfg(feature = "trust-updates")]
+    scratch: [u8; MAX_BUNDLE],
 }
 
 /// One connection, from DNS to the session's end.
@@ -271,6 +382,7 @@ async fn run_once(
     time: &TrustedTime,
     rng: &mut RoscRng,
     backoff: &mut Backoff,
+    #[cfg(feature = "trust-updates")] store: &mut FlashTrustStore,
 ) -> Result<(), SessionError> {
     let port: u16 = PORT.parse().unwrap_or(443);
     let addrs = stack.dns_query(HOST, DnsQueryType::A).await.map_err(|_| {
@@ -284,10 +396,37 @@ async fn run_once(
         warn!("TCP connection to {}:{} failed", HOST, port);
         SessionError::Closed
     })?;
+    // The newest bundle in flash, if it verifies with the built-in key:
+    // its roots replace the built-in one, its revocations add to the list.
+    #[cfg(feature = "trust-updates")]
+    let signer: Option<&[u8; 32]> = SIGNER.try_into().ok();
+    #[cfg(feature = "trust-updates")]
+    let held = match (signer, store.load(&mut mem.bundle).await) {
+        (Some(signer), Ok(n)) if n > 0 => match bundles::verify(&mem.bundle[..n], signer) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                warn!("the trust bundle in flash is not used: {}", Display2Format(&e));
+                None
+            }
+        },
+        (_, Err(e)) => {
+            warn!("cannot read the trust bundle in flash: {}", e);
+            None
+        }
+        _ => None,
+    };
+    #[cfg(feature = "trust-updates")]
+    let current = held.map(|b| b.sequence());
+    #[allow(unused_mut)]
+    let mut trust = TrustConfig::pinned(&ROOTS);
+    #[cfg(feature = "trust-updates")]
+    if let Some(b) = held {
+        trust = trust.with_bundle(b);
+    }
     let stream = match tls::connect(
         socket,
         HOST,
-        TrustConfig::pinned(&ROOTS),
+        trust,
         time,
         EmbassyClock.now(),
         &mut *rng,
@@ -312,6 +451,28 @@ async fn run_once(
     .await?;
     info!("connected to {} as a Pico W uplink", HOST);
     backoff.reset();
+    #[cfg(feature = "trust-updates")]
+    if let Some(signer) = signer {
+        match session
+            .update_trust(
+                pico,
+                store,
+                signer,
+                current,
+                &mut mem.scratch,
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(TrustUpdate::Current) => {}
+            Ok(TrustUpdate::Updated { sequence }) => {
+                info!("trust bundle {} saved; reconnecting under it", sequence);
+                return Ok(());
+            }
+            // Refused bundles change nothing; say why and carry on.
+            Err(e) => warn!("{}", Display2Format(&e)),
+        }
+    }
     loop {
         let next = session.now() + Duration::from_secs(60);
         session.serve_until(pico, next).await?;
@@ -398,12 +559,23 @@ async fn main(spawner: Spawner) {
     // No connection before the time is trusted: certificate expiry means
     // nothing on a clock that was never set.
     let time = loop {
-        if let Some(t) = trusted_time(stack, &mut rng).await {
+        #[cfg(feature = "roughtime")]
+        if let Some(t) = roughtime_time(stack, &mut rng).await {
+            info!("time trusted (Roughtime)");
+            break t;
+        }
+        if SNTP_FALLBACK && let Some(t) = trusted_time(stack, &mut rng).await {
+            warn!("time from SNTP (unauthenticated fallback)");
             break t;
         }
         Timer::after_secs(10).await;
     };
-    info!("time trusted");
+    #[cfg(feature = "trust-updates")]
+    if SIGNER.len() != 32 {
+        warn!("built without FERROLINK_TRUST_SIGNER: trust bundles are off");
+    }
+    #[cfg(feature = "trust-updates")]
+    let mut store = FlashTrustStore::new(Flash::new_blocking(p.FLASH));
 
     let adc = Adc::new(p.ADC, Irqs, adc::Config::default());
     let sensor = adc::Channel::new_temp_sensor(p.ADC_TEMP_SENSOR);
@@ -418,11 +590,26 @@ async fn main(spawner: Spawner) {
         tcp_tx: [0; 4096],
         tls: TlsBuffers::new(),
         uplink: Buffers::new(),
+        #[cfg(feature = "trust-updates")]
+        bundle: [0; MAX_BUNDLE],
+        #[cfg(feature = "trust-updates")]
+        scratch: [0; MAX_BUNDLE],
     });
     let mem = MEMORY.take();
     let mut backoff = Backoff::default();
     loop {
-        if let Err(e) = run_once(stack, mem, &mut pico, &time, &mut rng, &mut backoff).await {
+        if let Err(e) = run_once(
+            stack,
+            mem,
+            &mut pico,
+            &time,
+            &mut rng,
+            &mut backoff,
+            #[cfg(feature = "trust-updates")]
+            &mut store,
+        )
+        .await
+        {
             warn!("uplink: {}", Display2Format(&e));
             if e.is_refusal() {
                 backoff.give_up_quickly();
