@@ -31,13 +31,13 @@ use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{Stack, StackResources};
 use embassy_rp::adc::{self, Adc};
 use embassy_rp::clocks::RoscRng;
+#[cfg(feature = "trust-updates")]
+use embassy_rp::flash::Flash;
 use embassy_rp::gpio::{Level, Output};
 use embassy_rp::peripherals::{DMA_CH0, PIO0};
 use embassy_rp::pio::{InterruptHandler, Pio};
 use embassy_rp::{bind_interrupts, dma};
 use embassy_time::Timer;
-#[cfg(feature = "trust-updates")]
-use embassy_rp::flash::Flash;
 use ferrolink_device::json::Writer;
 use ferrolink_device::sntp;
 use ferrolink_device::tls::{self, TlsBuffers, TrustConfig};
@@ -405,7 +405,10 @@ async fn run_once(
         (Some(signer), Ok(n)) if n > 0 => match bundles::verify(&mem.bundle[..n], signer) {
             Ok(b) => Some(b),
             Err(e) => {
-                warn!("the trust bundle in flash is not used: {}", Display2Format(&e));
+                warn!(
+                    "the trust bundle in flash is not used: {}",
+                    Display2Format(&e)
+                );
                 None
             }
         },

@@ -113,7 +113,8 @@ impl TrustStore for FlashTrustStore {
             _ => 0,
         };
         let offset = SLOTS[target];
-        self.flash.blocking_erase(offset, offset + ERASE_SIZE as u32)?;
+        self.flash
+            .blocking_erase(offset, offset + ERASE_SIZE as u32)?;
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(MAGIC);
         header[4..8].copy_from_slice(&(bundle.len() as u32).to_le_bytes());
