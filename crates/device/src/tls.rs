@@ -23,7 +23,7 @@
 //! `Certificate` or a `CertificateVerify`, so a man in the middle who does
 //! the key exchange itself could otherwise finish the handshake with no
 //! certificate, or with the genuine server's public chain and no proof of
-//! its key. [`connect`] returns a [`TlsStream`] only with a [`ServerProof`],
+//! its key. [`connect`] returns a [`TlsStream`] only with a `ServerProof`,
 //! which exists only after a verified chain and then a verified signature.
 //!
 //! P-384 needs the `p384` feature (default). RSA signatures are not supported (no heap-free RSA in RustCrypto), so
