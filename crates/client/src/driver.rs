@@ -19,7 +19,9 @@ use ferrolink_proto::client::{
 };
 use ferrolink_proto::{Instant, wire};
 
-use crate::backoff::{Backoff, ReconnectPolicy};
+use ferrolink_proto::backoff::Backoff;
+
+use crate::backoff::ReconnectPolicy;
 use crate::client::{OutputFn, Status, WeakClient, status_text};
 use crate::error::{
     CallError, CallErrorKind, ConnectError, ConnectErrorKind, HandlerError, RemoteError,
@@ -429,7 +431,7 @@ pub(crate) async fn supervise(
     status: watch::Sender<Status>,
     client: WeakClient,
 ) {
-    let mut backoff = Backoff::new(settings.reconnect.clone());
+    let mut backoff = crate::backoff::backoff(&settings.reconnect);
     let mut link = Some(first);
     loop {
         let current = match link.take() {
@@ -487,7 +489,7 @@ async fn reconnect(
         status.send_replace(Status::Reconnecting {
             attempt: backoff.attempt() + 1,
         });
-        let delay = backoff.next_delay(rand::random::<f64>());
+        let delay = backoff.next_delay(rand::random::<u32>());
         if !idle(delay, commands, status).await {
             status.send_replace(Status::Closed);
             return None;

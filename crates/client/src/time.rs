@@ -220,13 +220,7 @@ impl NetworkClock {
 impl TimeSource for NetworkClock {
     fn now(&self) -> Result<u64, TimeError> {
         let now = (self.anchor_unix_ms + self.anchor.elapsed().as_millis() as u64) / 1000;
-        if now < self.floor {
-            return Err(TimeError::BeforeFloor {
-                now,
-                floor: self.floor,
-            });
-        }
-        Ok(now)
+        ferrolink_proto::check_floor(now, self.floor).map_err(TimeError::BeforeFloor)
     }
 }
 

@@ -28,11 +28,6 @@ use sha2::{Digest as _, Sha256};
 /// when ferrolink was built (shared with the device client).
 pub const BUILD_FLOOR: u64 = ferrolink_proto::BUILD_FLOOR;
 
-/// SHA-256 fingerprints (of a certificate's DER, or of its
-/// SubjectPublicKeyInfo) refused in any server chain, shipped with this
-/// release. One hex fingerprint per line in `revoked.txt`; `#` comments.
-const SHIPPED_REVOCATIONS: &str = include_str!("../revoked.txt");
-
 /// Where certificate checks get the time from.
 pub trait TimeSource: Send + Sync + fmt::Debug {
     /// Seconds since the Unix epoch, or why the time cannot be trusted.
@@ -44,29 +39,15 @@ pub trait TimeSource: Send + Sync + fmt::Debug {
 #[non_exhaustive]
 pub enum TimeError {
     /// The clock reads earlier than the floor: it was probably never set.
-    #[error("the clock reads {} ({now}), earlier than this build ({}); set the clock (e.g. from NTP) before connecting", civil(*now), civil(*floor))]
-    BeforeFloor {
-        /// What the clock said.
-        now: u64,
-        /// The floor.
-        floor: u64,
-    },
+    #[error(transparent)]
+    BeforeFloor(ferrolink_proto::BeforeFloor),
     /// No trusted time is available yet.
     #[error("no trusted time yet: {0}")]
     Untrusted(String),
 }
 
-fn civil(secs: u64) -> String {
-    let (y, m, d) = ferrolink_proto::civil_date(secs);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 fn check_floor(now: u64, floor: u64) -> Result<u64, TimeError> {
-    if now < floor {
-        Err(TimeError::BeforeFloor { now, floor })
-    } else {
-        Ok(now)
-    }
+    ferrolink_proto::check_floor(now, floor).map_err(TimeError::BeforeFloor)
 }
 
 /// The system clock, trusted only when it reads at or after a floor
@@ -236,25 +217,12 @@ impl Default for TlsConfig {
 }
 
 fn parse_fingerprint(hex: &str) -> Result<[u8; 32], TlsConfigError> {
-    let clean: String = hex.chars().filter(|c| !matches!(c, ':' | ' ')).collect();
-    if clean.len() != 64 {
-        return Err(TlsConfigError::BadFingerprint(hex.to_owned()));
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&clean[2 * i..2 * i + 2], 16)
-            .map_err(|_| TlsConfigError::BadFingerprint(hex.to_owned()))?;
-    }
-    Ok(out)
+    ferrolink_proto::revocation::parse_fingerprint(hex)
+        .ok_or_else(|| TlsConfigError::BadFingerprint(hex.to_owned()))
 }
 
 fn shipped_revocations() -> HashSet<[u8; 32]> {
-    SHIPPED_REVOCATIONS
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| parse_fingerprint(l).ok())
-        .collect()
+    ferrolink_proto::revocation::fingerprints(ferrolink_proto::revocation::SHIPPED).collect()
 }
 
 impl TlsConfig {
@@ -581,25 +549,9 @@ mod tests {
     #[test]
     fn a_clock_before_the_floor_is_refused() {
         let e = FixedTime::new(978_307_200).now().unwrap_err();
-        assert!(matches!(e, TimeError::BeforeFloor { .. }));
+        assert!(matches!(e, TimeError::BeforeFloor(_)));
         assert!(e.to_string().contains("2001-01-01"), "{e}");
         assert!(SystemClock::default().now().is_ok());
         const { assert!(BUILD_FLOOR > 1_700_000_000) };
-    }
-
-    #[test]
-    fn fingerprints_parse_with_or_without_colons() {
-        let hexed = "96bcec06264976f37460779acf28c5a7cfe8a3c0aae11a8ffcee05c0bddf08c6";
-        let colons: String = hexed
-            .as_bytes()
-            .chunks(2)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect::<Vec<_>>()
-            .join(":");
-        assert_eq!(
-            parse_fingerprint(hexed).unwrap(),
-            parse_fingerprint(&colons).unwrap()
-        );
-        assert!(parse_fingerprint("abc").is_err());
     }
 }

@@ -367,37 +367,7 @@ impl<'b> Writer<'b> {
 
     /// Appends `s` as a JSON string literal.
     pub fn string(&mut self, s: &str) -> Result<(), JsonError> {
-        self.raw("\"")?;
-        let mut start = 0;
-        for (i, b) in s.bytes().enumerate() {
-            let esc = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x00..=0x1f => "",
-                _ => continue,
-            };
-            self.raw(&s[start..i])?;
-            if esc.is_empty() {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let code = [
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 15)],
-                ];
-                self.raw(core::str::from_utf8(&code).unwrap_or(""))?;
-            } else {
-                self.raw(esc)?;
-            }
-            start = i + 1;
-        }
-        self.raw(&s[start..])?;
-        self.raw("\"")
+        ferrolink_proto::escape::write_str_literal(self, s).map_err(|_| JsonError::Full)
     }
 }
 

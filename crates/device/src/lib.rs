@@ -77,9 +77,10 @@ pub mod tls;
 pub mod trust;
 pub mod ws;
 
+pub use ferrolink_proto::backoff::Backoff;
 pub use ferrolink_proto::{Instant, roughtime, sntp};
 pub use session::{
-    Args, Backoff, Buffers, CallError, Clock, Config, Handler, HandlerError, InsecurePlaintext,
-    NeverBusy, ReadGuard, Security, Session, SessionError, Transport, Value,
+    Args, Buffers, CallError, Clock, Config, Handler, HandlerError, InsecurePlaintext, NeverBusy,
+    ReadGuard, Security, Session, SessionError, Transport, Value,
 };
 pub use time::TrustedTime;

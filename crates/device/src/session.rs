@@ -340,56 +340,6 @@ pub trait Handler {
     ) -> Result<(), HandlerError>;
 }
 
-/// Delays between reconnection attempts: doubling from `min` to `max`,
-/// each drawn from the upper half of its window (so never zero, and
-/// devices that lost the same server spread out).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Default for Backoff {
-    /// 1 s (as the Pico W library) doubling to 60 s.
-    fn default() -> Self {
-        Self::new(Duration::from_secs(1), Duration::from_secs(60))
-    }
-}
-
-impl Backoff {
-    /// Delays from `min` doubling to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
-    }
-
-    /// The delay before the next attempt; `random` is any random number.
-    pub fn next_delay(&mut self, random: u32) -> Duration {
-        let window = self
-            .min
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = window / 2;
-        let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(u64::from(random) % half_ms.saturating_add(1))
-    }
-
-    /// After a refusal of the key: wait the longest delay from now on.
-    pub fn give_up_quickly(&mut self) {
-        self.attempt = 16;
-    }
-
-    /// After a session that worked: start again from `min`.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// Completes at `wake`, but not while `guard` says a read is part-way
 /// through something it cannot resume: then it waits (checking every
 /// 5 ms) for the read to finish its unit or return.
@@ -750,7 +700,8 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
         let (start, end) = (h.header_len, h.total_len());
         self.link.consumed = end;
         match h.opcode {
-            Opcode::Binary | Opcode::Pong => Ok(Step::Nothing),
+            // parse_frame refuses fragments, so no continuation arrives here.
+            Opcode::Binary | Opcode::Pong | Opcode::Continuation => Ok(Step::Nothing),
             Opcode::Close => {
                 let _ = self.link.send_frame(Opcode::Close, 0).await;
                 Err(SessionError::Closed)
@@ -896,24 +847,6 @@ impl Handler for Unreachable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_within_its_bounds() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let mut windows = [0u64; 6];
-        for w in &mut windows {
-            let d = b.next_delay(u32::MAX).as_millis() as u64;
-            *w = d;
-        }
-        // Upper-half draws with the largest random value land near each window's top.
-        assert!(windows[0] >= 500 && windows[0] <= 1000, "{windows:?}");
-        assert!(windows[3] >= 4000 && windows[3] <= 8000, "{windows:?}");
-        assert!(windows[5] <= 8000, "{windows:?}");
-        b.reset();
-        assert!(b.next_delay(0) >= Duration::from_millis(500));
-        b.give_up_quickly();
-        assert!(b.next_delay(0) >= Duration::from_secs(4));
-    }
 
     #[test]
     fn arguments_are_read_without_a_heap() {

@@ -9,22 +9,11 @@
 //! binds the device's random nonce.
 
 use ferrolink_proto::sntp::{self, AgreementError, Sample};
-use ferrolink_proto::{Instant, civil_date, roughtime};
+use ferrolink_proto::{BeforeFloor, Instant, check_floor, roughtime};
 
 /// Seconds since the Unix epoch before which no clock is believed: a day
 /// before ferrolink was built (the same floor as the tokio client's).
 pub const BUILD_FLOOR: u64 = ferrolink_proto::BUILD_FLOOR;
-
-/// A calendar date for messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Date(u64);
-
-impl core::fmt::Display for Date {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let (y, m, d) = civil_date(self.0);
-        write!(f, "{y:04}-{m:02}-{d:02}")
-    }
-}
 
 /// Why the time cannot be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,13 +25,8 @@ pub enum TimeError {
     )]
     NotSet,
     /// The time given reads earlier than the floor.
-    #[error("the time reads {}, earlier than this build ({}); it cannot be right", Date(*now), Date(*floor))]
-    BeforeFloor {
-        /// What the time said (Unix seconds).
-        now: u64,
-        /// The floor (Unix seconds).
-        floor: u64,
-    },
+    #[error(transparent)]
+    BeforeFloor(BeforeFloor),
     /// The SNTP answers were too few or disagreed.
     #[error(transparent)]
     Sntp(AgreementError),
@@ -116,13 +100,7 @@ impl TrustedTime {
         let (unix_ms, at) = self.anchor.ok_or(TimeError::NotSet)?;
         let elapsed = now.as_millis().saturating_sub(at.as_millis());
         let secs = unix_ms.saturating_add(elapsed) / 1000;
-        if secs < self.floor {
-            return Err(TimeError::BeforeFloor {
-                now: secs,
-                floor: self.floor,
-            });
-        }
-        Ok(secs)
+        check_floor(secs, self.floor).map_err(TimeError::BeforeFloor)
     }
 }
 

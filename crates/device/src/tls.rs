@@ -7,8 +7,9 @@
 //!
 //! 1. the time is trusted ([`TrustedTime`]: SNTP agreement, build floor);
 //! 2. no certificate in the chain, nor its public key, is on the
-//!    revocation list (the list shipped with `ferrolink-client`,
-//!    `crates/client/revoked.txt`, plus the application's entries);
+//!    revocation list (the list every client ships,
+//!    `ferrolink_proto::revocation`, plus the application's entries and
+//!    those of a trust bundle);
 //! 3. the chain leads to one of the pinned roots, with validity periods,
 //!    CA constraints and the server-auth usage checked (rustls-webpki path
 //!    building, no heap, with pure-Rust ECDSA P-256/P-384 from RustCrypto);
@@ -52,9 +53,6 @@ use crate::conn::ShortText;
 use crate::session::{ReadGuard, Security, Transport};
 use crate::time::{TimeError, TrustedTime};
 use crate::trust::TrustBundle;
-
-/// Fingerprints shipped with this release (shared with `ferrolink-client`).
-const SHIPPED_REVOCATIONS: &str = include_str!("../../client/revoked.txt");
 
 /// Most certificates accepted in a server's chain.
 const MAX_CHAIN: usize = 6;
@@ -192,28 +190,10 @@ fn fingerprint(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn hex_value(c: u8) -> Option<u8> {
-    char::from(c).to_digit(16).map(|d| d as u8)
-}
-
-/// Whether `fp` is on the shipped list (parsed in place, no heap) or in `extra`.
+/// Whether `fp` is on the shipped list (`ferrolink_proto::revocation`,
+/// parsed in place, no heap) or in `extra`.
 pub fn is_revoked(fp: &[u8; 32], extra: &[[u8; 32]]) -> bool {
-    extra.contains(fp)
-        || SHIPPED_REVOCATIONS.lines().any(|line| {
-            let line = line.split('#').next().unwrap_or("").trim();
-            let mut digits = line.bytes().filter(|c| !matches!(c, b':' | b' '));
-            let mut parsed = [0u8; 32];
-            for byte in &mut parsed {
-                let (Some(h), Some(l)) = (
-                    digits.next().and_then(hex_value),
-                    digits.next().and_then(hex_value),
-                ) else {
-                    return false;
-                };
-                *byte = h << 4 | l;
-            }
-            digits.next().is_none() && parsed == *fp
-        })
+    extra.contains(fp) || ferrolink_proto::revocation::is_shipped(fp)
 }
 
 /// One DER TLV at the start of a slice: tag, whole TLV, contents, rest.

@@ -6,37 +6,8 @@
 //! The parser is the part that sees untrusted bytes first; it is covered by
 //! property tests and a fuzz target (`crates/device/fuzz`).
 
-use sha1::{Digest as _, Sha1};
-
-/// Most bytes a client frame header takes (2 + 8 length + 4 mask).
-pub const MAX_HEADER: usize = 14;
-
-/// Frame kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opcode {
-    /// A UTF-8 text message (every protocol message).
-    Text,
-    /// A binary message (media chunks; the device ignores them).
-    Binary,
-    /// The peer is closing.
-    Close,
-    /// Liveness probe; answer with a pong carrying the same payload.
-    Ping,
-    /// Answer to a ping.
-    Pong,
-}
-
-impl Opcode {
-    fn bits(self) -> u8 {
-        match self {
-            Self::Text => 1,
-            Self::Binary => 2,
-            Self::Close => 8,
-            Self::Ping => 9,
-            Self::Pong => 10,
-        }
-    }
-}
+use ferrolink_proto::ws::{self as frame, Role};
+pub use ferrolink_proto::ws::{MAX_HEADER, Opcode};
 
 /// A complete frame at the start of the receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,68 +61,52 @@ pub enum FrameError {
     },
 }
 
-/// Parses the frame header at the start of `buf`.
+/// Parses the frame header at the start of `buf` (with
+/// `ferrolink_proto::ws`, as a client), and refuses fragments.
 ///
 /// Returns `Ok(None)` while the header or payload is still incomplete. A
 /// frame that could never fit a buffer of `capacity` bytes is an error as
 /// soon as its length is known. Never panics, whatever `buf` holds.
 pub fn parse_frame(buf: &[u8], capacity: usize) -> Result<Option<FrameHeader>, FrameError> {
-    let [b0, b1, ..] = *buf else {
-        return Ok(None);
+    let header = match frame::parse_header(buf, Role::Client, capacity) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(match e {
+                frame::FrameError::Reserved => FrameError::Reserved,
+                frame::FrameError::UnknownOpcode(op) => FrameError::UnknownOpcode(op),
+                frame::FrameError::Masking => FrameError::Masked,
+                frame::FrameError::BadControl if buf[0] & 0x80 == 0 => FrameError::Fragmented,
+                frame::FrameError::TooLarge { len, .. } => {
+                    let header_len = match buf[1] & 0x7f {
+                        126 => 4,
+                        127 => 10,
+                        _ => 2,
+                    };
+                    FrameError::TooLarge {
+                        len: len.saturating_add(header_len),
+                        capacity,
+                    }
+                }
+                _ => FrameError::LongControl,
+            });
+        }
     };
-    if b0 & 0x70 != 0 {
-        return Err(FrameError::Reserved);
-    }
-    let fin = b0 & 0x80 != 0;
-    let opcode = match b0 & 0x0f {
-        0 => return Err(FrameError::Fragmented),
-        1 => Opcode::Text,
-        2 => Opcode::Binary,
-        8 => Opcode::Close,
-        9 => Opcode::Ping,
-        10 => Opcode::Pong,
-        other => return Err(FrameError::UnknownOpcode(other)),
-    };
-    if !fin {
+    if !header.fin || header.opcode == Opcode::Continuation {
         return Err(FrameError::Fragmented);
     }
-    if b1 & 0x80 != 0 {
-        return Err(FrameError::Masked);
-    }
-    let (header_len, len) = match b1 & 0x7f {
-        126 => {
-            let Some(ext) = buf.get(2..4) else {
-                return Ok(None);
-            };
-            (4, u64::from(u16::from_be_bytes([ext[0], ext[1]])))
-        }
-        127 => {
-            let Some(ext) = buf.get(2..10) else {
-                return Ok(None);
-            };
-            let mut b = [0u8; 8];
-            b.copy_from_slice(ext);
-            (10, u64::from_be_bytes(b))
-        }
-        n => (2, u64::from(n)),
-    };
-    if matches!(opcode, Opcode::Close | Opcode::Ping | Opcode::Pong) && len > 125 {
-        return Err(FrameError::LongControl);
-    }
-    let total = len.saturating_add(header_len as u64);
-    if total > capacity as u64 {
+    let total = header.total_len();
+    if total > capacity {
         return Err(FrameError::TooLarge {
-            len: total,
+            len: total as u64,
             capacity,
         });
     }
-    // `total <= capacity`, a usize, so these conversions are exact.
-    let header = FrameHeader {
-        opcode,
-        header_len,
-        payload_len: len as usize,
-    };
-    Ok((buf.len() >= header.total_len()).then_some(header))
+    Ok((buf.len() >= total).then_some(FrameHeader {
+        opcode: header.opcode,
+        header_len: header.header_len,
+        payload_len: header.payload_len,
+    }))
 }
 
 /// Seals the payload already written at `buf[MAX_HEADER..MAX_HEADER + len]`
@@ -160,69 +115,24 @@ pub fn parse_frame(buf: &[u8], capacity: usize) -> Result<Option<FrameHeader>, F
 /// `MAX_HEADER + len`).
 pub fn seal_frame(buf: &mut [u8], opcode: Opcode, len: usize, mask: [u8; 4]) -> Option<usize> {
     let payload = buf.get_mut(MAX_HEADER..MAX_HEADER.checked_add(len)?)?;
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i % 4];
-    }
+    frame::apply_mask(payload, mask, 0);
     let mut header = [0u8; MAX_HEADER];
-    header[0] = 0x80 | opcode.bits();
-    let n = if len < 126 {
-        header[1] = 0x80 | len as u8;
-        2
-    } else if let Ok(short) = u16::try_from(len) {
-        header[1] = 0x80 | 126;
-        header[2..4].copy_from_slice(&short.to_be_bytes());
-        4
-    } else {
-        header[1] = 0x80 | 127;
-        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    };
-    header[n..n + 4].copy_from_slice(&mask);
-    let start = MAX_HEADER - (n + 4);
-    buf[start..MAX_HEADER].copy_from_slice(&header[..n + 4]);
+    let n = frame::write_header(&mut header, true, opcode, len, Some(mask));
+    let start = MAX_HEADER - n;
+    buf[start..MAX_HEADER].copy_from_slice(&header[..n]);
     Some(start)
-}
-
-const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-fn base64(input: &[u8], out: &mut [u8]) -> usize {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut n = 0;
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            out[n + k] = if k <= chunk.len() {
-                T[((v >> (18 - 6 * k)) & 63) as usize]
-            } else {
-                b'='
-            };
-        }
-        n += 4;
-    }
-    n
 }
 
 /// The `Sec-WebSocket-Key` for a 16-byte random nonce (24 base64 characters).
 pub fn client_key(nonce: [u8; 16]) -> [u8; 24] {
     let mut out = [0u8; 24];
-    base64(&nonce, &mut out);
+    frame::base64(&nonce, &mut out);
     out
 }
 
 /// The `Sec-WebSocket-Accept` the server must answer `key` with.
 pub fn expected_accept(key: &[u8; 24]) -> [u8; 28] {
-    let mut h = Sha1::new();
-    h.update(key);
-    h.update(GUID);
-    let digest = h.finalize();
-    let mut out = [0u8; 28];
-    base64(&digest, &mut out);
-    out
+    frame::accept_key(key)
 }
 
 /// Why the upgrade failed.

@@ -51,31 +51,8 @@ pub(crate) fn check_depth(text: &str, limit: usize) -> Result<(), usize> {
 /// Appends `s` to `out` as a JSON string literal, quotes included.
 pub fn push_str_literal(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
+    // Writing to a String cannot fail.
+    let _ = crate::escape::write_str_literal(out, s);
 }
 
 #[cfg(test)]

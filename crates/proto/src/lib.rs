@@ -35,9 +35,9 @@
 //! - `alloc` (default): everything above, which needs a heap. Without it the
 //!   crate is heap-free and offers [`sntp`] and [`roughtime`] (network time,
 //!   plain and signed), [`trust`] (signed trust bundles: checking, not
-//!   signing), [`Instant`], [`civil_date`] and the protocol constants in
-//!   [`wire`]: the part the heap-free device client (`ferrolink-device`)
-//!   shares.
+//!   signing), [`ws`] (websocket framing for both ends), [`Instant`],
+//!   [`civil_date`] and the protocol constants in [`wire`]: the part the
+//!   heap-free device client (`ferrolink-device`) shares.
 //!
 //! The crate is `no_std`.
 
@@ -47,6 +47,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod backoff;
 #[cfg(feature = "alloc")]
 pub mod calls;
 #[cfg(feature = "alloc")]
@@ -55,10 +56,12 @@ pub mod client;
 pub mod codec;
 #[cfg(feature = "alloc")]
 pub mod encode;
+pub mod escape;
 #[cfg(feature = "alloc")]
 mod json;
 #[cfg(feature = "alloc")]
 pub mod message;
+pub mod revocation;
 pub mod roughtime;
 #[cfg(feature = "alloc")]
 pub mod server;
@@ -66,10 +69,11 @@ pub mod sntp;
 mod time;
 pub mod trust;
 pub mod wire;
+pub mod ws;
 
 #[cfg(feature = "alloc")]
 pub use json::push_str_literal;
 #[cfg(feature = "alloc")]
 pub use message::Message;
-pub use time::{BUILD_FLOOR, Instant, civil_date};
+pub use time::{BUILD_FLOOR, BeforeFloor, Instant, UtcDate, check_floor, civil_date};
 pub use wire::error_type;

@@ -70,9 +70,75 @@ pub fn civil_date(secs: u64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// A day, shown as `YYYY-MM-DD` (UTC), for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcDate(pub u64);
+
+impl core::fmt::Display for UtcDate {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (y, m, d) = civil_date(self.0);
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// A clock reading earlier than the build floor: it was never set, and
+/// certificate validity cannot be judged by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the clock reads {} ({now}), earlier than this build ({}); set it from a trusted source (Roughtime, NTP) before connecting",
+    UtcDate(*now),
+    UtcDate(*floor)
+)]
+pub struct BeforeFloor {
+    /// What the clock said (Unix seconds).
+    pub now: u64,
+    /// The floor (Unix seconds).
+    pub floor: u64,
+}
+
+/// `now` (Unix seconds), if it is not earlier than `floor` (usually
+/// [`BUILD_FLOOR`]): the one check every client makes of any clock.
+pub fn check_floor(now: u64, floor: u64) -> Result<u64, BeforeFloor> {
+    if now < floor {
+        Err(BeforeFloor { now, floor })
+    } else {
+        Ok(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clocks_before_the_floor_are_refused_with_dates() {
+        let e = check_floor(978_307_200, 1_800_000_000).unwrap_err();
+        let mut text = [0u8; 200];
+        let mut w = Cursor(&mut text, 0);
+        core::fmt::Write::write_fmt(&mut w, format_args!("{e}")).unwrap();
+        let text = core::str::from_utf8(&w.0[..w.1]).unwrap();
+        assert!(
+            text.starts_with(
+                "the clock reads 2001-01-01 (978307200), earlier than this build (2027-01-15)"
+            ),
+            "{text}"
+        );
+        assert_eq!(check_floor(5, 5), Ok(5));
+    }
+
+    struct Cursor<'a>(&'a mut [u8], usize);
+
+    impl core::fmt::Write for Cursor<'_> {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let dst = self
+                .0
+                .get_mut(self.1..self.1 + s.len())
+                .ok_or(core::fmt::Error)?;
+            dst.copy_from_slice(s.as_bytes());
+            self.1 += s.len();
+            Ok(())
+        }
+    }
 
     #[test]
     fn civil_dates_are_utc() {

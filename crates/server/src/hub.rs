@@ -32,8 +32,7 @@ pub(crate) enum AuthError {
 
 /// `YYYY-MM-DD` for seconds since the Unix epoch (UTC).
 pub(crate) fn format_date(secs: i64) -> String {
-    let (y, m, d) = ferrolink_proto::civil_date(u64::try_from(secs).unwrap_or(0));
-    format!("{y:04}-{m:02}-{d:02}")
+    ferrolink_proto::UtcDate(u64::try_from(secs).unwrap_or(0)).to_string()
 }
 
 pub(crate) struct Hub {

@@ -58,16 +58,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// 32 bytes from 64 hex digits (colons and spaces ignored).
 pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    let clean: Vec<u8> = text.bytes().filter(|b| !matches!(b, b':' | b' ')).collect();
-    if clean.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = std::str::from_utf8(&clean[2 * i..2 * i + 2]).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
+    ferrolink_proto::revocation::parse_fingerprint(text)
 }
 
 /// Creates a signing key in `path` (mode 0600, never overwriting) and
