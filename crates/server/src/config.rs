@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferrolink_proto::server::SessionConfig;
 
-use crate::tls::TlsSetting;
+use crate::edge::certificates::TlsSetting;
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]

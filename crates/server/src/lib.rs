@@ -26,24 +26,21 @@
 //! browser client, user accounts), `admin` (the dashboard); see
 //! `docs/web.md`.
 
-pub mod acme;
 mod activity;
-mod admin;
 pub mod auth;
+mod calls;
 mod config;
-mod conn;
-mod http;
-mod hub;
+mod edge;
 pub mod keys;
-mod router;
+mod state;
 pub mod storage;
 mod throttle;
-pub use throttle::ThrottleConfig;
-pub mod sites;
-pub mod tls;
 pub mod trust;
-mod uplink;
 mod web;
+
+pub use edge::{acme, certificates as tls};
+pub use throttle::ThrottleConfig;
+pub use web::sites;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +48,7 @@ use std::sync::Arc;
 pub use config::ServerConfig;
 pub use ferrolink_proto::server::SessionConfig;
 
-use crate::hub::Hub;
+use crate::state::ServerState;
 use crate::storage::{Store, StoreError};
 
 /// Why the server could not start.
@@ -87,7 +84,7 @@ pub enum StartError {
 /// background; call [`Server::shutdown`] to stop it.
 pub struct Server {
     addr: SocketAddr,
-    hub: Arc<Hub>,
+    state: Arc<ServerState>,
     dev_ca: Option<tls::DevCa>,
     acme: Option<Arc<acme::AcmeResolver>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -162,8 +159,8 @@ impl Server {
         let every = config.cert_reload_every;
         let header_timeout = config.header_timeout;
         let data_dir = config.data_dir.clone();
-        let hub = Arc::new(Hub::new(config, store, origin)?);
-        let mut background = vec![tokio::spawn(hub.clone().watch_keys())];
+        let state = Arc::new(ServerState::new(config, store, origin)?);
+        let mut background = vec![tokio::spawn(state.clone().watch_keys())];
         if let Some((resolver, cert, key)) = reload {
             background.push(tokio::spawn(tls::watch_files(resolver, cert, key, every)));
         }
@@ -171,10 +168,10 @@ impl Server {
         if let Some((setting, resolver)) = acme_setup {
             background.push(tokio::spawn(acme::maintain(setting, resolver, data_dir)));
         }
-        let router = http::router(hub.clone());
+        let router = web::router(state.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            http::accept_loop(listener, router, acceptor, header_timeout, stopped).await;
+            edge::accept_loop(listener, router, acceptor, header_timeout, stopped).await;
             for task in background {
                 task.abort();
             }
@@ -182,7 +179,7 @@ impl Server {
         tracing::info!(%addr, tls = scheme == "https", "listening");
         Ok(Self {
             addr,
-            hub,
+            state,
             dev_ca,
             acme: acme_resolver,
             stop,
@@ -194,13 +191,13 @@ impl Server {
     /// `https://localhost:PORT` with a development CA, or the configured
     /// public origin).
     pub fn origin(&self) -> String {
-        if self.hub.config.public_origin.is_none()
-            && self.hub.config.tls.is_some()
+        if self.state.config.public_origin.is_none()
+            && self.state.config.tls.is_some()
             && self.addr.ip().is_loopback()
         {
             format!("https://localhost:{}", self.addr.port())
         } else {
-            self.hub.origin.clone()
+            self.state.origin.clone()
         }
     }
 
@@ -211,7 +208,7 @@ impl Server {
 
     /// `ws://HOST:PORT/_/uplink`, or `wss://localhost:PORT/_/uplink` with TLS.
     pub fn uplink_url(&self) -> String {
-        match &self.hub.config.tls {
+        match &self.state.config.tls {
             None => format!("ws://{}/_/uplink", self.addr),
             Some(_) if self.addr.ip().is_loopback() => {
                 format!("wss://localhost:{}/_/uplink", self.addr.port())
@@ -232,20 +229,21 @@ impl Server {
 
     /// Number of authenticated uplink connections.
     pub fn uplink_count(&self) -> usize {
-        self.hub.live_connections()
+        self.state.live_connections()
     }
 
     /// Number of key messages received since start (accepted or not); tests
     /// use it to prove a refused client never sent its key.
     pub fn key_messages_received(&self) -> u64 {
-        self.hub.key_messages()
+        self.state.key_messages()
     }
 
     /// Stops accepting connections and closes every uplink (their pending
     /// callers are answered with `UplinkDisconnectedError`).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        self.hub.close_all("ferrolink: the server is shutting down");
+        self.state
+            .close_all("ferrolink: the server is shutting down");
         let _ = self.task.await;
     }
 }

@@ -1,7 +1,9 @@
 //! The `ferrolink` command line: run the server, manage apps and keys, call
 //! functions, simulate a device.
 
-mod sim;
+mod demo_device;
+
+use demo_device as sim;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

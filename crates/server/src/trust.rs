@@ -73,7 +73,7 @@ pub fn keygen(path: &Path) -> Result<[u8; 32], TrustError> {
         "# ferrolink trust signing key (Ed25519 seed). Keep it offline: whoever holds it decides what your devices trust.\n{}\n",
         hex(&seed)
     );
-    crate::tls::write_private(path, text.as_bytes()).map_err(io(path))?;
+    crate::edge::certificates::write_private(path, text.as_bytes()).map_err(io(path))?;
     Ok(key.verifying_key().to_bytes())
 }
 
@@ -135,7 +135,7 @@ pub fn describe(bytes: &[u8], signer: Option<[u8; 32]>) -> Result<String, TrustE
         bundle.sequence(),
         bytes.len(),
         hex(&named),
-        crate::hub::format_date(bundle.issued() as i64),
+        crate::state::format_date(bundle.issued() as i64),
     );
     for root in bundle.roots() {
         let subject = x509_parser::parse_x509_certificate(root)

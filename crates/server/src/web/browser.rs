@@ -16,129 +16,16 @@ use serde::Deserialize;
 use tower::ServiceExt as _;
 
 use crate::auth;
-use crate::conn::BrowserSession;
-use crate::hub::Hub;
+use crate::calls::peer::BrowserSession;
+use crate::state::ServerState;
 use crate::storage::{AppRecord, Store, StoreError};
+use crate::web::http::{ApiError, blocking, check_origin, cookie, set_cookie};
 
 /// How long a user stays logged in.
 const USER_SESSION_SECS: i64 = 30 * 86_400;
 
-pub(crate) const CLIENT_JS: &str = include_str!("../../../web/ferrolink.js");
-pub(crate) const CLIENT_DTS: &str = include_str!("../../../web/ferrolink.d.ts");
-
-/// A failure answered to a browser as `{"error": message}`.
-#[derive(Debug)]
-pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NoSuchApp(_) => Self(StatusCode::NOT_FOUND, e.to_string()),
-            StoreError::UserExists { .. }
-            | StoreError::AppExists(_)
-            | StoreError::DeviceTaken { .. } => Self(StatusCode::CONFLICT, e.to_string()),
-            StoreError::InvalidName { .. }
-            | StoreError::NoSuchKey(_)
-            | StoreError::Ambiguous { .. } => Self(StatusCode::BAD_REQUEST, e.to_string()),
-            e => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "storage failed");
-                Self(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the server could not read or write its database; see its log".to_owned(),
-                )
-            }
-        }
-    }
-}
-
-/// Runs `f` on the database off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    hub: &Arc<Hub>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let hub = hub.clone();
-    tokio::task::spawn_blocking(move || f(&hub.store))
-        .await
-        .map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error".to_owned(),
-            )
-        })?
-        .map_err(ApiError::from)
-}
-
-/// The value of cookie `name` in the request.
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// Whether cookies must be `Secure` (the server is reached over https).
-pub(crate) fn secure(hub: &Hub) -> bool {
-    hub.config.tls.is_some() || hub.origin.starts_with("https:")
-}
-
-/// A `Set-Cookie` value: HttpOnly, with the given SameSite and lifetime
-/// (`max_age` 0 deletes the cookie).
-pub(crate) fn set_cookie(
-    hub: &Hub,
-    name: &str,
-    value: &str,
-    path: &str,
-    same_site: &str,
-    max_age: i64,
-) -> HeaderValue {
-    let secure = if secure(hub) { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite={same_site}{secure}"
-    ))
-    .expect("cookie names and token values are header-safe")
-}
-
-/// Checks that a browser request comes from a page of this server: the
-/// `Origin` header must be the server's public origin, or the scheme and
-/// `Host` this request was sent to. This stops other sites from opening
-/// session websockets or posting forms with a visitor's cookies.
-pub(crate) fn check_origin(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
-    let refuse = |what: String| Err(ApiError(StatusCode::FORBIDDEN, what));
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return refuse("requests from browsers must carry an Origin header; this endpoint is for pages served by this server".to_owned());
-    };
-    if origin == hub.origin {
-        return Ok(());
-    }
-    let scheme = if hub.config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if host.is_some_and(|h| {
-        origin
-            .strip_prefix(scheme)
-            .and_then(|r| r.strip_prefix("://"))
-            == Some(h)
-    }) {
-        return Ok(());
-    }
-    let shown: String = origin.chars().take(100).collect();
-    refuse(format!(
-        "origin {shown} may not use this server's sessions: only pages served by this server may"
-    ))
-}
+pub(crate) const CLIENT_JS: &str = include_str!("../../../../web/ferrolink.js");
+pub(crate) const CLIENT_DTS: &str = include_str!("../../../../web/ferrolink.d.ts");
 
 #[derive(Deserialize)]
 pub(crate) struct AppQuery {
@@ -148,18 +35,18 @@ pub(crate) struct AppQuery {
 /// The app a browser request is for: `?app=NAME`, or the default app (the
 /// only app with a front end, else the only app).
 pub(crate) async fn resolve_app(
-    hub: &Arc<Hub>,
+    state: &Arc<ServerState>,
     name: Option<String>,
 ) -> Result<AppRecord, ApiError> {
-    let data_dir = hub.config.data_dir.clone();
-    blocking(hub, move |store| match name {
+    let data_dir = state.config.data_dir.clone();
+    blocking(state, move |store| match name {
         Some(name) => store.app(&name),
         None => {
             let apps = store.apps()?;
             let with_site: Vec<&AppRecord> = apps
                 .iter()
                 .filter(|a| {
-                    crate::sites::site_dir(&data_dir, &a.name)
+                    crate::web::sites::site_dir(&data_dir, &a.name)
                         .join("index.html")
                         .is_file()
                 })
@@ -182,7 +69,7 @@ fn user_cookie(app: &str) -> String {
 
 /// The email of the user whose login cookie for `app` the request carries.
 async fn cookie_user(
-    hub: &Arc<Hub>,
+    state: &Arc<ServerState>,
     headers: &HeaderMap,
     app: &str,
 ) -> Result<Option<String>, ApiError> {
@@ -191,33 +78,33 @@ async fn cookie_user(
     };
     let hash = auth::token_hash(token);
     let app = app.to_owned();
-    blocking(hub, move |s| s.user_session(&app, &hash)).await
+    blocking(state, move |s| s.user_session(&app, &hash)).await
 }
 
 /// `GET /_/session`: upgrades to a browser session websocket.
 pub(crate) async fn session_endpoint(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<AppQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    check_origin(&hub, &headers)?;
-    let app = resolve_app(&hub, q.app).await?;
-    let email = cookie_user(&hub, &headers, &app.name).await?;
+    check_origin(&state, &headers)?;
+    let app = resolve_app(&state, q.app).await?;
+    let email = cookie_user(&state, &headers, &app.name).await?;
     let browser = BrowserSession {
         id: auth::new_token()[..22].to_owned(),
         email,
         anonymous_calls: app.anonymous_calls,
         channels: std::sync::Mutex::default(),
     };
-    let limit = hub.config.max_frame_bytes;
+    let limit = state.config.max_frame_bytes;
     Ok(ws
-        .read_buffer_size(hub.config.read_buffer_bytes)
+        .read_buffer_size(state.config.read_buffer_bytes)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            crate::uplink::serve_browser(hub, socket, peer, app.name, browser)
+            crate::calls::driver::serve_browser(state, socket, peer, app.name, browser)
         }))
 }
 
@@ -227,32 +114,42 @@ pub(crate) struct Credentials {
     password: String,
 }
 
-fn logged_in(hub: &Hub, app: &str, token: &str, email: &str) -> Response {
+fn logged_in(state: &ServerState, app: &str, token: &str, email: &str) -> Response {
     let mut res = Json(serde_json::json!({ "user": email })).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(hub, &user_cookie(app), token, "/", "Lax", USER_SESSION_SECS),
+        set_cookie(
+            state,
+            &user_cookie(app),
+            token,
+            "/",
+            "Lax",
+            USER_SESSION_SECS,
+        ),
     );
     res
 }
 
-async fn start_user_session(hub: &Arc<Hub>, user_id: i64) -> Result<String, ApiError> {
+async fn start_user_session(state: &Arc<ServerState>, user_id: i64) -> Result<String, ApiError> {
     let token = auth::new_token();
     let hash = auth::token_hash(&token);
     let expires = crate::activity::unix_ms() as i64 / 1000 + USER_SESSION_SECS;
-    blocking(hub, move |s| s.create_user_session(user_id, &hash, expires)).await?;
+    blocking(state, move |s| {
+        s.create_user_session(user_id, &hash, expires)
+    })
+    .await?;
     Ok(token)
 }
 
 /// `POST /_/auth/signup` with `{"email", "password"}`.
 pub(crate) async fn signup(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     Query(q): Query<AppQuery>,
     headers: HeaderMap,
     Json(c): Json<Credentials>,
 ) -> Result<Response, ApiError> {
-    check_origin(&hub, &headers)?;
-    let app = resolve_app(&hub, q.app).await?;
+    check_origin(&state, &headers)?;
+    let app = resolve_app(&state, q.app).await?;
     if !app.signup {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -274,24 +171,24 @@ pub(crate) async fn signup(
             )
         })?;
     let (name, e2) = (app.name.clone(), email.clone());
-    let id = blocking(&hub, move |s| s.create_user(&name, &e2, &hash)).await?;
-    let token = start_user_session(&hub, id).await?;
+    let id = blocking(&state, move |s| s.create_user(&name, &e2, &hash)).await?;
+    let token = start_user_session(&state, id).await?;
     tracing::info!(app = %app.name, "user signed up");
-    Ok(logged_in(&hub, &app.name, &token, &email))
+    Ok(logged_in(&state, &app.name, &token, &email))
 }
 
 /// `POST /_/auth/login` with `{"email", "password"}`.
 pub(crate) async fn login(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<AppQuery>,
     headers: HeaderMap,
     Json(c): Json<Credentials>,
 ) -> Result<Response, ApiError> {
-    check_origin(&hub, &headers)?;
-    let app = resolve_app(&hub, q.app).await?;
+    check_origin(&state, &headers)?;
+    let app = resolve_app(&state, q.app).await?;
     let now = std::time::Instant::now();
-    if let Some(wait) = hub.login_throttle.wait(peer.ip(), now) {
+    if let Some(wait) = state.login_throttle.wait(peer.ip(), now) {
         return Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -302,16 +199,17 @@ pub(crate) async fn login(
     }
     let email = auth::normalize_email(&c.email).unwrap_or_default();
     let (name, e2) = (app.name.clone(), email.clone());
-    let user = blocking(&hub, move |s| s.user(&name, &e2)).await?;
+    let user = blocking(&state, move |s| s.user(&name, &e2)).await?;
     let ok = auth::verify_off_thread(c.password, user.as_ref().map(|u| u.password.clone())).await;
     match user {
         Some(user) if ok => {
-            hub.login_throttle.succeeded(peer.ip());
-            let token = start_user_session(&hub, user.id).await?;
-            Ok(logged_in(&hub, &app.name, &token, &user.email))
+            state.login_throttle.succeeded(peer.ip());
+            let token = start_user_session(&state, user.id).await?;
+            Ok(logged_in(&state, &app.name, &token, &user.email))
         }
         _ => {
-            hub.login_throttle
+            state
+                .login_throttle
                 .failed(peer.ip(), std::time::Instant::now());
             tracing::info!(app = %app.name, %peer, "failed user login");
             Err(ApiError(
@@ -324,33 +222,33 @@ pub(crate) async fn login(
 
 /// `POST /_/auth/logout`.
 pub(crate) async fn logout(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     Query(q): Query<AppQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_origin(&hub, &headers)?;
-    let app = resolve_app(&hub, q.app).await?;
+    check_origin(&state, &headers)?;
+    let app = resolve_app(&state, q.app).await?;
     let name = user_cookie(&app.name);
     if let Some(token) = cookie(&headers, &name) {
         let hash = auth::token_hash(token);
-        blocking(&hub, move |s| s.delete_user_session(&hash)).await?;
+        blocking(&state, move |s| s.delete_user_session(&hash)).await?;
     }
     let mut res = Json(serde_json::json!({ "user": null })).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&hub, &name, "", "/", "Lax", 0),
+        set_cookie(&state, &name, "", "/", "Lax", 0),
     );
     Ok(res)
 }
 
 /// `GET /_/auth/me`: the logged-in user of the app, or null.
 pub(crate) async fn me(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     Query(q): Query<AppQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let app = resolve_app(&hub, q.app).await?;
-    let email = cookie_user(&hub, &headers, &app.name).await?;
+    let app = resolve_app(&state, q.app).await?;
+    let email = cookie_user(&state, &headers, &app.name).await?;
     Ok(Json(serde_json::json!({
         "app": app.name,
         "user": email,
@@ -403,30 +301,30 @@ fn percent_path(s: &str) -> String {
 
 /// `GET /app/NAME/PATH`: a file of the app's front end.
 pub(crate) async fn app_file(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     Path((name, rest)): Path<(String, String)>,
     req: Request,
 ) -> Response {
     if crate::storage::validate_name("app name", &name).is_err() {
         return StatusCode::NOT_FOUND.into_response();
     }
-    serve_site(&hub, &name, &format!("/{rest}"), req).await
+    serve_site(&state, &name, &format!("/{rest}"), req).await
 }
 
 /// `GET /app/NAME/`.
 pub(crate) async fn app_index(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     Path(name): Path<String>,
     req: Request,
 ) -> Response {
     if crate::storage::validate_name("app name", &name).is_err() {
         return StatusCode::NOT_FOUND.into_response();
     }
-    serve_site(&hub, &name, "/", req).await
+    serve_site(&state, &name, "/", req).await
 }
 
 /// Any other `GET`: the default app's front end, or the status text at `/`.
-pub(crate) async fn fallback(State(hub): State<Arc<Hub>>, req: Request) -> Response {
+pub(crate) async fn fallback(State(state): State<Arc<ServerState>>, req: Request) -> Response {
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response();
     }
@@ -434,37 +332,37 @@ pub(crate) async fn fallback(State(hub): State<Arc<Hub>>, req: Request) -> Respo
     if path.starts_with("/_/") {
         return (StatusCode::NOT_FOUND, "no such ferrolink endpoint\n").into_response();
     }
-    match resolve_app(&hub, None).await {
-        Ok(app) if crate::sites::site_dir(&hub.config.data_dir, &app.name).is_dir() => {
-            serve_site(&hub, &app.name, &path, req).await
+    match resolve_app(&state, None).await {
+        Ok(app) if crate::web::sites::site_dir(&state.config.data_dir, &app.name).is_dir() => {
+            serve_site(&state, &app.name, &path, req).await
         }
-        _ if path == "/" => index(&hub).await,
+        _ if path == "/" => index(&state).await,
         _ => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
 }
 
-async fn index(hub: &Arc<Hub>) -> Response {
-    let apps = blocking(hub, Store::apps).await.unwrap_or_default();
+async fn index(state: &Arc<ServerState>) -> Response {
+    let apps = blocking(state, Store::apps).await.unwrap_or_default();
     let mut text = format!(
         "ferrolink {}\nuplink endpoint: {}/_/uplink (websocket)\nauthenticated uplinks: {}\ndashboard: {}/_/admin\n",
         env!("CARGO_PKG_VERSION"),
-        hub.origin.replacen("http", "ws", 1),
-        hub.live_connections(),
-        hub.origin,
+        state.origin.replacen("http", "ws", 1),
+        state.live_connections(),
+        state.origin,
     );
     for app in apps {
-        if crate::sites::site_dir(&hub.config.data_dir, &app.name).is_dir() {
+        if crate::web::sites::site_dir(&state.config.data_dir, &app.name).is_dir() {
             text.push_str(&format!(
                 "app {}: {}/app/{}/\n",
-                app.name, hub.origin, app.name
+                app.name, state.origin, app.name
             ));
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
-async fn serve_site(hub: &Arc<Hub>, app: &str, path: &str, req: Request) -> Response {
-    let dir = crate::sites::site_dir(&hub.config.data_dir, app);
+async fn serve_site(state: &Arc<ServerState>, app: &str, path: &str, req: Request) -> Response {
+    let dir = crate::web::sites::site_dir(&state.config.data_dir, app);
     let mut parts = req.into_parts().0;
     let Ok(uri) = path.parse::<axum::http::Uri>() else {
         return StatusCode::BAD_REQUEST.into_response();
@@ -483,7 +381,7 @@ async fn serve_site(hub: &Arc<Hub>, app: &str, path: &str, req: Request) -> Resp
 
 /// Adds the security headers to every response.
 pub(crate) async fn security_headers(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -515,8 +413,11 @@ pub(crate) async fn security_headers(
         );
     }
     if matches!(
-        hub.config.tls,
-        Some(crate::tls::TlsSetting::Files { .. } | crate::tls::TlsSetting::Acme(_))
+        state.config.tls,
+        Some(
+            crate::edge::certificates::TlsSetting::Files { .. }
+                | crate::edge::certificates::TlsSetting::Acme(_)
+        )
     ) {
         set(h, "strict-transport-security", "max-age=31536000");
     }

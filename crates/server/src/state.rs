@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use ferrolink_proto::Instant;
 
 use crate::activity::Monitor;
+use crate::calls::peer::Peer;
+use crate::calls::registry::AppRuntime;
 use crate::config::ServerConfig;
-use crate::conn::ConnShared;
 use crate::keys::{KeyId, KeyRecord, Secret};
-use crate::router::AppRuntime;
 use crate::storage::{Store, StoreError};
 
 /// Why a key was refused.
@@ -35,12 +35,12 @@ pub(crate) fn format_date(secs: i64) -> String {
     ferrolink_proto::UtcDate(u64::try_from(secs).unwrap_or(0)).to_string()
 }
 
-pub(crate) struct Hub {
+pub(crate) struct ServerState {
     pub(crate) config: ServerConfig,
     pub(crate) store: Arc<Store>,
     keys: RwLock<HashMap<KeyId, KeyRecord>>,
     apps: Mutex<HashMap<String, Arc<AppRuntime>>>,
-    live: Mutex<HashMap<KeyId, Vec<Weak<ConnShared>>>>,
+    live: Mutex<HashMap<KeyId, Vec<Weak<Peer>>>>,
     /// When and from where each key's last connection closed (since start).
     last_seen: Mutex<HashMap<KeyId, (u64, String)>>,
     next_call_id: AtomicU64,
@@ -76,7 +76,7 @@ fn load_trust_bundle(store: &Store) -> Result<Option<Arc<PublishedBundle>>, Stor
     }))
 }
 
-impl Hub {
+impl ServerState {
     pub(crate) fn new(
         config: ServerConfig,
         store: Arc<Store>,
@@ -176,9 +176,9 @@ impl Hub {
         let record = match cached {
             Some(r) => r,
             None => {
-                let hub = self.clone();
+                let state = self.clone();
                 let lookup_id = id.clone();
-                let found = tokio::task::spawn_blocking(move || hub.store.key(&lookup_id))
+                let found = tokio::task::spawn_blocking(move || state.store.key(&lookup_id))
                     .await
                     .map_err(|_| AuthError::Incorrect)?
                     .map_err(AuthError::Store)?;
@@ -210,7 +210,7 @@ impl Hub {
     }
 
     /// Records a live connection under its key, for revocation.
-    pub(crate) fn attach(&self, conn: &Arc<ConnShared>) {
+    pub(crate) fn attach(&self, conn: &Arc<Peer>) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let list = live.entry(conn.key_id.clone()).or_default();
         list.retain(|w| w.strong_count() > 0);
@@ -220,10 +220,9 @@ impl Hub {
     }
 
     /// Every authenticated uplink, oldest first.
-    pub(crate) fn live_uplinks(&self) -> Vec<Arc<ConnShared>> {
+    pub(crate) fn live_uplinks(&self) -> Vec<Arc<Peer>> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<Arc<ConnShared>> =
-            live.values().flatten().filter_map(Weak::upgrade).collect();
+        let mut all: Vec<Arc<Peer>> = live.values().flatten().filter_map(Weak::upgrade).collect();
         all.sort_by_key(|c| c.id);
         all
     }
@@ -243,7 +242,7 @@ impl Hub {
     }
 
     /// Forgets a closed connection.
-    pub(crate) fn detach(&self, conn: &ConnShared) {
+    pub(crate) fn detach(&self, conn: &Peer) {
         self.last_seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -319,13 +318,16 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let hub = self.clone();
+            let state = self.clone();
             let result = tokio::task::spawn_blocking(move || -> Result<Option<i64>, StoreError> {
-                let v = hub.store.data_version()?;
+                let v = state.store.data_version()?;
                 if Some(v) != last {
-                    hub.refresh_keys()?;
-                    let bundle = load_trust_bundle(&hub.store)?;
-                    *hub.trust_bundle.write().unwrap_or_else(|p| p.into_inner()) = bundle;
+                    state.refresh_keys()?;
+                    let bundle = load_trust_bundle(&state.store)?;
+                    *state
+                        .trust_bundle
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner()) = bundle;
                 }
                 Ok(Some(v))
             })

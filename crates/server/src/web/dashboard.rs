@@ -22,11 +22,11 @@ use ferrolink_proto::encode::{self, CallOrigin, OutgoingCall, Privilege};
 
 use crate::activity::Activity;
 use crate::auth;
-use crate::conn::{ConnSetup, ConnShared, ForwardedCall, Outbound, ReplyTo};
-use crate::hub::Hub;
-use crate::router::Route;
+use crate::calls::peer::{ForwardedCall, Outbound, Peer, PeerSetup, ReplyTo};
+use crate::calls::registry::Route;
+use crate::state::ServerState;
 use crate::storage::OperatorSession;
-use crate::web::{ApiError, blocking, check_origin, cookie, set_cookie};
+use crate::web::http::{ApiError, blocking, check_origin, cookie, set_cookie};
 
 const SESSION_COOKIE: &str = "flk_admin";
 const FORM_COOKIE: &str = "flk_csrf";
@@ -34,10 +34,10 @@ const PATH: &str = "/_/admin";
 /// How long an operator stays logged in.
 const SESSION_SECS: i64 = 12 * 3600;
 
-const LOGIN_HTML: &str = include_str!("../../../web/admin/login.html");
-const INDEX_HTML: &str = include_str!("../../../web/admin/index.html");
-pub(crate) const ADMIN_JS: &str = include_str!("../../../web/admin/admin.js");
-pub(crate) const ADMIN_CSS: &str = include_str!("../../../web/admin/admin.css");
+const LOGIN_HTML: &str = include_str!("../../../../web/admin/login.html");
+const INDEX_HTML: &str = include_str!("../../../../web/admin/index.html");
+pub(crate) const ADMIN_JS: &str = include_str!("../../../../web/admin/admin.js");
+pub(crate) const ADMIN_CSS: &str = include_str!("../../../../web/admin/admin.css");
 
 /// Escapes text for HTML element content and attribute values.
 pub(crate) fn html_escape(s: &str) -> String {
@@ -60,16 +60,22 @@ fn now_secs() -> i64 {
 }
 
 /// The operator session of the request, if it has a live one.
-async fn session(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<Option<OperatorSession>, ApiError> {
+async fn session(
+    state: &Arc<ServerState>,
+    headers: &HeaderMap,
+) -> Result<Option<OperatorSession>, ApiError> {
     let Some(token) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
     let hash = auth::token_hash(token);
-    blocking(hub, move |s| s.operator_session(&hash)).await
+    blocking(state, move |s| s.operator_session(&hash)).await
 }
 
-async fn require(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<OperatorSession, ApiError> {
-    session(hub, headers).await?.ok_or_else(|| {
+async fn require(
+    state: &Arc<ServerState>,
+    headers: &HeaderMap,
+) -> Result<OperatorSession, ApiError> {
+    session(state, headers).await?.ok_or_else(|| {
         ApiError(
             StatusCode::UNAUTHORIZED,
             "log in to the dashboard first (your session may have expired)".to_owned(),
@@ -79,9 +85,12 @@ async fn require(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<OperatorSession,
 
 /// For changes: a live session, a same-origin request, and the session's
 /// CSRF token in `X-CSRF-Token`.
-async fn require_change(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<OperatorSession, ApiError> {
-    check_origin(hub, headers)?;
-    let s = require(hub, headers).await?;
+async fn require_change(
+    state: &Arc<ServerState>,
+    headers: &HeaderMap,
+) -> Result<OperatorSession, ApiError> {
+    check_origin(state, headers)?;
+    let s = require(state, headers).await?;
     let sent = headers
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
@@ -96,7 +105,7 @@ async fn require_change(hub: &Arc<Hub>, headers: &HeaderMap) -> Result<OperatorS
     }
 }
 
-fn login_page(hub: &Hub, error: Option<&str>) -> Response {
+fn login_page(state: &ServerState, error: Option<&str>) -> Response {
     let token = auth::new_token();
     let error = error.map_or_else(String::new, |e| {
         format!("<p class=\"error\" role=\"alert\">{}</p>", html_escape(e))
@@ -107,7 +116,7 @@ fn login_page(hub: &Hub, error: Option<&str>) -> Response {
     let mut res = Html(page).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(hub, FORM_COOKIE, &token, PATH, "Strict", 3600),
+        set_cookie(state, FORM_COOKIE, &token, PATH, "Strict", 3600),
     );
     res
 }
@@ -119,11 +128,11 @@ pub(crate) struct PageQuery {
 
 /// `GET /_/admin`: the dashboard, or the login form.
 pub(crate) async fn page(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     axum::extract::Query(q): axum::extract::Query<PageQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    match session(&hub, &headers).await? {
+    match session(&state, &headers).await? {
         Some(s) => Ok(Html(
             INDEX_HTML
                 .replace("{{csrf}}", &html_escape(&s.csrf))
@@ -139,7 +148,7 @@ pub(crate) async fn page(
                 }
                 _ => None,
             };
-            Ok(login_page(&hub, error))
+            Ok(login_page(&state, error))
         }
     }
 }
@@ -153,35 +162,36 @@ pub(crate) struct LoginForm {
 
 /// `POST /_/admin/login`.
 pub(crate) async fn login(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
-    check_origin(&hub, &headers)?;
+    check_origin(&state, &headers)?;
     let expected = cookie(&headers, FORM_COOKIE).unwrap_or("");
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
         return Ok(Redirect::to("/_/admin?error=form").into_response());
     }
     let now = std::time::Instant::now();
-    if hub.login_throttle.wait(peer.ip(), now).is_some() {
+    if state.login_throttle.wait(peer.ip(), now).is_some() {
         return Ok(Redirect::to("/_/admin?error=throttled").into_response());
     }
     let name = form.name.trim().to_owned();
     let n2 = name.clone();
-    let stored = blocking(&hub, move |s| s.operator_password(&n2)).await?;
+    let stored = blocking(&state, move |s| s.operator_password(&n2)).await?;
     if !auth::verify_off_thread(form.password, stored).await {
-        hub.login_throttle
+        state
+            .login_throttle
             .failed(peer.ip(), std::time::Instant::now());
         tracing::warn!(%peer, "failed dashboard login");
         return Ok(Redirect::to("/_/admin?error=login").into_response());
     }
-    hub.login_throttle.succeeded(peer.ip());
+    state.login_throttle.succeeded(peer.ip());
     let token = auth::new_token();
     let hash = auth::token_hash(&token);
     let csrf = auth::new_token();
     let n2 = name.clone();
-    blocking(&hub, move |s| {
+    blocking(&state, move |s| {
         s.create_operator_session(&n2, &hash, &csrf, now_secs() + SESSION_SECS)
     })
     .await?;
@@ -190,11 +200,11 @@ pub(crate) async fn login(
     let h = res.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(&hub, SESSION_COOKIE, &token, PATH, "Strict", SESSION_SECS),
+        set_cookie(&state, SESSION_COOKIE, &token, PATH, "Strict", SESSION_SECS),
     );
     h.append(
         header::SET_COOKIE,
-        set_cookie(&hub, FORM_COOKIE, "", PATH, "Strict", 0),
+        set_cookie(&state, FORM_COOKIE, "", PATH, "Strict", 0),
     );
     Ok(res)
 }
@@ -206,23 +216,23 @@ pub(crate) struct LogoutForm {
 
 /// `POST /_/admin/logout`.
 pub(crate) async fn logout(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Result<Response, ApiError> {
-    check_origin(&hub, &headers)?;
+    check_origin(&state, &headers)?;
     if let (Some(s), Some(token)) = (
-        session(&hub, &headers).await?,
+        session(&state, &headers).await?,
         cookie(&headers, SESSION_COOKIE),
     ) && bool::from(s.csrf.as_bytes().ct_eq(form.csrf.as_bytes()))
     {
         let hash = auth::token_hash(token);
-        blocking(&hub, move |st| st.delete_operator_session(&hash)).await?;
+        blocking(&state, move |st| st.delete_operator_session(&hash)).await?;
     }
     let mut res = Redirect::to(PATH).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&hub, SESSION_COOKIE, "", PATH, "Strict", 0),
+        set_cookie(&state, SESSION_COOKIE, "", PATH, "Strict", 0),
     );
     Ok(res)
 }
@@ -242,14 +252,14 @@ pub(crate) async fn style() -> Response {
 }
 
 /// `GET /_/admin/api/state`: everything the dashboard shows.
-pub(crate) async fn state(
-    State(hub): State<Arc<Hub>>,
+pub(crate) async fn overview(
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let op = require(&hub, &headers).await?;
-    let (apps, keys) = blocking(&hub, |s| Ok((s.apps()?, s.keys(None)?))).await?;
-    let runtimes: HashMap<String, _> = hub.app_runtimes().into_iter().collect();
-    let live = hub.live_uplinks();
+    let op = require(&state, &headers).await?;
+    let (apps, keys) = blocking(&state, |s| Ok((s.apps()?, s.keys(None)?))).await?;
+    let runtimes: HashMap<String, _> = state.app_runtimes().into_iter().collect();
+    let live = state.live_uplinks();
     let apps: Vec<Value> = apps
         .iter()
         .map(|a| {
@@ -265,8 +275,8 @@ pub(crate) async fn state(
                 "created_at": a.created_at,
                 "anonymous_calls": a.anonymous_calls,
                 "signup": a.signup,
-                "site": crate::sites::site_dir(&hub.config.data_dir, &a.name).join("index.html").is_file(),
-                "url": format!("{}/app/{}/", hub.origin, a.name),
+                "site": crate::web::sites::site_dir(&state.config.data_dir, &a.name).join("index.html").is_file(),
+                "url": format!("{}/app/{}/", state.origin, a.name),
                 "sessions": rt.map_or(0, |r| r.browser_count()),
                 "functions": functions,
             })
@@ -285,14 +295,14 @@ pub(crate) async fn state(
                 "address": &*c.ip,
                 "protocol_version": c.protocol_version,
                 "connected_at_ms": c.connected_at_ms,
-                "last_seen_ms": hub.monitor.to_unix_ms(ferrolink_proto::Instant::from_millis(
+                "last_seen_ms": state.monitor.to_unix_ms(ferrolink_proto::Instant::from_millis(
                     c.last_seen.load(std::sync::atomic::Ordering::Relaxed),
                 )),
                 "functions": c.registered().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             })
         })
         .collect();
-    let last_seen = hub.last_seen();
+    let last_seen = state.last_seen();
     let keys: Vec<Value> = keys
         .iter()
         .map(|k| {
@@ -312,12 +322,12 @@ pub(crate) async fn state(
         .collect();
     Ok(Json(json!({
         "operator": op.name,
-        "origin": hub.origin,
+        "origin": state.origin,
         "apps": apps,
         "keys": keys,
         "devices": devices,
-        "calls": hub.monitor.recent_calls(),
-        "events": hub.monitor.recent_events(),
+        "calls": state.monitor.recent_calls(),
+        "events": state.monitor.recent_events(),
     })))
 }
 
@@ -331,11 +341,11 @@ fn encode_privilege(p: Privilege) -> &'static str {
 /// `GET /_/admin/api/live`: server-sent events `call`, `event` and
 /// `changed`.
 pub(crate) async fn live(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(&hub, &headers).await?;
-    let rx = hub.monitor.subscribe();
+    require(&state, &headers).await?;
+    let rx = state.monitor.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(Activity::Call(c)) => Event::default().event("call").json_data(&*c).ok()?,
@@ -362,11 +372,11 @@ pub(crate) struct NewKey {
 
 /// `POST /_/admin/api/keys`: creates a key; the secret is in this answer only.
 pub(crate) async fn create_key(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     Json(k): Json<NewKey>,
 ) -> Result<Json<Value>, ApiError> {
-    let op = require_change(&hub, &headers).await?;
+    let op = require_change(&state, &headers).await?;
     let privilege = crate::keys::parse_privilege(&k.privilege).ok_or_else(|| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -374,12 +384,12 @@ pub(crate) async fn create_key(
         )
     })?;
     let device = k.device.filter(|d| !d.trim().is_empty());
-    let (record, secret) = blocking(&hub, move |s| {
+    let (record, secret) = blocking(&state, move |s| {
         s.create_key(&k.app, privilege, device.as_deref())
     })
     .await?;
     tracing::info!(operator = %op.name, key = %record.id, app = %record.app, "key created from the dashboard");
-    hub.monitor.changed();
+    state.monitor.changed();
     Ok(Json(json!({ "id": record.id.0, "key": secret.expose() })))
 }
 
@@ -390,19 +400,19 @@ pub(crate) struct RevokeKey {
 
 /// `POST /_/admin/api/keys/revoke`: revokes a key and closes its connections.
 pub(crate) async fn revoke_key(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     Json(r): Json<RevokeKey>,
 ) -> Result<Json<Value>, ApiError> {
-    let op = require_change(&hub, &headers).await?;
-    let h2 = hub.clone();
-    let (record, closed) = blocking(&hub, move |s| {
+    let op = require_change(&state, &headers).await?;
+    let h2 = state.clone();
+    let (record, closed) = blocking(&state, move |s| {
         let record = s.revoke(&r.id)?;
         Ok((record, h2.refresh_keys()?))
     })
     .await?;
     tracing::info!(operator = %op.name, key = %record.id, closed, "key revoked from the dashboard");
-    hub.monitor.changed();
+    state.monitor.changed();
     Ok(Json(json!({ "id": record.id.0, "closed": closed })))
 }
 
@@ -413,13 +423,13 @@ pub(crate) struct NewApp {
 
 /// `POST /_/admin/api/apps`: creates an app.
 pub(crate) async fn create_app(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     Json(a): Json<NewApp>,
 ) -> Result<Json<Value>, ApiError> {
-    require_change(&hub, &headers).await?;
-    let app = blocking(&hub, move |s| s.create_app(&a.name)).await?;
-    hub.monitor.changed();
+    require_change(&state, &headers).await?;
+    let app = blocking(&state, move |s| s.create_app(&a.name)).await?;
+    state.monitor.changed();
     Ok(Json(json!({ "name": app.name })))
 }
 
@@ -432,16 +442,16 @@ pub(crate) struct AppSettings {
 
 /// `POST /_/admin/api/apps/settings`.
 pub(crate) async fn app_settings(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     Json(a): Json<AppSettings>,
 ) -> Result<Json<Value>, ApiError> {
-    require_change(&hub, &headers).await?;
-    let app = blocking(&hub, move |s| {
+    require_change(&state, &headers).await?;
+    let app = blocking(&state, move |s| {
         s.set_app(&a.name, a.anonymous_calls, a.signup)
     })
     .await?;
-    hub.monitor.changed();
+    state.monitor.changed();
     Ok(Json(
         json!({ "name": app.name, "anonymous_calls": app.anonymous_calls, "signup": app.signup }),
     ))
@@ -461,11 +471,11 @@ pub(crate) struct ConsoleCall {
 /// `POST /_/admin/api/call`: calls a function as the app's server would,
 /// and answers `{"response": ...}` or `{"error": {...}}`.
 pub(crate) async fn call(
-    State(hub): State<Arc<Hub>>,
+    State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     Json(c): Json<ConsoleCall>,
 ) -> Result<Json<Value>, ApiError> {
-    let op = require_change(&hub, &headers).await?;
+    let op = require_change(&state, &headers).await?;
     let bad = |what: &str| ApiError(StatusCode::BAD_REQUEST, what.to_owned());
     let args = if c.args.trim().is_empty() {
         "[]"
@@ -486,9 +496,9 @@ pub(crate) async fn call(
     if !kwargs.is_object() {
         return Err(bad("keyword arguments must be a JSON object"));
     }
-    let app = blocking(&hub, move |s| s.app(&c.app)).await?;
+    let app = blocking(&state, move |s| s.app(&c.app)).await?;
     let device = c.device.filter(|d| !d.is_empty());
-    let provider = match hub.app(&app.name).route(&c.function, device.as_deref()) {
+    let provider = match state.app(&app.name).route(&c.function, device.as_deref()) {
         Route::Provider(p) => p,
         Route::Stale | Route::Missing => {
             return Ok(Json(json!({ "error": {
@@ -497,9 +507,9 @@ pub(crate) async fn call(
             }})));
         }
     };
-    let console = Arc::new(ConnShared::new(
-        hub.next_conn_id(),
-        ConnSetup {
+    let console = Arc::new(Peer::new(
+        state.next_conn_id(),
+        PeerSetup {
             key_id: crate::keys::KeyId(String::new()),
             device: Some(format!("dashboard ({})", op.name)),
             privilege: Privilege::Server,
@@ -509,11 +519,11 @@ pub(crate) async fn call(
             app: app.name.clone(),
             browser: None,
         },
-        &hub.config.environment,
-        hub.config.max_queued_bytes,
-        hub.monitor.clone(),
+        &state.config.environment,
+        state.config.max_queued_bytes,
+        state.monitor.clone(),
     ));
-    let id = hub.next_call_id();
+    let id = state.next_call_id();
     let (args, kwargs) = (args.to_string(), kwargs.to_string());
     let mut frame = String::new();
     encode::call_with_tail(
@@ -535,19 +545,19 @@ pub(crate) async fn call(
     let forwarded = ForwardedCall {
         id,
         frame,
-        reply: ReplyTo::new(console.clone(), "1", &c.function, hub.now()),
+        reply: ReplyTo::new(console.clone(), "1", &c.function, state.now()),
         depth: 1,
         origin: None,
     };
     if let Err(closed) = provider.enqueue(Outbound::Call(Box::new(forwarded))) {
-        crate::conn::fail_queued_calls(
+        crate::calls::peer::fail_queued_calls(
             std::collections::VecDeque::from([closed.0]),
             "Uplink disconnected",
         );
     }
     // The provider's driver answers (or times the call out) by queueing a
     // frame on the console connection.
-    let wait = hub.config.call_timeout + Duration::from_secs(5);
+    let wait = state.config.call_timeout + Duration::from_secs(5);
     let answer = tokio::time::timeout(wait, async {
         loop {
             console.wake.notified().await;

@@ -22,11 +22,11 @@ use ferrolink_proto::message::{Call, Outcome, Reply};
 use ferrolink_proto::server::{Inbound, PeerAction, ServerSession, SessionTimeout};
 use ferrolink_proto::{Instant, error_type, wire};
 
-use crate::conn::{
-    BrowserSession, ConnSetup, ConnShared, ForwardedCall, Outbound, ReplyTo, fail_queued_calls,
+use crate::calls::peer::{
+    BrowserSession, ForwardedCall, Outbound, Peer, PeerSetup, ReplyTo, fail_queued_calls,
 };
-use crate::hub::Hub;
-use crate::router::{AppRuntime, Route, Target};
+use crate::calls::registry::{AppRuntime, Route, Target};
+use crate::state::ServerState;
 
 /// Deepest chain of nested calls (as the official server).
 const MAX_CALL_DEPTH: u8 = 10;
@@ -52,23 +52,23 @@ struct Pending {
     reply: ReplyTo,
     depth: u8,
     /// The browser session the call was made for (see `ForwardedCall`).
-    origin: Option<Arc<ConnShared>>,
+    origin: Option<Arc<Peer>>,
 }
 
 /// Runs one uplink connection to its end.
-pub(crate) async fn serve(hub: Arc<Hub>, ws: WebSocket, peer: SocketAddr) {
+pub(crate) async fn serve(state: Arc<ServerState>, ws: WebSocket, peer: SocketAddr) {
     let span = tracing::debug_span!("uplink", %peer);
-    run(hub, ws, peer).instrument(span).await;
+    run(state, ws, peer).instrument(span).await;
 }
 
-async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
-    let mut session = ServerSession::new(hub.config.session.clone(), hub.now());
-    let Some((record, library)) = authenticate(&hub, &mut ws, &mut session, peer).await else {
+async fn run(state: Arc<ServerState>, mut ws: WebSocket, peer: SocketAddr) {
+    let mut session = ServerSession::new(state.config.session.clone(), state.now());
+    let Some((record, library)) = authenticate(&state, &mut ws, &mut session, peer).await else {
         return;
     };
-    let shared = Arc::new(ConnShared::new(
-        hub.next_conn_id(),
-        ConnSetup {
+    let shared = Arc::new(Peer::new(
+        state.next_conn_id(),
+        PeerSetup {
             key_id: record.id.clone(),
             device: record.device.clone(),
             privilege: record.privilege,
@@ -78,11 +78,11 @@ async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
             app: record.app.clone(),
             browser: None,
         },
-        &hub.config.environment,
-        hub.config.max_queued_bytes,
-        hub.monitor.clone(),
+        &state.config.environment,
+        state.config.max_queued_bytes,
+        state.monitor.clone(),
     ));
-    hub.attach(&shared);
+    state.attach(&shared);
     tracing::info!(
         conn = shared.id,
         key = %record.id,
@@ -95,7 +95,7 @@ async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
     // The driver is built and run here rather than in a helper `async fn`
     // that takes the socket: a nested future would keep a second,
     // moved-from slot for the websocket in every idle connection.
-    let mut driver = Driver::new(hub, ws, session, shared);
+    let mut driver = Driver::new(state, ws, session, shared);
     let end = driver.run().await;
     driver.finish(end).await;
 }
@@ -104,7 +104,7 @@ async fn run(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
 /// authenticated by its cookie (or is anonymous) before the upgrade; it
 /// speaks the uplink protocol with client privilege, and receives events.
 pub(crate) async fn serve_browser(
-    hub: Arc<Hub>,
+    state: Arc<ServerState>,
     mut ws: WebSocket,
     peer: SocketAddr,
     app: String,
@@ -113,8 +113,8 @@ pub(crate) async fn serve_browser(
     let span = tracing::debug_span!("browser", %peer, app = %app);
     async move {
         let session = ServerSession::pre_authenticated(
-            hub.config.session.clone(),
-            hub.now(),
+            state.config.session.clone(),
+            state.now(),
             Privilege::Client,
             8,
         );
@@ -135,9 +135,9 @@ pub(crate) async fn serve_browser(
         if ws.send(WsMessage::Text(hello.into())).await.is_err() {
             return;
         }
-        let shared = Arc::new(ConnShared::new(
-            hub.next_conn_id(),
-            ConnSetup {
+        let shared = Arc::new(Peer::new(
+            state.next_conn_id(),
+            PeerSetup {
                 key_id: crate::keys::KeyId(String::new()),
                 device: None,
                 privilege: Privilege::Client,
@@ -147,14 +147,14 @@ pub(crate) async fn serve_browser(
                 app,
                 browser: Some(Box::new(browser)),
             },
-            &hub.config.environment,
-            hub.config.max_queued_bytes,
-            hub.monitor.clone(),
+            &state.config.environment,
+            state.config.max_queued_bytes,
+            state.monitor.clone(),
         ));
-        hub.app(&shared.app).add_browser(&shared);
-        hub.monitor.changed();
+        state.app(&shared.app).add_browser(&shared);
+        state.monitor.changed();
         tracing::debug!(conn = shared.id, "browser session opened");
-        let mut driver = Driver::new(hub, ws, session, shared);
+        let mut driver = Driver::new(state, ws, session, shared);
         let end = driver.run().await;
         driver.finish(end).await;
     }
@@ -193,21 +193,21 @@ fn close_reason(text: &str) -> String {
 }
 
 async fn authenticate(
-    hub: &Arc<Hub>,
+    state: &Arc<ServerState>,
     ws: &mut WebSocket,
     session: &mut ServerSession,
     peer: SocketAddr,
 ) -> Option<(crate::keys::KeyRecord, Option<String>)> {
-    let deadline = hub.to_tokio(session.poll_timeout()?);
+    let deadline = state.to_tokio(session.poll_timeout()?);
     loop {
         let msg = tokio::select! {
             m = ws.recv() => m,
             () = tokio::time::sleep_until(deadline) => {
-                let _ = session.handle_timeout(hub.now());
+                let _ = session.handle_timeout(state.now());
                 tracing::info!(%peer, "closing: no key message in time");
                 let text = format!(
                     "ferrolink: no key message within {} s; send {{\"key\": \"<uplink key>\", \"v\": 8}} first",
-                    hub.config.session.auth_timeout.as_secs()
+                    state.config.session.auth_timeout.as_secs()
                 );
                 send_fatal(ws, &text, CLOSE_POLICY).await;
                 return None;
@@ -216,7 +216,7 @@ async fn authenticate(
         let text = match msg {
             Some(Ok(WsMessage::Text(t))) => t,
             Some(Ok(WsMessage::Binary(_))) => {
-                session.handle_binary(hub.now());
+                session.handle_binary(state.now());
                 continue;
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
@@ -226,7 +226,7 @@ async fn authenticate(
                 return None;
             }
         };
-        let (key, library) = match session.handle_text(hub.now(), text.as_str()) {
+        let (key, library) = match session.handle_text(state.now(), text.as_str()) {
             Ok(Inbound::Hello(hello)) => (
                 hello.key.into_owned(),
                 hello
@@ -245,13 +245,13 @@ async fn authenticate(
         let key_id = crate::keys::Secret::new(key.as_str())
             .id()
             .map_or_else(|| "-".to_owned(), |id| id.0);
-        return match hub.authenticate(&key, peer.ip()).await {
+        return match state.authenticate(&key, peer.ip()).await {
             Ok(record) => {
                 session.accept(record.privilege);
                 let mut frame = String::new();
                 let app = AppInfo {
                     id: &record.app,
-                    environment: &hub.config.environment,
+                    environment: &state.config.environment,
                 };
                 encode::auth_ok(&mut frame, record.privilege, &app);
                 if ws.send(WsMessage::Text(frame.into())).await.is_err() {
@@ -270,10 +270,10 @@ async fn authenticate(
 }
 
 struct Driver {
-    hub: Arc<Hub>,
+    state: Arc<ServerState>,
     ws: WebSocket,
     session: ServerSession,
-    shared: Arc<ConnShared>,
+    shared: Arc<Peer>,
     app: Arc<AppRuntime>,
     pending: CallTable<Pending>,
     inbox: VecDeque<Outbound>,
@@ -282,11 +282,16 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(hub: Arc<Hub>, ws: WebSocket, session: ServerSession, shared: Arc<ConnShared>) -> Self {
+    fn new(
+        state: Arc<ServerState>,
+        ws: WebSocket,
+        session: ServerSession,
+        shared: Arc<Peer>,
+    ) -> Self {
         Self {
-            app: hub.app(&shared.app),
-            pending: CallTable::new(hub.config.max_pending_calls.saturating_mul(4).max(16)),
-            hub,
+            app: state.app(&shared.app),
+            pending: CallTable::new(state.config.max_pending_calls.saturating_mul(4).max(16)),
+            state,
             ws,
             session,
             shared,
@@ -297,7 +302,7 @@ impl Driver {
 
     async fn run(&mut self) -> End {
         let mut armed = self.next_deadline();
-        let sleep = tokio::time::sleep_until(self.hub.to_tokio(armed));
+        let sleep = tokio::time::sleep_until(self.state.to_tokio(armed));
         tokio::pin!(sleep);
         loop {
             let step = tokio::select! {
@@ -320,7 +325,7 @@ impl Driver {
             let next = self.next_deadline();
             if next < armed {
                 armed = next;
-                sleep.as_mut().reset(self.hub.to_tokio(next));
+                sleep.as_mut().reset(self.state.to_tokio(next));
             }
         }
     }
@@ -370,7 +375,7 @@ impl Driver {
     async fn on_wake(&mut self) -> Result<(), End> {
         let mut inbox = std::mem::take(&mut self.inbox);
         self.shared.take_queued(&mut inbox);
-        let now = self.hub.now();
+        let now = self.state.now();
         let mut result = Ok(());
         while let Some(item) = inbox.pop_front() {
             if let Err(end) = self.on_outbound(now, item).await {
@@ -400,7 +405,7 @@ impl Driver {
                     depth,
                     origin,
                 } = *call;
-                let deadline = now + self.hub.config.call_timeout;
+                let deadline = now + self.state.config.call_timeout;
                 match self.pending.insert(
                     CallId(id),
                     deadline,
@@ -427,7 +432,7 @@ impl Driver {
         first: Option<Result<WsMessage, axum::Error>>,
     ) -> Result<(), End> {
         // One clock read per batch: frames read together arrived together.
-        let now = self.hub.now();
+        let now = self.state.now();
         self.shared
             .last_seen
             .store(now.as_millis(), std::sync::atomic::Ordering::Relaxed);
@@ -461,7 +466,7 @@ impl Driver {
                 Ok(())
             }
             Some(Ok(WsMessage::Close(_))) | None => Err(End::PeerGone),
-            Some(Err(e)) => Err(classify_ws_error(&e, self.hub.config.max_frame_bytes)),
+            Some(Err(e)) => Err(classify_ws_error(&e, self.state.config.max_frame_bytes)),
         }
     }
 
@@ -488,7 +493,7 @@ impl Driver {
                     tracing::debug!(conn = self.shared.id, name = %name, "registered");
                     registered.push(name.into());
                     drop(registered);
-                    self.hub.monitor.changed();
+                    self.state.monitor.changed();
                 }
                 Ok(())
             }
@@ -593,7 +598,7 @@ impl Driver {
         {
             return self.reply_error(id, error_type::SERIALIZATION, &msg).await;
         }
-        let limit = self.hub.config.max_pending_calls;
+        let limit = self.state.config.max_pending_calls;
         if self
             .shared
             .in_flight
@@ -605,7 +610,7 @@ impl Driver {
             );
             return self.reply_error(id, error_type::QUOTA_EXCEEDED, &msg).await;
         }
-        let call_id = self.hub.next_call_id();
+        let call_id = self.state.next_call_id();
         let mut frame = String::new();
         let outgoing = OutgoingCall {
             id: call_id,
@@ -653,7 +658,7 @@ impl Driver {
 
     /// The browser session a call made now (from inside `outer`, if set)
     /// acts for: this connection itself when it is a browser session.
-    fn call_origin(&self, outer: Option<&Pending>) -> Option<Arc<ConnShared>> {
+    fn call_origin(&self, outer: Option<&Pending>) -> Option<Arc<Peer>> {
         if self.shared.browser.is_some() {
             Some(self.shared.clone())
         } else {
@@ -727,7 +732,7 @@ impl Driver {
             &mut frame,
             format_args!(
                 "{{\"id\":\"evt{}\",\"event\":{{\"name\":",
-                self.hub.next_call_id()
+                self.state.next_call_id()
             ),
         );
         ferrolink_proto::push_str_literal(&mut frame, &name);
@@ -740,7 +745,7 @@ impl Driver {
                 delivered += 1;
             }
         }
-        self.hub.monitor.event(
+        self.state.monitor.event(
             &self.shared.app,
             &self.shared.label,
             &name,
@@ -796,7 +801,7 @@ impl Driver {
                 ),
             ));
         };
-        Ok(match self.hub.trust_bundle() {
+        Ok(match self.state.trust_bundle() {
             Some(b) if have.is_none_or(|h| b.sequence > h) => b.reply.clone(),
             _ => "null".to_owned(),
         })
@@ -815,8 +820,8 @@ impl Driver {
                 Ok(args) => Err(("TypeError", wrong_arity(args.len(), "anvil.private.echo"))),
                 Err(_) => Err(("TypeError", wrong_arity(0, "anvil.private.echo"))),
             },
-            "anvil.private.get_app_origin" => Ok(string(&self.hub.origin)),
-            "anvil.private.get_api_origin" => Ok(string(&format!("{}/_/api", self.hub.origin))),
+            "anvil.private.get_app_origin" => Ok(string(&self.state.origin)),
+            "anvil.private.get_api_origin" => Ok(string(&format!("{}/_/api", self.state.origin))),
             // The user of the browser session the call acts for (directly,
             // or through the call-stack-id of the call it is nested in).
             "anvil.private.users.get_current_user_email" => {
@@ -897,12 +902,12 @@ impl Driver {
     }
 
     fn on_timer(&mut self) -> Result<(), End> {
-        let now = self.hub.now();
+        let now = self.state.now();
         if let Some(why) = self.session.handle_timeout(now) {
             let text = match why {
                 SessionTimeout::Idle => format!(
                     "ferrolink: nothing received for {} s (heartbeats stopped); closing",
-                    self.hub.config.session.idle_timeout.as_secs()
+                    self.state.config.session.idle_timeout.as_secs()
                 ),
                 SessionTimeout::NoKey => "ferrolink: no key message in time".to_owned(),
             };
@@ -911,7 +916,7 @@ impl Driver {
                 code: CLOSE_POLICY,
             });
         }
-        let timeout = self.hub.config.call_timeout;
+        let timeout = self.state.config.call_timeout;
         while let Some((_, p)) = self.pending.expire(now) {
             let who = match &self.shared.device {
                 Some(d) => format!("device \"{d}\""),
@@ -940,7 +945,7 @@ impl Driver {
             .unregister_all(&self.shared, &self.shared.registered());
         if self.shared.browser.is_some() {
             self.app.remove_browser(&self.shared);
-            self.hub.monitor.changed();
+            self.state.monitor.changed();
         }
         let queued = self.shared.shut(&lost);
         fail_queued_calls(queued, &lost);
@@ -951,7 +956,7 @@ impl Driver {
             p.reply.fail(error_type::UPLINK_DISCONNECTED, &lost);
         }
         if self.shared.browser.is_none() {
-            self.hub.detach(&self.shared);
+            self.state.detach(&self.shared);
         }
         tracing::info!(
             conn = self.shared.id,

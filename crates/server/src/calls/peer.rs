@@ -44,13 +44,13 @@ pub(crate) struct ForwardedCall {
     /// The browser session this call was made for, directly or through
     /// nested calls: its user is the call's user, and events raised inside
     /// the call go to it.
-    pub(crate) origin: Option<Arc<ConnShared>>,
+    pub(crate) origin: Option<Arc<Peer>>,
 }
 
 /// The caller of a forwarded call. Dropping it (answered or not) releases
 /// the caller's in-flight slot, so the count can never leak.
 pub(crate) struct ReplyTo {
-    pub(crate) caller: Arc<ConnShared>,
+    pub(crate) caller: Arc<Peer>,
     /// The caller's id literal followed by the function name, in one
     /// allocation (this is on the path of every call).
     id_and_command: Box<str>,
@@ -61,12 +61,7 @@ pub(crate) struct ReplyTo {
 
 impl ReplyTo {
     /// Takes one of `caller`'s in-flight slots, released when this is dropped.
-    pub(crate) fn new(
-        caller: Arc<ConnShared>,
-        caller_id: &str,
-        command: &str,
-        started: Instant,
-    ) -> Self {
+    pub(crate) fn new(caller: Arc<Peer>, caller_id: &str, command: &str, started: Instant) -> Self {
         caller.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut both = String::with_capacity(caller_id.len() + command.len());
         both.push_str(caller_id);
@@ -137,7 +132,7 @@ pub(crate) struct BrowserSession {
 }
 
 /// Who a connection is, as known when it was accepted.
-pub(crate) struct ConnSetup {
+pub(crate) struct PeerSetup {
     pub(crate) key_id: KeyId,
     pub(crate) device: Option<String>,
     pub(crate) privilege: Privilege,
@@ -149,7 +144,7 @@ pub(crate) struct ConnSetup {
 }
 
 /// The shared part of an authenticated connection.
-pub(crate) struct ConnShared {
+pub(crate) struct Peer {
     /// Server-wide connection number.
     pub(crate) id: u64,
     /// The key it authenticated with (empty for browser sessions).
@@ -196,10 +191,10 @@ pub(crate) struct ConnShared {
 /// The connection is closed (or closing); nothing more can be queued.
 pub(crate) struct Closed(pub(crate) Outbound);
 
-impl ConnShared {
+impl Peer {
     pub(crate) fn new(
         id: u64,
-        setup: ConnSetup,
+        setup: PeerSetup,
         environment: &str,
         max_queued_bytes: usize,
         monitor: Arc<Monitor>,

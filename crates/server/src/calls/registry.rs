@@ -13,19 +13,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use regex::Regex;
 
-use crate::conn::ConnShared;
+use crate::calls::peer::Peer;
 
 /// Most names remembered as "stale" per app (names whose last provider left).
 const MAX_STALE: usize = 4096;
 
 #[derive(Default)]
 struct Providers {
-    conns: Vec<Arc<ConnShared>>,
+    conns: Vec<Arc<Peer>>,
     next: AtomicUsize,
 }
 
 impl Providers {
-    fn pick(&self, device: Option<&str>) -> Option<Arc<ConnShared>> {
+    fn pick(&self, device: Option<&str>) -> Option<Arc<Peer>> {
         match device {
             Some(d) => self
                 .conns
@@ -60,7 +60,7 @@ struct Registry {
 /// The result of looking a name up.
 pub(crate) enum Route {
     /// Send the call here.
-    Provider(Arc<ConnShared>),
+    Provider(Arc<Peer>),
     /// Only a provider that has since disconnected matched.
     Stale,
     /// Nothing matches.
@@ -75,7 +75,7 @@ pub(crate) struct InvalidName;
 pub(crate) struct AppRuntime {
     registry: RwLock<Registry>,
     /// Open browser sessions, for events.
-    browsers: std::sync::Mutex<Vec<Arc<ConnShared>>>,
+    browsers: std::sync::Mutex<Vec<Arc<Peer>>>,
 }
 
 /// Which browser sessions an event goes to.
@@ -100,17 +100,17 @@ impl AppRuntime {
         }
     }
 
-    fn browsers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ConnShared>>> {
+    fn browsers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Peer>>> {
         self.browsers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records an open browser session.
-    pub(crate) fn add_browser(&self, conn: &Arc<ConnShared>) {
+    pub(crate) fn add_browser(&self, conn: &Arc<Peer>) {
         self.browsers().push(conn.clone());
     }
 
     /// Forgets a closed browser session.
-    pub(crate) fn remove_browser(&self, conn: &ConnShared) {
+    pub(crate) fn remove_browser(&self, conn: &Peer) {
         self.browsers().retain(|c| c.id != conn.id);
     }
 
@@ -127,7 +127,7 @@ impl AppRuntime {
     }
 
     /// The open browser sessions `target` names.
-    pub(crate) fn browsers_for(&self, target: &Target<'_>) -> Vec<Arc<ConnShared>> {
+    pub(crate) fn browsers_for(&self, target: &Target<'_>) -> Vec<Arc<Peer>> {
         let browsers = self.browsers();
         browsers
             .iter()
@@ -177,7 +177,7 @@ impl AppRuntime {
 
     /// Registers `name` for `conn`. Registering the same name twice on one
     /// connection is a no-op.
-    pub(crate) fn register(&self, conn: &Arc<ConnShared>, name: &str) -> Result<(), InvalidName> {
+    pub(crate) fn register(&self, conn: &Arc<Peer>, name: &str) -> Result<(), InvalidName> {
         let regex = if is_pattern(name) {
             Some(Regex::new(&format!("^(?:{name})$")).map_err(|_| InvalidName)?)
         } else {
@@ -209,7 +209,7 @@ impl AppRuntime {
     }
 
     /// Removes every registration of `conn` (it closed).
-    pub(crate) fn unregister_all(&self, conn: &ConnShared, names: &[Box<str>]) {
+    pub(crate) fn unregister_all(&self, conn: &Peer, names: &[Box<str>]) {
         let mut reg = self.write();
         let mut gone = Vec::new();
         for name in names {

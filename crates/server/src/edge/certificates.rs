@@ -27,7 +27,7 @@ pub enum TlsSetting {
     /// [`crate::ServerConfig::dev_tls_names`].
     Dev,
     /// Certificates issued and renewed automatically over ACME.
-    Acme(crate::acme::AcmeSetting),
+    Acme(crate::edge::acme::AcmeSetting),
 }
 
 /// A certificate problem, with the file and what to do.
