@@ -1,5 +1,5 @@
 //! The task that owns the connection: a loop around the sans-IO
-//! `ClientConnection`, plus the supervisor that reconnects.
+//! `ClientSession`, plus the supervisor that reconnects.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +13,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use ferrolink_proto::calls::CallId;
-use ferrolink_proto::client::{
-    CallResult, ClientConfig, ClientConnection, ClientEvent, CloseReason, IncomingCall,
-    LocalFailure,
+use ferrolink_proto::client_session::{
+    CallResult, ClientConfig, ClientEvent, ClientSession, CloseReason, IncomingCall, LocalFailure,
 };
 use ferrolink_proto::{Instant, wire};
 
@@ -78,7 +77,7 @@ impl Clock {
 /// An authenticated connection.
 pub(crate) struct Link {
     ws: Ws,
-    conn: ClientConnection,
+    conn: ClientSession,
     clock: Clock,
     /// Calls that arrived while `connect` was still reading replies of its
     /// own; `run` dispatches them first.
@@ -212,7 +211,7 @@ async fn handshake(settings: &Settings) -> Result<Link, ConnectError> {
     config.heartbeat_interval = settings.heartbeat_interval;
     config.heartbeat_timeout = settings.heartbeat_timeout;
     config.max_pending = settings.max_pending;
-    let mut conn = ClientConnection::new(config, clock.now());
+    let mut conn = ClientSession::new(config, clock.now());
     for name in settings.handlers.keys() {
         conn.register(name);
     }

@@ -66,7 +66,7 @@ impl ConnectError {
 
     /// Classifies a fatal error text sent by the server during the handshake.
     pub(crate) fn from_fatal(text: &str) -> Self {
-        let kind = if text == ferrolink_proto::server::INCORRECT_KEY {
+        let kind = if text == ferrolink_proto::server_session::INCORRECT_KEY {
             ConnectErrorKind::BadKey
         } else if text.contains("was revoked") {
             ConnectErrorKind::RevokedKey

@@ -18,7 +18,7 @@
 //!
 //! Where to start: [`Session::connect`], then [`Session::serve_until`] and
 //! [`Session::call`] in a loop; reconnect with a [`Backoff`] when they fail.
-//! The protocol state lives in the sans-IO [`conn::Connection`].
+//! The protocol state lives in the sans-IO [`protocol::Connection`].
 //!
 //! ```no_run
 //! # async fn demo<T: ferrolink_device::Transport, C: ferrolink_device::Clock>(io: T, clock: C) {
@@ -66,9 +66,9 @@
 #[cfg(test)]
 extern crate std;
 
-pub mod conn;
 pub mod json;
 pub mod message;
+pub mod protocol;
 mod session;
 pub mod time;
 #[cfg(feature = "tls")]

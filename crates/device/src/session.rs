@@ -15,9 +15,9 @@ use embassy_futures::select::{Either, select};
 use embedded_io_async::{Read, Write};
 use ferrolink_proto::{Instant, error_type, wire};
 
-use crate::conn::{Busy, ConnError, Connection, Due, Event, ShortText, Timing};
 use crate::json::{self, JsonError, Writer};
 use crate::message::{self, CallIn};
+use crate::protocol::{Busy, ConnError, Connection, Due, Event, ShortText, Timing};
 #[cfg(feature = "tls")]
 use crate::trust::{TrustStore, TrustUpdate, TrustUpdateError};
 use crate::ws::{self, FrameError, HandshakeError, MAX_HEADER, Opcode};
@@ -359,9 +359,9 @@ fn io_err<E: embedded_io::Error>(e: E) -> SessionError {
 /// A tiny PRNG for websocket masks and the handshake nonce (neither is a
 /// secret; masking exists for proxies, not confidentiality).
 #[derive(Debug)]
-struct Mask(u64);
+struct MaskRng(u64);
 
-impl Mask {
+impl MaskRng {
     fn next(&mut self) -> u32 {
         // xorshift64*
         self.0 ^= self.0 >> 12;
@@ -380,7 +380,7 @@ struct Link<'b, T> {
     rx_len: usize,
     /// Bytes at the start of `rx` that were handled and go before the next read.
     consumed: usize,
-    mask: Mask,
+    mask: MaskRng,
 }
 
 impl<T: Transport> Link<'_, T> {
@@ -446,7 +446,7 @@ impl<T: Transport> Link<'_, T> {
 }
 
 /// What one step of the session produced.
-enum Step {
+enum Progress {
     Nothing,
     Authenticated,
     /// A call finished; its outcome is `rx[start..end]`.
@@ -496,7 +496,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
             tx: &mut buffers.tx,
             rx_len: 0,
             consumed: 0,
-            mask: Mask(seed | 1),
+            mask: MaskRng(seed | 1),
         };
         let mut nonce = [0u8; 16];
         for chunk in nonce.chunks_mut(4) {
@@ -536,7 +536,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
             functions: config.functions,
         };
         loop {
-            if let Step::Authenticated = session.step(&mut Unreachable, None).await? {
+            if let Progress::Authenticated = session.step(&mut Unreachable, None).await? {
                 return Ok(session);
             }
         }
@@ -589,7 +589,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
             .await?;
         loop {
             match self.step(handler, None).await? {
-                Step::Completed {
+                Progress::Completed {
                     id: done,
                     ok,
                     start,
@@ -607,7 +607,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
                         Err(CallError::Remote(ShortText::from_json(message)))
                     };
                 }
-                Step::TimedOut(done) if done == id => return Err(CallError::Timeout),
+                Progress::TimedOut(done) if done == id => return Err(CallError::Timeout),
                 _ => {}
             }
         }
@@ -679,21 +679,21 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
         &mut self,
         handler: &mut H,
         until: Option<Instant>,
-    ) -> Result<Step, SessionError> {
+    ) -> Result<Progress, SessionError> {
         let due = self.conn.poll_timeout();
         let wake = until.map_or(due, |u| u.min(due));
         let Some(h) = self.link.next_frame(&self.clock, wake).await? else {
             let now = self.clock.now();
             return match self.conn.handle_timeout(now).map_err(SessionError::Conn)? {
-                Due::Nothing => Ok(Step::Nothing),
-                Due::CallTimedOut(id) => Ok(Step::TimedOut(id)),
+                Due::Nothing => Ok(Progress::Nothing),
+                Due::CallTimedOut(id) => Ok(Progress::TimedOut(id)),
                 Due::Heartbeat(id) => {
                     self.link
                         .send_json(|w| {
                             message::call(w, id, wire::ECHO_COMMAND, wire::HEARTBEAT_ARGS, "{}")
                         })
                         .await?;
-                    Ok(Step::Nothing)
+                    Ok(Progress::Nothing)
                 }
             };
         };
@@ -701,7 +701,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
         self.link.consumed = end;
         match h.opcode {
             // parse_frame refuses fragments, so no continuation arrives here.
-            Opcode::Binary | Opcode::Pong | Opcode::Continuation => Ok(Step::Nothing),
+            Opcode::Binary | Opcode::Pong | Opcode::Continuation => Ok(Progress::Nothing),
             Opcode::Close => {
                 let _ = self.link.send_frame(Opcode::Close, 0).await;
                 Err(SessionError::Closed)
@@ -716,7 +716,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
                     .ok_or(SessionError::TxFull(cap))?;
                 dst.copy_from_slice(&self.link.rx[start..end]);
                 self.link.send_frame(Opcode::Pong, len).await?;
-                Ok(Step::Nothing)
+                Ok(Progress::Nothing)
             }
             Opcode::Text => self.on_text(handler, start, end).await,
         }
@@ -727,7 +727,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
         handler: &mut H,
         start: usize,
         end: usize,
-    ) -> Result<Step, SessionError> {
+    ) -> Result<Progress, SessionError> {
         let Link { rx, tx, .. } = &mut self.link;
         let text = core::str::from_utf8(&rx[start..end]).map_err(|_| SessionError::NotUtf8)?;
         let now = self.clock.now();
@@ -736,12 +736,12 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
             .handle_text(now, text)
             .map_err(SessionError::Conn)?
         {
-            Event::Nothing => Ok(Step::Nothing),
+            Event::Nothing => Ok(Progress::Nothing),
             Event::Authenticated => {
                 for name in self.functions {
                     self.link.send_json(|w| message::register(w, name)).await?;
                 }
-                Ok(Step::Authenticated)
+                Ok(Progress::Authenticated)
             }
             Event::Completed { id, outcome } => {
                 let (ok, raw) = match outcome {
@@ -750,7 +750,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
                 };
                 // `raw` points into `rx`; keep its position, not the borrow.
                 let at = raw.as_ptr() as usize - rx.as_ptr() as usize;
-                Ok(Step::Completed {
+                Ok(Progress::Completed {
                     id,
                     ok,
                     start: at,
@@ -764,7 +764,7 @@ impl<'b, T: Transport, C: Clock> Session<'b, T, C> {
                     .await
                     .ok_or(SessionError::TxFull(cap))?;
                 self.link.send_frame(Opcode::Text, len).await?;
-                Ok(Step::Nothing)
+                Ok(Progress::Nothing)
             }
         }
     }

@@ -49,7 +49,7 @@ use pki_types::{
 use rand_core::CryptoRngCore;
 use sha2::{Digest as _, Sha256};
 
-use crate::conn::ShortText;
+use crate::protocol::ShortText;
 use crate::session::{ReadGuard, Security, Transport};
 use crate::time::{TimeError, TrustedTime};
 use crate::trust::TrustBundle;
@@ -568,7 +568,7 @@ impl<R: CryptoRngCore> CryptoProvider for &mut Provider<'_, R> {
 pub struct TlsBuffers<const READ: usize, const WRITE: usize> {
     read: [u8; READ],
     write: [u8; WRITE],
-    /// Set while a TLS record is part-way read (see [`Gate`]).
+    /// Set while a TLS record is part-way read (see [`RecordGate`]).
     mid_record: Cell<bool>,
 }
 
@@ -591,7 +591,7 @@ impl<const READ: usize, const WRITE: usize> TlsBuffers<READ, WRITE> {
 /// (so a read dropped while waiting for one loses nothing) and flags the
 /// time between handing out a header and the last byte of its body, during
 /// which the session does not drop a read ([`TlsGuard`]).
-struct Gate<'a, S> {
+struct RecordGate<'a, S> {
     socket: S,
     mid_record: &'a Cell<bool>,
     header: [u8; 5],
@@ -600,11 +600,11 @@ struct Gate<'a, S> {
     body_left: usize,
 }
 
-impl<S: embedded_io::ErrorType> embedded_io::ErrorType for Gate<'_, S> {
+impl<S: embedded_io::ErrorType> embedded_io::ErrorType for RecordGate<'_, S> {
     type Error = S::Error;
 }
 
-impl<S: Read> Read for Gate<'_, S> {
+impl<S: Read> Read for RecordGate<'_, S> {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, S::Error> {
         if buf.is_empty() {
             return Ok(0);
@@ -639,7 +639,7 @@ impl<S: Read> Read for Gate<'_, S> {
     }
 }
 
-impl<S: Write> Write for Gate<'_, S> {
+impl<S: Write> Write for RecordGate<'_, S> {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, S::Error> {
         self.socket.write(buf).await
     }
@@ -668,7 +668,7 @@ impl<const READ: usize, const WRITE: usize> Default for TlsBuffers<READ, WRITE> 
 /// A TLS session whose server passed every check of the module docs; the
 /// only [`Transport`] that reports [`Security::VerifiedTls`].
 pub struct TlsStream<'a, S: Read + Write + 'a> {
-    inner: TlsConnection<'a, Gate<'a, S>, Aes128GcmSha256>,
+    inner: TlsConnection<'a, RecordGate<'a, S>, Aes128GcmSha256>,
     mid_record: &'a Cell<bool>,
     _proof: ServerProof,
 }
@@ -775,7 +775,7 @@ pub async fn connect<
     } = buffers;
     let mid_record: &'a Cell<bool> = mid_record;
     mid_record.set(false);
-    let gate = Gate {
+    let gate = RecordGate {
         socket,
         mid_record,
         header: [0; 5],

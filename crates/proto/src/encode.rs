@@ -7,6 +7,7 @@ use alloc::string::String;
 use core::fmt::Write as _;
 
 use crate::json::push_str_literal;
+use crate::message::Privilege;
 
 /// The identity of the app a connection belongs to, as both official
 /// clients need it in the auth reply (`app-info`).
@@ -26,33 +27,6 @@ pub fn push_app_info(out: &mut String, app: &AppInfo<'_>) {
     out.push_str(",\"branch\":null,\"environment\":{\"description\":");
     push_str_literal(out, app.environment);
     out.push_str(",\"tags\":[]}}");
-}
-
-/// Which privilege a key grants, as named on the wire (`priv`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Privilege {
-    /// May register functions and call anything (`"uplink"`).
-    Server,
-    /// Acts like a browser: may only call (`"client"`).
-    Client,
-}
-
-impl Privilege {
-    /// The `priv` value of the auth reply.
-    pub fn wire_name(self) -> &'static str {
-        match self {
-            Self::Server => "uplink",
-            Self::Client => "client",
-        }
-    }
-
-    /// The call-stack frame type a call from this privilege carries.
-    pub fn frame_type(self) -> &'static str {
-        match self {
-            Self::Server => "uplink",
-            Self::Client => "client-uplink",
-        }
-    }
 }
 
 /// `{"auth":"OK","priv":…,"app-info":{…}}`.

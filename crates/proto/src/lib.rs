@@ -9,8 +9,8 @@
 //! - [`codec::decode`] turns one text frame into a borrowed [`Message`];
 //!   values the router does not inspect stay raw JSON.
 //! - [`encode`] writes frames; forwarded values are copied, not re-encoded.
-//! - [`server::ServerSession`] checks what one uplink may send, and when.
-//! - [`client::ClientConnection`] is the client side: key, registrations,
+//! - [`server_session::ServerSession`] checks what one uplink may send, and when.
+//! - [`client_session::ClientSession`] is the client side: key, registrations,
 //!   calls with deadlines, heartbeat.
 //! - [`calls::CallTable`] tracks calls in flight with their deadlines.
 //!
@@ -47,11 +47,13 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "alloc")]
+pub mod admission;
 pub mod backoff;
 #[cfg(feature = "alloc")]
 pub mod calls;
 #[cfg(feature = "alloc")]
-pub mod client;
+pub mod client_session;
 #[cfg(feature = "alloc")]
 pub mod codec;
 #[cfg(feature = "alloc")]
@@ -64,7 +66,7 @@ pub mod message;
 pub mod revocation;
 pub mod roughtime;
 #[cfg(feature = "alloc")]
-pub mod server;
+pub mod server_session;
 pub mod sntp;
 mod time;
 pub mod trust;

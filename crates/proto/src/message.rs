@@ -176,3 +176,30 @@ pub enum Outcome<'a> {
     /// The raw JSON error object (`{"type":…,"message":…,"trace":…}`).
     Error(&'a RawValue),
 }
+
+/// Which privilege a key grants, as named on the wire (`priv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// May register functions and call anything (`"uplink"`).
+    Server,
+    /// Acts like a browser: may only call (`"client"`).
+    Client,
+}
+
+impl Privilege {
+    /// The `priv` value of the auth reply.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Self::Server => "uplink",
+            Self::Client => "client",
+        }
+    }
+
+    /// The call-stack frame type a call from this privilege carries.
+    pub fn frame_type(self) -> &'static str {
+        match self {
+            Self::Server => "uplink",
+            Self::Client => "client-uplink",
+        }
+    }
+}

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use ferrolink_proto::calls::{CallId, CallTable};
 use ferrolink_proto::codec::{DecodeLimits, decode};
-use ferrolink_proto::encode::{self, Privilege};
-use ferrolink_proto::server::{Inbound, ServerSession, SessionConfig};
+use ferrolink_proto::encode;
+use ferrolink_proto::message::Privilege;
+use ferrolink_proto::server_session::{Inbound, ServerSession, SessionConfig};
 use ferrolink_proto::{Instant, Message};
 use proptest::prelude::*;
 use serde_json::Value;

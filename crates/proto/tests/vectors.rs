@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use ferrolink_proto::Message;
 use ferrolink_proto::codec::{DecodeLimits, decode};
-use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall, Privilege};
+use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall};
 use ferrolink_proto::message::Outcome;
+use ferrolink_proto::message::Privilege;
 use serde_json::{Value, json};
 
 fn load(name: &str) -> Value {

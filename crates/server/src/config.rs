@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferrolink_proto::server::SessionConfig;
+use ferrolink_proto::server_session::SessionConfig;
 
 use crate::edge::certificates::TlsSetting;
 

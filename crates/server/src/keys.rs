@@ -13,7 +13,7 @@ use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use ferrolink_proto::encode::Privilege;
+use ferrolink_proto::message::Privilege;
 
 const PREFIX: &str = "flk_";
 const ID_LEN: usize = 10;

@@ -18,7 +18,7 @@
 //!
 //! Where to look: [`storage`] (SQLite: apps and keys), [`keys`] (key shape,
 //! hashing), `router` (who provides which function), `uplink` (one
-//! connection's driver around `ferrolink_proto::server::ServerSession`).
+//! connection's driver around `ferrolink_proto::server_session::ServerSession`).
 //!
 //! TLS: [`tls::TlsSetting`] (certificate files reloaded on change, a
 //! generated development CA, or ACME). Web apps: [`sites`] (deployed front
@@ -46,7 +46,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use config::ServerConfig;
-pub use ferrolink_proto::server::SessionConfig;
+pub use ferrolink_proto::server_session::SessionConfig;
 
 use crate::state::ServerState;
 use crate::storage::{Store, StoreError};

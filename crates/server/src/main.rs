@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ferrolink::keys::{parse_privilege, privilege_name};
 use ferrolink::storage::Store;
 use ferrolink::{Server, ServerConfig};
-use ferrolink_proto::encode::Privilege;
+use ferrolink_proto::message::Privilege;
 
 /// ferrolink: connect microcontrollers and computers to web apps.
 #[derive(Parser)]

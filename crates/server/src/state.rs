@@ -17,7 +17,7 @@ use crate::storage::{Store, StoreError};
 /// Why a key was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
-    #[error("{}", ferrolink_proto::server::INCORRECT_KEY)]
+    #[error("{}", ferrolink_proto::server_session::INCORRECT_KEY)]
     Incorrect,
     #[error("uplink key {id} was revoked on {}; create a new key with `ferrolink key create`", format_date(*at))]
     Revoked { id: KeyId, at: i64 },

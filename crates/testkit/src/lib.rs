@@ -28,7 +28,7 @@ use std::path::Path;
 
 use ferrolink::storage::Store;
 use ferrolink::{Server, ServerConfig};
-use ferrolink_proto::encode::Privilege;
+use ferrolink_proto::message::Privilege;
 
 pub use ferrolink::tls::TlsSetting;
 pub use raw::RawClient;

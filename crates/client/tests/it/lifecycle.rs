@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use ferrolink_client::{
     CallErrorKind, Client, ConnectErrorKind, HandlerError, ReconnectPolicy, Status,
 };
-use ferrolink_proto::encode::Privilege;
+use ferrolink_proto::message::Privilege;
 use ferrolink_testkit::TestServer;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;

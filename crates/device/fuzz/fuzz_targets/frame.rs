@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use ferrolink_device::conn::{Connection, Timing};
+use ferrolink_device::protocol::{Connection, Timing};
 use ferrolink_device::ws::parse_frame;
 use ferrolink_device::{Instant, message};
 use libfuzzer_sys::fuzz_target;

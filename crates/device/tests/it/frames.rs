@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use ferrolink_device::conn::{Connection, Timing};
 use ferrolink_device::json::{self, Writer};
 use ferrolink_device::message;
+use ferrolink_device::protocol::{Connection, Timing};
 use ferrolink_device::ws::{self, Opcode};
 use ferrolink_device::{Buffers, Clock, Config, InsecurePlaintext, Instant, Session};
 use proptest::prelude::*;

@@ -2,9 +2,9 @@
 //! over TLS against the real server, the official Python client calling
 //! device functions, reconnects, refusals; property tests of the parsers.
 
+mod against_server_session;
 mod frames;
 mod plain;
-mod sim;
 mod support;
 mod time;
 mod tls;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferrolink_device::conn::ConnError;
+use ferrolink_device::protocol::ConnError;
 use ferrolink_device::{Backoff, CallError, Clock as _, Config, Session, SessionError};
 use ferrolink_testkit::TestServer;
 use ferrolink_testkit::python::PyProcess;

@@ -17,9 +17,10 @@ use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
 use ferrolink_proto::calls::{CallId, CallTable};
-use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall, Privilege};
+use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall};
+use ferrolink_proto::message::Privilege;
 use ferrolink_proto::message::{Call, Outcome, Reply};
-use ferrolink_proto::server::{Inbound, PeerAction, ServerSession, SessionTimeout};
+use ferrolink_proto::server_session::{Inbound, PeerAction, ServerSession, SessionTimeout};
 use ferrolink_proto::{Instant, error_type, wire};
 
 use crate::calls::peer::{
@@ -883,14 +884,14 @@ impl Driver {
             (Outcome::Error(error), _) => {
                 encode::reply_error_raw(&mut frame, caller_id, error.get());
                 #[derive(serde::Deserialize)]
-                struct Typed<'a> {
+                struct ErrorType<'a> {
                     #[serde(borrow, rename = "type")]
                     ty: Option<std::borrow::Cow<'a, str>>,
                 }
-                let typed = serde_json::from_str::<Typed<'_>>(error.get()).ok();
+                let error_type_field = serde_json::from_str::<ErrorType<'_>>(error.get()).ok();
                 p.reply.deliver(
                     frame,
-                    typed
+                    error_type_field
                         .as_ref()
                         .and_then(|t| t.ty.as_deref())
                         .unwrap_or("error"),

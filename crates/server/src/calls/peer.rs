@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use ferrolink_proto::encode::{self, Privilege};
+use ferrolink_proto::encode;
+use ferrolink_proto::message::Privilege;
 use ferrolink_proto::{Instant, error_type};
 
 use crate::activity::Monitor;

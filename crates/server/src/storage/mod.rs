@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::keys::{KeyId, KeyRecord, Secret, parse_privilege, privilege_name};
-use ferrolink_proto::encode::Privilege;
+use ferrolink_proto::message::Privilege;
 
 mod accounts;
 pub use accounts::{OperatorSession, UserRecord};

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 
-use ferrolink_proto::encode::{self, CallOrigin, OutgoingCall, Privilege};
+use ferrolink_proto::encode::{self, CallOrigin, OutgoingCall};
+use ferrolink_proto::message::Privilege;
 
 use crate::activity::Activity;
 use crate::auth;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrolink_proto::encode::Privilege;
+use ferrolink_proto::message::Privilege;
 use ferrolink_testkit::raw::Received;
 use ferrolink_testkit::{RawClient, TestServer};
 use serde_json::json;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferrolink_proto::encode::Privilege;
+use ferrolink_proto::message::Privilege;
 use ferrolink_testkit::{RawClient, TestServer};
 use serde_json::json;
 

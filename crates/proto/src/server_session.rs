@@ -25,7 +25,7 @@ use alloc::string::{String, ToString};
 use core::time::Duration;
 
 use crate::codec::{DecodeError, DecodeLimits, decode};
-use crate::encode::Privilege;
+use crate::message::Privilege;
 use crate::message::{Call, Hello, Message, Reply, WireStr, error_type};
 use crate::time::Instant;
 

@@ -7,12 +7,13 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use ferrolink_proto::calls::{CallId, CallTable};
-use ferrolink_proto::client::{
-    CallResult, ClientConfig, ClientConnection, ClientEvent, CloseReason, LocalFailure,
+use ferrolink_proto::client_session::{
+    CallResult, ClientConfig, ClientEvent, ClientSession, CloseReason, LocalFailure,
 };
-use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall, Privilege};
+use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall};
 use ferrolink_proto::message::Outcome;
-use ferrolink_proto::server::{Inbound, ServerSession, SessionConfig, SessionTimeout};
+use ferrolink_proto::message::Privilege;
+use ferrolink_proto::server_session::{Inbound, ServerSession, SessionConfig, SessionTimeout};
 use ferrolink_proto::{Instant, error_type};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,7 +25,7 @@ const APP: AppInfo<'static> = AppInfo {
 /// Caller (0) and provider (1), each a client plus its server session.
 struct Sim {
     now: Instant,
-    clients: [ClientConnection; 2],
+    clients: [ClientSession; 2],
     sessions: [ServerSession; 2],
     /// Frames the server has queued for each client.
     to_client: [VecDeque<String>; 2],
@@ -44,8 +45,8 @@ impl Sim {
         let mut sim = Self {
             now,
             clients: [
-                ClientConnection::new(ClientConfig::new("caller"), now),
-                ClientConnection::new(ClientConfig::new("provider"), now),
+                ClientSession::new(ClientConfig::new("caller"), now),
+                ClientSession::new(ClientConfig::new("provider"), now),
             ],
             sessions: [
                 ServerSession::new(SessionConfig::default(), now),
@@ -340,7 +341,7 @@ fn the_server_closes_a_client_that_went_silent() {
     // The provider's outbound traffic vanishes (e.g. its radio died), so the
     // server hears nothing; it must close after the 45 s idle timeout.
     let silent_since = sim.now;
-    sim.clients[1] = ClientConnection::new(ClientConfig::new("gone"), sim.now);
+    sim.clients[1] = ClientSession::new(ClientConfig::new("gone"), sim.now);
     let _ = sim.clients[1].poll_transmit();
     sim.clients[1].handle_closed();
     sim.advance(45_000);

@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use ferrolink_device::conn::{Connection, Due, Event, Timing};
 use ferrolink_device::json::Writer;
 use ferrolink_device::message;
-use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall, Privilege};
+use ferrolink_device::protocol::{Connection, Due, Event, Timing};
+use ferrolink_proto::encode::{self, AppInfo, CallOrigin, OutgoingCall};
 use ferrolink_proto::message::Outcome;
-use ferrolink_proto::server::{Inbound, ServerSession, SessionConfig};
+use ferrolink_proto::message::Privilege;
+use ferrolink_proto::server_session::{Inbound, ServerSession, SessionConfig};
 use ferrolink_proto::{Instant, wire};
 
 const APP: AppInfo<'static> = AppInfo {

@@ -1,6 +1,6 @@
 //! The client side of one uplink connection, sans IO.
 //!
-//! [`ClientConnection`] sends the key, registers functions, correlates the
+//! [`ClientSession`] sends the key, registers functions, correlates the
 //! calls it makes with their replies and deadlines, surfaces incoming calls,
 //! and keeps the heartbeat the official clients use (`anvil.private.echo`
 //! every 10 s), declaring the server dead when an echo goes unanswered.
@@ -8,9 +8,9 @@
 //! # Call contract
 //!
 //! After every input (`handle_text`, `handle_timeout`, `handle_closed`, or an
-//! API call such as `call`), drain [`ClientConnection::poll_transmit`] and
-//! [`ClientConnection::poll_event`] until both return `None`, then re-read
-//! [`ClientConnection::poll_timeout`] and wake at that instant.
+//! API call such as `call`), drain [`ClientSession::poll_transmit`] and
+//! [`ClientSession::poll_event`] until both return `None`, then re-read
+//! [`ClientSession::poll_timeout`] and wake at that instant.
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -20,7 +20,8 @@ use core::time::Duration;
 
 use crate::calls::{CallId, CallTable, TableFull};
 use crate::codec::{DecodeLimits, decode};
-use crate::encode::{self, Privilege};
+use crate::encode;
+use crate::message::Privilege;
 use crate::message::{Message, Outcome};
 use crate::time::Instant;
 
@@ -61,7 +62,7 @@ impl ClientConfig {
 /// A call that the server sent to this client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingCall {
-    /// The literal id to answer with [`ClientConnection::respond`].
+    /// The literal id to answer with [`ClientSession::respond`].
     pub id: String,
     /// The function name.
     pub command: String,
@@ -114,7 +115,7 @@ pub enum ClientEvent {
     },
     /// A call arrived.
     Incoming(IncomingCall),
-    /// A call made with [`ClientConnection::call`] finished.
+    /// A call made with [`ClientSession::call`] finished.
     Completed {
         /// The id returned by `call`.
         id: CallId,
@@ -142,7 +143,7 @@ enum Pending {
 
 /// Client side of one uplink connection. See the module docs for the contract.
 #[derive(Debug)]
-pub struct ClientConnection {
+pub struct ClientSession {
     config: ClientConfig,
     state: State,
     outbox: VecDeque<String>,
@@ -152,9 +153,9 @@ pub struct ClientConnection {
     next_heartbeat: Instant,
 }
 
-impl ClientConnection {
+impl ClientSession {
     /// Starts a connection whose transport opened at `now`; the key message
-    /// is the first frame in [`ClientConnection::poll_transmit`].
+    /// is the first frame in [`ClientSession::poll_transmit`].
     pub fn new(config: ClientConfig, now: Instant) -> Self {
         let mut hello = String::new();
         encode::hello(
@@ -206,7 +207,7 @@ impl ClientConnection {
         self.call_nested(now, command, args, kwargs, timeout, None)
     }
 
-    /// Like [`ClientConnection::call`], made from inside the incoming call
+    /// Like [`ClientSession::call`], made from inside the incoming call
     /// whose id value (without quotes) is `call_stack_id`, so the server can
     /// run it in that call's context (for example the browser user's session).
     pub fn call_nested(
@@ -348,7 +349,7 @@ impl ClientConnection {
         self.close_with(CloseReason::TransportClosed);
     }
 
-    /// When [`ClientConnection::handle_timeout`] must next be called.
+    /// When [`ClientSession::handle_timeout`] must next be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         if self.state == State::Closed {
             return None;
