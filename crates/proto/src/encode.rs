@@ -45,36 +45,61 @@ pub fn fatal(out: &mut String, text: &str) {
     out.push('}');
 }
 
-/// `{"id":…,"response":…,"objects":…}` with `id_literal` and `response` raw.
-pub fn reply_response(out: &mut String, id_literal: &str, response: &str, objects: Option<&str>) {
-    out.reserve(id_literal.len() + response.len() + objects.map_or(2, str::len) + 32);
+/// `{"id":<id_literal>,`: how every reply starts. The rest is a reply
+/// body ([`reply_body_response`], [`reply_body_error`]), which the server
+/// builds on the provider's side and completes with the caller's id on the
+/// caller's side.
+pub fn reply_head(out: &mut String, id_literal: &str) {
     out.push_str("{\"id\":");
     out.push_str(id_literal);
-    out.push_str(",\"response\":");
+    out.push(',');
+}
+
+/// `"response":…,"objects":…}` with `response` (and `objects`) raw.
+pub fn reply_body_response(out: &mut String, response: &str, objects: Option<&str>) {
+    out.reserve(response.len() + objects.map_or(2, str::len) + 26);
+    out.push_str("\"response\":");
     out.push_str(response);
     out.push_str(",\"objects\":");
     out.push_str(objects.unwrap_or("[]"));
     out.push('}');
 }
 
-/// `{"id":…,"error":…,"objects":[]}` with a raw error object.
-pub fn reply_error_raw(out: &mut String, id_literal: &str, error: &str) {
-    out.reserve(id_literal.len() + error.len() + 32);
-    out.push_str("{\"id\":");
-    out.push_str(id_literal);
-    out.push_str(",\"error\":");
+/// `"error":…,"objects":[]}` with a raw error object.
+pub fn reply_body_error_raw(out: &mut String, error: &str) {
+    out.reserve(error.len() + 24);
+    out.push_str("\"error\":");
     out.push_str(error);
     out.push_str(",\"objects\":[]}");
+}
+
+/// `"error":{"type":…,"message":…,"trace":…},"objects":[]}`: an error
+/// produced by the server itself.
+pub fn reply_body_error(out: &mut String, error_type: &str, message: &str) {
+    out.push_str("\"error\":");
+    error_object(out, error_type, message);
+    out.push_str(",\"objects\":[]}");
+}
+
+/// `{"id":…,"response":…,"objects":…}` with `id_literal` and `response` raw.
+pub fn reply_response(out: &mut String, id_literal: &str, response: &str, objects: Option<&str>) {
+    out.reserve(id_literal.len() + 8);
+    reply_head(out, id_literal);
+    reply_body_response(out, response, objects);
+}
+
+/// `{"id":…,"error":…,"objects":[]}` with a raw error object.
+pub fn reply_error_raw(out: &mut String, id_literal: &str, error: &str) {
+    out.reserve(id_literal.len() + 8);
+    reply_head(out, id_literal);
+    reply_body_error_raw(out, error);
 }
 
 /// `{"id":…,"error":{"type":…,"message":…,"trace":[["<rpc>",0]]},"objects":[]}`:
 /// an error produced by the server itself.
 pub fn reply_error(out: &mut String, id_literal: &str, error_type: &str, message: &str) {
-    out.push_str("{\"id\":");
-    out.push_str(id_literal);
-    out.push_str(",\"error\":");
-    error_object(out, error_type, message);
-    out.push_str(",\"objects\":[]}");
+    reply_head(out, id_literal);
+    reply_body_error(out, error_type, message);
 }
 
 /// `{"type":…,"message":…,"trace":[["<rpc>",0]]}`.

@@ -203,3 +203,22 @@ impl Privilege {
         }
     }
 }
+
+/// Longest error `type` taken from a peer's error object; a longer one is
+/// logged as `"error"` (the error itself is forwarded untouched).
+pub const MAX_ERROR_TYPE: usize = 1024;
+
+/// The `type` of a raw error object (`{"type": "ValueError", …}`), for
+/// logs: `"error"` when there is none, it is not a string, or it is longer
+/// than [`MAX_ERROR_TYPE`].
+pub fn error_type_of(error: &RawValue) -> Cow<'_, str> {
+    #[derive(serde::Deserialize)]
+    struct ErrorType<'a> {
+        #[serde(borrow, rename = "type")]
+        ty: Option<Cow<'a, str>>,
+    }
+    match serde_json::from_str::<ErrorType<'_>>(error.get()) {
+        Ok(ErrorType { ty: Some(ty) }) if ty.len() <= MAX_ERROR_TYPE => ty,
+        _ => Cow::Borrowed("error"),
+    }
+}

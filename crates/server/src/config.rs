@@ -25,8 +25,9 @@ pub struct ServerConfig {
     /// Most bytes queued for one connection that is not reading; past it the
     /// connection is closed as a slow consumer.
     pub max_queued_bytes: usize,
-    /// Initial read buffer per connection, in bytes (grows for large frames).
-    pub read_buffer_bytes: usize,
+    /// How long a connection's socket may take none of the bytes waiting
+    /// for it before it is closed as a slow consumer.
+    pub write_stall_timeout: Duration,
     /// How often the key table is checked for revocations made by the CLI.
     pub revocation_poll: Duration,
     /// Per-connection protocol limits and timeouts.
@@ -63,7 +64,7 @@ impl ServerConfig {
             max_frame_bytes: 4 * 1024 * 1024,
             max_pending_calls: 1024,
             max_queued_bytes: 16 * 1024 * 1024,
-            read_buffer_bytes: 2048,
+            write_stall_timeout: Duration::from_secs(20),
             revocation_poll: Duration::from_secs(1),
             session: SessionConfig::default(),
             environment: "ferrolink".to_owned(),

@@ -123,10 +123,14 @@ struct ServeArgs {
     /// Most calls one connection may have in flight.
     #[arg(long, env = "FERROLINK_MAX_PENDING_CALLS", default_value_t = 1024)]
     max_pending_calls: usize,
-    /// Initial read buffer per connection, in bytes (larger: fewer reads
-    /// under load; smaller: less memory per idle connection).
-    #[arg(long, env = "FERROLINK_READ_BUFFER_BYTES", default_value_t = 2048)]
-    read_buffer_bytes: usize,
+    /// Close a connection whose socket takes none of the bytes waiting for
+    /// it for this many milliseconds (a slow consumer).
+    #[arg(
+        long,
+        env = "FERROLINK_WRITE_STALL_TIMEOUT_MS",
+        default_value_t = 20_000
+    )]
+    write_stall_timeout_ms: u64,
     /// Close an uplink after this many milliseconds without a frame.
     #[arg(long, env = "FERROLINK_IDLE_TIMEOUT_MS", default_value_t = 45_000)]
     idle_timeout_ms: u64,
@@ -668,7 +672,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     config.max_frame_bytes = args.max_frame_bytes;
     config.max_pending_calls = args.max_pending_calls.max(1);
     config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
-    config.read_buffer_bytes = args.read_buffer_bytes.max(256);
+    config.write_stall_timeout = Duration::from_millis(args.write_stall_timeout_ms.max(100));
     config.insecure_plain_ws = args.insecure_plain_ws;
     config.dev_tls_names = args.dev_tls_names;
     config.public_origin = args.public_origin;

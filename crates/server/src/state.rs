@@ -55,6 +55,8 @@ pub(crate) struct ServerState {
     pub(crate) origin: String,
     /// The newest published trust bundle, as devices fetch it.
     trust_bundle: RwLock<Option<Arc<PublishedBundle>>>,
+    /// The dashboard console's caller, per app.
+    consoles: Mutex<HashMap<String, Arc<crate::calls::console::Console>>>,
 }
 
 /// A published trust bundle and the reply that carries it.
@@ -101,7 +103,17 @@ impl ServerState {
             monitor: Arc::new(Monitor::new()),
             origin,
             trust_bundle,
+            consoles: Mutex::default(),
         })
+    }
+
+    /// The dashboard console's caller for `app`, started on first use.
+    pub(crate) fn console(&self, app: &str) -> Arc<crate::calls::console::Console> {
+        let mut consoles = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
+        consoles
+            .entry(app.to_owned())
+            .or_insert_with(|| crate::calls::console::Console::start(self, app))
+            .clone()
     }
 
     /// The newest published trust bundle, if any.

@@ -1,40 +1,52 @@
-//! What other tasks may see of a live connection: its identity and its
-//! outbound queue. Everything else about a connection is owned by its driver
-//! task (`uplink.rs`).
+//! What other tasks may see of a live connection: its identity, its
+//! outbound queue and the signal that wakes its driver. Everything else
+//! about a connection is owned by its driver task (`driver.rs`).
+//!
+//! Other tasks hand a connection three kinds of work ([`Outbound`]): a
+//! finished frame (an event), a call to serve ([`ForwardedCall`]), or the
+//! answer to a call it made ([`Answer`]). The queue is bounded in bytes,
+//! counting what the driver has taken but not yet written
+//! ([`Peer::set_unsent`]): a connection that stops reading is closed, not
+//! allowed to grow the server's memory.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use ferrolink_proto::encode;
 use ferrolink_proto::message::Privilege;
 use ferrolink_proto::{Instant, error_type};
 
-use crate::activity::Monitor;
 use crate::keys::KeyId;
 
 /// A message for a connection's driver.
 pub(crate) enum Outbound {
-    /// A finished frame to write.
+    /// A finished text frame to write (events).
     Frame(String),
-    /// A call to forward to this connection, which becomes pending on it.
-    Call(Box<ForwardedCall>),
+    /// A call for this connection to serve; it becomes pending on it.
+    Call(ForwardedCall),
+    /// The answer to a call this connection made.
+    Answer(Answer),
 }
 
 impl Outbound {
+    /// Bytes this message holds, for the queue's bound.
     fn weight(&self) -> usize {
         match self {
             Self::Frame(f) => f.len(),
             Self::Call(c) => c.frame.len(),
+            Self::Answer(a) => a.body.len(),
         }
     }
 }
 
 /// A call on its way to its provider.
 pub(crate) struct ForwardedCall {
-    /// The server's id for the call, unique on the provider's connection.
+    /// The server's id for the call: unique server-wide, the key under
+    /// which the caller waits for the answer.
     pub(crate) id: u64,
     /// The encoded `CALL` frame.
     pub(crate) frame: String,
@@ -46,70 +58,106 @@ pub(crate) struct ForwardedCall {
     /// nested calls: its user is the call's user, and events raised inside
     /// the call go to it.
     pub(crate) origin: Option<Arc<Peer>>,
+    /// Past this the caller has been told `TimeoutError` already; the call
+    /// is not sent if it is still queued then.
+    pub(crate) deadline: Instant,
 }
 
-/// The caller of a forwarded call. Dropping it (answered or not) releases
-/// the caller's in-flight slot, so the count can never leak.
+/// How a call ended, for the call log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A response.
+    Ok,
+    /// An error of this type.
+    Error(Box<str>),
+}
+
+impl Outcome {
+    /// `"ok"` or the error type.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error(t) => t,
+        }
+    }
+}
+
+/// The answer to call `call`: the reply frame without its id. The caller's
+/// driver writes `{"id":` + the id its peer used + `,` + `body`, so only
+/// the caller keeps that id.
+pub(crate) struct Answer {
+    pub(crate) call: u64,
+    /// Everything after the id: `"response":…}` or `"error":…}`.
+    pub(crate) body: String,
+    pub(crate) outcome: Outcome,
+}
+
+impl Answer {
+    /// An error the server makes up (timeouts, disconnects, refusals).
+    pub(crate) fn error(call: u64, error_type: &'static str, message: &str) -> Self {
+        let mut body = String::with_capacity(message.len() + 96);
+        encode::reply_body_error(&mut body, error_type, message);
+        Self {
+            call,
+            body,
+            outcome: Outcome::Error(error_type.into()),
+        }
+    }
+}
+
+/// The caller of a forwarded call, and the call's id.
 pub(crate) struct ReplyTo {
     pub(crate) caller: Arc<Peer>,
-    /// The caller's id literal followed by the function name, in one
-    /// allocation (this is on the path of every call).
-    id_and_command: Box<str>,
-    id_len: usize,
-    /// When the call was made, on the protocol clock (ms).
-    started: Instant,
+    pub(crate) call: u64,
 }
 
 impl ReplyTo {
-    /// Takes one of `caller`'s in-flight slots, released when this is dropped.
-    pub(crate) fn new(caller: Arc<Peer>, caller_id: &str, command: &str, started: Instant) -> Self {
-        caller.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut both = String::with_capacity(caller_id.len() + command.len());
-        both.push_str(caller_id);
-        both.push_str(command);
-        Self {
-            caller,
-            id_and_command: both.into_boxed_str(),
-            id_len: caller_id.len(),
-            started,
-        }
+    /// Hands the answer to the caller's driver. A caller that has gone
+    /// (or already timed the call out) drops it.
+    pub(crate) fn answer(self, body: String, outcome: Outcome) {
+        let _ = self.caller.enqueue(Outbound::Answer(Answer {
+            call: self.call,
+            body,
+            outcome,
+        }));
     }
 
-    /// The caller's id for the call, as a JSON literal.
-    pub(crate) fn caller_id(&self) -> &str {
-        &self.id_and_command[..self.id_len]
-    }
-
-    /// The function called, for error messages.
-    pub(crate) fn command(&self) -> &str {
-        &self.id_and_command[self.id_len..]
-    }
-
-    /// Sends the answer frame to the caller and logs the call; `outcome`
-    /// is `"ok"` or the error type.
-    pub(crate) fn deliver(self, frame: String, outcome: &str) {
-        let c = &self.caller;
-        let took = c
-            .monitor
-            .now()
-            .as_millis()
-            .saturating_sub(self.started.as_millis());
-        c.monitor
-            .call(&c.app, &c.label, self.command(), took, outcome);
-        let _ = self.caller.enqueue(Outbound::Frame(frame));
-    }
-
-    /// Answers the caller with an error made by the server.
-    pub(crate) fn fail(self, error_type: &str, message: &str) {
-        let mut frame = String::new();
-        encode::reply_error(&mut frame, self.caller_id(), error_type, message);
-        self.deliver(frame, error_type);
+    /// Answers with an error the server makes up.
+    pub(crate) fn fail(self, error_type: &'static str, message: &str) {
+        let _ = self.caller.enqueue(Outbound::Answer(Answer::error(
+            self.call, error_type, message,
+        )));
     }
 }
 
-impl Drop for ReplyTo {
-    fn drop(&mut self) {
-        self.caller.in_flight.fetch_sub(1, Ordering::Relaxed);
+/// Wakes a driver: from other tasks when they queued work for it, and to
+/// close it. Cheaper than two `Notify`s, and a burst of enqueues wakes the
+/// driver once (the waker is taken by the first).
+#[derive(Default)]
+pub(crate) struct Signal {
+    waker: AtomicWaker,
+    flags: AtomicU8,
+}
+
+/// Work was queued.
+pub(crate) const WAKE: u8 = 1;
+/// Close the connection.
+pub(crate) const KILL: u8 = 2;
+
+impl Signal {
+    fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Registers the driver's waker; call before [`Signal::take`].
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// The flags raised since the last call.
+    pub(crate) fn take(&self) -> u8 {
+        self.flags.swap(0, Ordering::AcqRel)
     }
 }
 
@@ -144,7 +192,7 @@ pub(crate) struct PeerSetup {
     pub(crate) browser: Option<Box<BrowserSession>>,
 }
 
-/// The shared part of an authenticated connection.
+/// The shared part of a connection.
 pub(crate) struct Peer {
     /// Server-wide connection number.
     pub(crate) id: u64,
@@ -178,19 +226,18 @@ pub(crate) struct Peer {
     /// The caller-dependent tail of every `CALL` this connection makes
     /// (see `ferrolink_proto::encode::call_tail`).
     pub(crate) call_tail: Box<str>,
-    /// Calls this connection made that are awaiting an answer.
+    /// Calls this connection made that await an answer (kept by its driver,
+    /// published for the dashboard and for callers without a driver).
     pub(crate) in_flight: AtomicUsize,
-    pub(crate) monitor: Arc<Monitor>,
+    /// Bytes its driver took from the queue but has not written yet.
+    unsent: AtomicUsize,
     max_queued_bytes: usize,
     queue: Mutex<Queue>,
-    /// Wakes the driver when the queue gains items.
-    pub(crate) wake: Notify,
-    /// Wakes the driver to close the connection.
-    pub(crate) kill: Notify,
+    pub(crate) signal: Signal,
 }
 
 /// The connection is closed (or closing); nothing more can be queued.
-pub(crate) struct Closed(pub(crate) Outbound);
+pub(crate) struct Closed;
 
 impl Peer {
     pub(crate) fn new(
@@ -198,7 +245,7 @@ impl Peer {
         setup: PeerSetup,
         environment: &str,
         max_queued_bytes: usize,
-        monitor: Arc<Monitor>,
+        now: Instant,
     ) -> Self {
         let frame_type = if setup.browser.is_some() {
             "browser"
@@ -224,7 +271,6 @@ impl Peer {
             (None, Some(d)) => d.as_str().into(),
             (None, None) => format!("key {}", setup.key_id).into(),
         };
-        let now = monitor.now().as_millis();
         Self {
             call_tail: call_tail.into_boxed_str(),
             id,
@@ -239,18 +285,17 @@ impl Peer {
             label,
             browser: setup.browser,
             connected_at_ms: crate::activity::unix_ms(),
-            last_seen: AtomicU64::new(now),
+            last_seen: AtomicU64::new(now.as_millis()),
             registered: Mutex::default(),
             in_flight: AtomicUsize::new(0),
-            monitor,
+            unsent: AtomicUsize::new(0),
             max_queued_bytes,
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: 0,
                 closed: None,
             }),
-            wake: Notify::new(),
-            kill: Notify::new(),
+            signal: Signal::default(),
         }
     }
 
@@ -269,38 +314,49 @@ impl Peer {
 
     /// Queues a message for this connection's driver.
     ///
-    /// A connection whose queue exceeds its byte limit (a peer that does not
-    /// read) is closed instead of growing without bound.
+    /// A connection whose queued and unwritten bytes would exceed its limit
+    /// (a peer that does not read) is closed instead of growing.
     pub(crate) fn enqueue(&self, item: Outbound) -> Result<(), Closed> {
         let mut q = self.lock();
         if q.closed.is_some() {
-            return Err(Closed(item));
+            drop(item);
+            return Err(Closed);
         }
         let weight = item.weight();
-        if q.bytes + weight > self.max_queued_bytes {
+        let held = q.bytes + self.unsent.load(Ordering::Relaxed);
+        if held + weight > self.max_queued_bytes {
             q.closed = Some(format!(
                 "ferrolink: closing a connection that stopped reading: over {} bytes were waiting to be sent to it",
                 self.max_queued_bytes
             ));
             drop(q);
-            self.kill.notify_one();
-            return Err(Closed(item));
+            self.signal.raise(KILL);
+            drop(item);
+            return Err(Closed);
         }
         q.bytes += weight;
         q.items.push_back(item);
         drop(q);
-        self.wake.notify_one();
+        self.signal.raise(WAKE);
         Ok(())
     }
 
     /// Moves every queued message into `into` (which should be empty).
+    /// Their bytes count as unsent until [`Peer::set_unsent`] says
+    /// otherwise.
     pub(crate) fn take_queued(&self, into: &mut VecDeque<Outbound>) {
         let mut q = self.lock();
         std::mem::swap(&mut q.items, into);
+        self.unsent.fetch_add(q.bytes, Ordering::Relaxed);
         q.bytes = 0;
         if q.items.capacity() > 256 {
             q.items = VecDeque::new();
         }
+    }
+
+    /// The driver's count of bytes taken but not yet written.
+    pub(crate) fn set_unsent(&self, bytes: usize) {
+        self.unsent.store(bytes, Ordering::Relaxed);
     }
 
     /// Asks the driver to close the connection, telling the peer `reason`.
@@ -310,7 +366,7 @@ impl Peer {
             q.closed = Some(reason);
         }
         drop(q);
-        self.kill.notify_one();
+        self.signal.raise(KILL);
     }
 
     /// Why the connection was asked to close, if it was.
@@ -331,7 +387,7 @@ impl Peer {
 }
 
 /// Answers every call in `items` with `UplinkDisconnectedError`.
-pub(crate) fn fail_queued_calls(items: VecDeque<Outbound>, message: &str) {
+pub(crate) fn fail_queued_calls(items: impl IntoIterator<Item = Outbound>, message: &str) {
     for item in items {
         if let Outbound::Call(call) = item {
             call.reply.fail(error_type::UPLINK_DISCONNECTED, message);

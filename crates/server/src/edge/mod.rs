@@ -7,6 +7,23 @@ use axum::extract::ConnectInfo;
 pub mod acme;
 pub mod certificates;
 
+/// Socket options of every accepted connection: no Nagle delay, and a dead
+/// peer (a device that lost power or Wi-Fi without closing) noticed by the
+/// kernel — keepalive probes after 30 s of silence, and unacknowledged
+/// data given up after 30 s (`TCP_USER_TIMEOUT`) — so neither reads nor
+/// writes wait on it for the kernel's default of about 15 minutes.
+fn tune(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    #[cfg(target_os = "linux")]
+    let _ = sock.set_tcp_user_timeout(Some(std::time::Duration::from_secs(30)));
+}
+
 /// Accepts connections until `stop` turns true; each is served (after the
 /// TLS handshake, when configured) by hyper with upgrades, so websocket
 /// connections continue on their own tasks.
@@ -31,7 +48,7 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let _ = tcp.set_nodelay(true);
+        tune(&tcp);
         let router = router.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -86,9 +85,9 @@ pub(crate) async fn session_endpoint(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<AppQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    let headers = req.headers().clone();
     check_origin(&state, &headers)?;
     let app = resolve_app(&state, q.app).await?;
     let email = cookie_user(&state, &headers, &app.name).await?;
@@ -98,14 +97,9 @@ pub(crate) async fn session_endpoint(
         anonymous_calls: app.anonymous_calls,
         channels: std::sync::Mutex::default(),
     };
-    let limit = state.config.max_frame_bytes;
-    Ok(ws
-        .read_buffer_size(state.config.read_buffer_bytes)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            crate::calls::driver::serve_browser(state, socket, peer, app.name, browser)
-        }))
+    Ok(crate::web::websocket::upgrade(req, move |io, first| {
+        crate::calls::driver::serve_browser(state, io, first, peer, app.name, browser)
+    }))
 }
 
 #[derive(Deserialize)]

@@ -18,13 +18,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 
-use ferrolink_proto::encode::{self, CallOrigin, OutgoingCall};
 use ferrolink_proto::message::Privilege;
 
 use crate::activity::Activity;
 use crate::auth;
-use crate::calls::peer::{ForwardedCall, Outbound, Peer, PeerSetup, ReplyTo};
-use crate::calls::registry::Route;
 use crate::state::ServerState;
 use crate::storage::OperatorSession;
 use crate::web::http::{ApiError, blocking, check_origin, cookie, set_cookie};
@@ -498,96 +495,17 @@ pub(crate) async fn call(
         return Err(bad("keyword arguments must be a JSON object"));
     }
     let app = blocking(&state, move |s| s.app(&c.app)).await?;
-    let device = c.device.filter(|d| !d.is_empty());
-    let provider = match state.app(&app.name).route(&c.function, device.as_deref()) {
-        Route::Provider(p) => p,
-        Route::Stale | Route::Missing => {
-            return Ok(Json(json!({ "error": {
-                "type": ferrolink_proto::error_type::NO_SERVER_FUNCTION,
-                "message": format!("No server function matching \"{}\" is registered in app \"{}\"", c.function, app.name),
-            }})));
-        }
+    let function = match c.device.filter(|d| !d.is_empty()) {
+        Some(device) => format!("{}@{device}", c.function),
+        None => c.function,
     };
-    let console = Arc::new(Peer::new(
-        state.next_conn_id(),
-        PeerSetup {
-            key_id: crate::keys::KeyId(String::new()),
-            device: Some(format!("dashboard ({})", op.name)),
-            privilege: Privilege::Server,
-            library: None,
-            protocol_version: 8,
-            ip: "dashboard".to_owned(),
-            app: app.name.clone(),
-            browser: None,
-        },
-        &state.config.environment,
-        state.config.max_queued_bytes,
-        state.monitor.clone(),
-    ));
-    let id = state.next_call_id();
-    let (args, kwargs) = (args.to_string(), kwargs.to_string());
-    let mut frame = String::new();
-    encode::call_with_tail(
-        &mut frame,
-        &OutgoingCall {
-            id,
-            command: &c.function,
-            args: &args,
-            kwargs: &kwargs,
-            objects: None,
-            origin: CallOrigin {
-                frame_type: "uplink",
-                protocol_version: 8,
-                ip: None,
-            },
-        },
-        &console.call_tail,
-    );
-    let forwarded = ForwardedCall {
-        id,
-        frame,
-        reply: ReplyTo::new(console.clone(), "1", &c.function, state.now()),
-        depth: 1,
-        origin: None,
-    };
-    if let Err(closed) = provider.enqueue(Outbound::Call(Box::new(forwarded))) {
-        crate::calls::peer::fail_queued_calls(
-            std::collections::VecDeque::from([closed.0]),
-            "Uplink disconnected",
-        );
-    }
-    // The provider's driver answers (or times the call out) by queueing a
-    // frame on the console connection.
-    let wait = state.config.call_timeout + Duration::from_secs(5);
-    let answer = tokio::time::timeout(wait, async {
-        loop {
-            console.wake.notified().await;
-            let mut items = std::collections::VecDeque::new();
-            console.take_queued(&mut items);
-            if let Some(Outbound::Frame(f)) = items.into_iter().next() {
-                return f;
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        ApiError(
-            StatusCode::GATEWAY_TIMEOUT,
-            "the call got no answer".to_owned(),
-        )
-    })?;
-    let mut reply: Value = serde_json::from_str(&answer).map_err(|_| {
-        ApiError(
-            StatusCode::BAD_GATEWAY,
-            "the answer was not JSON".to_owned(),
-        )
-    })?;
-    Ok(Json(match reply.get_mut("error") {
-        Some(e) => json!({ "error": e.take() }),
-        None => {
-            json!({ "response": reply.get_mut("response").map(Value::take).unwrap_or(Value::Null) })
-        }
-    }))
+    tracing::info!(operator = %op.name, app = %app.name, function = %crate::calls::shown(&function), "console call");
+    let console = state.console(&app.name);
+    Ok(Json(
+        console
+            .call(&state, &function, &args.to_string(), &kwargs.to_string())
+            .await,
+    ))
 }
 
 #[cfg(test)]

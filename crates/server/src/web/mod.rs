@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -17,6 +16,7 @@ pub(crate) mod browser;
 pub(crate) mod dashboard;
 pub(crate) mod http;
 pub mod sites;
+pub(crate) mod websocket;
 
 use browser as web;
 use dashboard as admin;
@@ -65,13 +65,11 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
 async fn uplink_endpoint(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    req: Request,
 ) -> Response {
-    let limit = state.config.max_frame_bytes;
-    ws.read_buffer_size(state.config.read_buffer_bytes)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| uplink::serve(state, socket, peer))
+    websocket::upgrade(req, move |io, first| {
+        uplink::serve_uplink(state, io, first, peer)
+    })
 }
 
 async fn health(State(state): State<Arc<ServerState>>) -> impl IntoResponse {

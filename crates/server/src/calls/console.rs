@@ -1,0 +1,156 @@
+//! The dashboard console as a caller: one connection-less [`Peer`] per app
+//! (server privilege, labelled `dashboard`) whose calls go through the
+//! same `forward` as every uplink's — admission, routing, the in-flight
+//! bound — and whose answers a small task hands to the waiting requests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use tokio::sync::oneshot;
+
+use ferrolink_proto::admission::Refused;
+use ferrolink_proto::error_type;
+use ferrolink_proto::message::Privilege;
+
+use crate::calls::forward::{self, Request};
+use crate::calls::peer::{Answer, Outbound, Peer, PeerSetup, WAKE};
+use crate::keys::KeyId;
+use crate::state::ServerState;
+
+/// One app's console caller.
+pub(crate) struct Console {
+    peer: Arc<Peer>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+}
+
+impl Console {
+    /// A console for `app`, with the task that delivers its answers.
+    pub(crate) fn start(state: &ServerState, app: &str) -> Arc<Self> {
+        let peer = Arc::new(Peer::new(
+            state.next_conn_id(),
+            PeerSetup {
+                key_id: KeyId(String::new()),
+                device: Some("dashboard".to_owned()),
+                privilege: Privilege::Server,
+                library: None,
+                protocol_version: 8,
+                ip: "dashboard".to_owned(),
+                app: app.to_owned(),
+                browser: None,
+            },
+            &state.config.environment,
+            state.config.max_queued_bytes,
+            state.now(),
+        ));
+        let console = Arc::new(Self {
+            peer,
+            waiting: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&console);
+        tokio::spawn(async move {
+            let mut items = std::collections::VecDeque::new();
+            loop {
+                let Some(console) = weak.upgrade() else {
+                    return;
+                };
+                let woken = std::future::poll_fn(|cx| {
+                    console.peer.signal.register(cx.waker());
+                    let flags = console.peer.signal.take();
+                    if flags & WAKE != 0 {
+                        Poll::Ready(true)
+                    } else if flags != 0 {
+                        Poll::Ready(false)
+                    } else {
+                        Poll::Pending
+                    }
+                });
+                if !woken.await {
+                    return;
+                }
+                console.peer.take_queued(&mut items);
+                let mut waiting = console.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                for item in items.drain(..) {
+                    if let Outbound::Answer(answer) = item
+                        && let Some(tx) = waiting.remove(&answer.call)
+                    {
+                        let _ = tx.send(answer);
+                    }
+                }
+                drop(waiting);
+                console.peer.set_unsent(0);
+            }
+        });
+        console
+    }
+
+    /// Calls `function` (possibly `name@device`) with raw JSON `args` and
+    /// `kwargs`, and waits for the answer until the call's deadline:
+    /// `{"response": …}` or `{"error": {…}}`.
+    pub(crate) async fn call(
+        &self,
+        state: &ServerState,
+        function: &str,
+        args: &str,
+        kwargs: &str,
+    ) -> serde_json::Value {
+        let app = state.app(&self.peer.app);
+        let (tx, rx) = oneshot::channel();
+        let forwarded = {
+            // Held across `forward` so the answer cannot come before its
+            // waiter is in the table.
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let request = Request {
+                command: function,
+                args,
+                kwargs,
+                objects: None,
+                depth: 1,
+                origin: None,
+            };
+            let result =
+                forward::forward(state, &app, &self.peer, waiting.len(), request, state.now());
+            if let Ok(f) = &result {
+                waiting.insert(f.call, tx);
+            }
+            result
+        };
+        let f = match forwarded {
+            Ok(f) => f,
+            Err(Refused {
+                error_type,
+                message,
+            }) => return error_json(error_type, &message),
+        };
+        match tokio::time::timeout_at(state.to_tokio(f.deadline), rx).await {
+            Ok(Ok(answer)) => {
+                state.monitor.call(
+                    &self.peer.app,
+                    &self.peer.label,
+                    function,
+                    0,
+                    answer.outcome.as_str(),
+                );
+                serde_json::from_str(&format!("{{{}", answer.body))
+                    .unwrap_or_else(|_| error_json(error_type::INTERNAL, "the answer was not JSON"))
+            }
+            _ => {
+                self.waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&f.call);
+                error_json(
+                    error_type::TIMEOUT,
+                    &format!(
+                        "call to \"{function}\" got no answer within {} s",
+                        state.config.call_timeout.as_secs_f64()
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn error_json(error_type: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": { "type": error_type, "message": message } })
+}
