@@ -57,6 +57,10 @@ pub enum DecodeError {
     /// Not a JSON object.
     #[error("the server sent a frame that is not a JSON object: {0}")]
     Json(#[source] JsonError),
+    /// A field is longer than the protocol's limit
+    /// (`ferrolink_proto::wire::MAX_ID_LEN`, `MAX_NAME_LEN`).
+    #[error("the server sent a message whose \"{0}\" is longer than the protocol allows")]
+    TooLong(&'static str),
     /// A field this client reads appears twice (which one counts is
     /// ambiguous, so the frame is refused, as `ferrolink_proto` does).
     #[error("the server sent a message with the field \"{0}\" twice")]
@@ -112,6 +116,13 @@ pub fn decode(text: &str) -> Result<Incoming<'_>, DecodeError> {
             .get("command")
             .filter(|v| is_string(v))
             .ok_or(field("command", "a string"))?;
+        // The same limits as `ferrolink_proto::codec`.
+        if id.len() > wire::MAX_ID_LEN {
+            return Err(DecodeError::TooLong("id"));
+        }
+        if command.len() > wire::MAX_NAME_LEN {
+            return Err(DecodeError::TooLong("command"));
+        }
         // Missing arguments default to none, as in `ferrolink_proto::codec`.
         let args = match m.get("args") {
             None => "[]",

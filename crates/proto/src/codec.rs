@@ -8,21 +8,29 @@
 use alloc::borrow::Cow;
 use alloc::string::{String, ToString};
 
-use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
-
-use crate::message::{AuthOk, Call, Hello, Message, Outcome, Reply, WireStr};
+use crate::message::{AuthOk, Call, Hello, Message, Outcome, RawJson, Reply, WireStr};
+use crate::scan;
 
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     /// Deepest allowed nesting of arrays and objects in one frame.
     pub max_depth: usize,
+    /// Longest call id, in bytes of its JSON literal (ids are echoed back
+    /// and kept while a call is in flight).
+    pub max_id_len: usize,
+    /// Longest function name, registration or device name, in bytes.
+    pub max_name_len: usize,
 }
 
 impl Default for DecodeLimits {
+    /// 64 levels, ids of 128 bytes, names of 1 KiB.
     fn default() -> Self {
-        Self { max_depth: 64 }
+        Self {
+            max_depth: 64,
+            max_id_len: crate::wire::MAX_ID_LEN,
+            max_name_len: crate::wire::MAX_NAME_LEN,
+        }
     }
 }
 
@@ -44,7 +52,7 @@ pub enum DecodeErrorKind {
     /// The text is not JSON.
     #[error("message is not valid JSON ({detail}); send one JSON object per text frame")]
     NotJson {
-        /// The parser's description, with line and column.
+        /// What the scanner found, and where.
         detail: String,
     },
     /// The JSON is valid but not an object.
@@ -74,6 +82,16 @@ pub enum DecodeErrorKind {
         /// The expected JSON type.
         expected: &'static str,
     },
+    /// A field is longer than its limit.
+    #[error("field \"{field}\" of {message} is longer than {limit} bytes; use a shorter one")]
+    TooLong {
+        /// The message kind.
+        message: &'static str,
+        /// The field.
+        field: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The message has none of the fields that identify a kind.
     #[error("message has no \"type\" and is not a key message or a reply; nothing to do with it")]
     Unrecognised,
@@ -88,140 +106,161 @@ impl DecodeErrorKind {
             Self::TooDeep { .. } => "too_deep",
             Self::Missing { .. } => "missing",
             Self::WrongType { .. } => "wrong_type",
+            Self::TooLong { .. } => "too_long",
             Self::Unrecognised => "unrecognised",
         }
     }
 }
 
-/// The flat union of every field ferrolink reads. Each is kept raw so that a
+/// The fields ferrolink reads, as raw values. Each is kept raw so that a
 /// wrongly typed field is reported by name (and answered by id) instead of
 /// failing the whole frame.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Fields<'a> {
-    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    command: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    args: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    kwargs: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    objects: Option<&'a RawValue>,
-    #[serde(
-        rename = "call-stack-id",
-        borrow,
-        default,
-        deserialize_with = "present"
-    )]
-    call_stack_id: Option<&'a RawValue>,
-    #[serde(
-        rename = "liveObjectCall",
-        borrow,
-        default,
-        deserialize_with = "present"
-    )]
-    live_object_call: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    response: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    error: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    output: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    key: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    v: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    device: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    auth: Option<&'a RawValue>,
-    #[serde(rename = "priv", borrow, default, deserialize_with = "present")]
-    privilege: Option<&'a RawValue>,
-    #[serde(rename = "app-info", borrow, default, deserialize_with = "present")]
-    app_info: Option<&'a RawValue>,
-    #[serde(rename = "requestId", borrow, default, deserialize_with = "present")]
-    request_id: Option<&'a RawValue>,
-    #[serde(rename = "lastChunk", borrow, default, deserialize_with = "present")]
-    last_chunk: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    event: Option<&'a RawValue>,
+    kind: Option<RawJson<'a>>,
+    id: Option<RawJson<'a>>,
+    command: Option<RawJson<'a>>,
+    args: Option<RawJson<'a>>,
+    kwargs: Option<RawJson<'a>>,
+    objects: Option<RawJson<'a>>,
+    call_stack_id: Option<RawJson<'a>>,
+    live_object_call: Option<RawJson<'a>>,
+    response: Option<RawJson<'a>>,
+    error: Option<RawJson<'a>>,
+    output: Option<RawJson<'a>>,
+    key: Option<RawJson<'a>>,
+    v: Option<RawJson<'a>>,
+    device: Option<RawJson<'a>>,
+    name: Option<RawJson<'a>>,
+    auth: Option<RawJson<'a>>,
+    privilege: Option<RawJson<'a>>,
+    app_info: Option<RawJson<'a>>,
+    request_id: Option<RawJson<'a>>,
+    last_chunk: Option<RawJson<'a>>,
+    event: Option<RawJson<'a>>,
 }
 
-/// Keeps an explicit `null` as `Some("null")`, so "present but null" and
-/// "absent" stay distinct (`"response": null` is a valid result).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
+impl<'a> Fields<'a> {
+    /// Records one member; unknown keys are ignored, a known key twice is
+    /// refused (which value would win is not for us to guess).
+    fn set(&mut self, key: &str, value: &'a str) -> Result<(), &'static str> {
+        let slot = match key {
+            "type" => &mut self.kind,
+            "id" => &mut self.id,
+            "command" => &mut self.command,
+            "args" => &mut self.args,
+            "kwargs" => &mut self.kwargs,
+            "objects" => &mut self.objects,
+            "call-stack-id" => &mut self.call_stack_id,
+            "liveObjectCall" => &mut self.live_object_call,
+            "response" => &mut self.response,
+            "error" => &mut self.error,
+            "output" => &mut self.output,
+            "key" => &mut self.key,
+            "v" => &mut self.v,
+            "device" => &mut self.device,
+            "name" => &mut self.name,
+            "auth" => &mut self.auth,
+            "priv" => &mut self.privilege,
+            "app-info" => &mut self.app_info,
+            "requestId" => &mut self.request_id,
+            "lastChunk" => &mut self.last_chunk,
+            "event" => &mut self.event,
+            _ => return Ok(()),
+        };
+        if slot.is_some() {
+            return Err("duplicate field");
+        }
+        *slot = Some(RawJson::checked(value));
+        Ok(())
+    }
 }
 
-fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+fn string_value(raw: RawJson<'_>) -> Option<Cow<'_, str>> {
     WireStr::from_raw(raw).map(|s| s.value())
 }
 
-fn is_array(raw: &RawValue) -> bool {
+fn is_array(raw: RawJson<'_>) -> bool {
     raw.get().starts_with('[')
 }
 
-fn is_object(raw: &RawValue) -> bool {
+fn is_object(raw: RawJson<'_>) -> bool {
     raw.get().starts_with('{')
 }
 
 /// A non-empty `objects` array, or `None` for absent, `null` and `[]`.
-fn nonempty_array(raw: Option<&RawValue>) -> Option<&RawValue> {
+fn nonempty_array(raw: Option<RawJson<'_>>) -> Option<RawJson<'_>> {
     let raw = raw?;
     let text = raw.get();
     let inner = text.strip_prefix('[')?.strip_suffix(']')?;
     (!inner.trim().is_empty()).then_some(raw)
 }
 
-const EMPTY_ARRAY: &str = "[]";
-const EMPTY_OBJECT: &str = "{}";
-
-fn empty_array() -> &'static RawValue {
-    // Both literals are valid JSON; `from_borrowed` cannot fail on them.
-    serde_json::from_str(EMPTY_ARRAY).unwrap_or_else(|_| unreachable!("[] is JSON"))
-}
-
-fn empty_object() -> &'static RawValue {
-    serde_json::from_str(EMPTY_OBJECT).unwrap_or_else(|_| unreachable!("{{}} is JSON"))
+fn not_json(e: scan::ScanError, limits: &DecodeLimits) -> DecodeError {
+    let kind = if e.too_deep {
+        DecodeErrorKind::TooDeep {
+            limit: limits.max_depth,
+        }
+    } else {
+        DecodeErrorKind::NotJson {
+            detail: e.to_string(),
+        }
+    };
+    DecodeError { kind, id: None }
 }
 
 /// Decodes one text frame.
 ///
+/// One pass checks the whole frame (valid JSON, nesting within the limit)
+/// and finds the fields ferrolink reads; values it forwards stay raw.
 /// Never panics, whatever the input; the work is linear in the frame length.
 pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Message<'a>, DecodeError> {
-    if let Err(_depth) = crate::json::check_depth(text, limits.max_depth) {
-        return Err(DecodeError {
-            kind: DecodeErrorKind::TooDeep {
-                limit: limits.max_depth,
-            },
-            id: None,
-        });
-    }
-    // serde would happily read a struct from a JSON array; refuse it first.
-    if !text.trim_start().starts_with('{') {
-        let kind = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            Ok(_) => DecodeErrorKind::NotObject,
-            Err(e) => DecodeErrorKind::NotJson {
-                detail: e.to_string(),
-            },
+    if !scan::is_object(text) {
+        let kind = match scan::validate(text, limits.max_depth) {
+            Ok(()) => DecodeErrorKind::NotObject,
+            Err(e) => return Err(not_json(e, limits)),
         };
         return Err(DecodeError { kind, id: None });
     }
-    let f: Fields<'a> = serde_json::from_str(text).map_err(|e| DecodeError {
-        kind: DecodeErrorKind::NotJson {
-            detail: e.to_string(),
-        },
-        id: None,
-    })?;
+    let mut f = Fields::default();
+    scan::object(text, limits.max_depth, |key, escaped, value| {
+        let inner = &key[1..key.len() - 1];
+        if escaped {
+            let unescaped = WireStr::from_raw(RawJson::checked(key))
+                .map(|k| k.value())
+                .unwrap_or(Cow::Borrowed(inner));
+            f.set(&unescaped, value)
+        } else {
+            f.set(inner, value)
+        }
+    })
+    .map_err(|e| not_json(e, limits))?;
     let id = f.id.and_then(WireStr::from_raw);
+    let id_too_long = id.is_some_and(|i| i.literal().len() > limits.max_id_len);
+    let id_for_errors = if id_too_long { None } else { id };
     let fail = |kind| DecodeError {
         kind,
-        id: id.map(|i| i.literal().to_string()),
+        id: id_for_errors.map(|i| i.literal().to_string()),
+    };
+    let too_long = |message, field, limit| {
+        fail(DecodeErrorKind::TooLong {
+            message,
+            field,
+            limit,
+        })
+    };
+    let named = |raw: RawJson<'a>, message: &'static str, field: &'static str| {
+        let value = string_value(raw).ok_or_else(|| {
+            fail(DecodeErrorKind::WrongType {
+                message,
+                field,
+                expected: "a string",
+            })
+        })?;
+        if value.len() > limits.max_name_len {
+            return Err(too_long(message, field, limits.max_name_len));
+        }
+        Ok(value)
     };
 
     if let Some(kind) = f.kind {
@@ -232,21 +271,25 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Message<'a>, D
                 expected: "a string",
             }));
         };
+        if id_too_long {
+            return Err(too_long("message", "id", limits.max_id_len));
+        }
         return match &*kind {
-            "CALL" => decode_call(&f, id).map_err(fail).map(Message::Call),
+            "CALL" => {
+                let call = decode_call(&f, id).map_err(fail)?;
+                if call.command.len() > limits.max_name_len {
+                    return Err(too_long("CALL", "command", limits.max_name_len));
+                }
+                Ok(Message::Call(call))
+            }
             "REGISTER" => {
-                let name = f.name.ok_or(DecodeErrorKind::Missing {
-                    message: "REGISTER",
-                    field: "name",
-                });
-                let name = name.and_then(|n| {
-                    string_value(n).ok_or(DecodeErrorKind::WrongType {
+                let name = f.name.ok_or_else(|| {
+                    fail(DecodeErrorKind::Missing {
                         message: "REGISTER",
                         field: "name",
-                        expected: "a string",
                     })
-                });
-                name.map(|name| Message::Register { name }).map_err(fail)
+                })?;
+                named(name, "REGISTER", "name").map(|name| Message::Register { name })
             }
             "REGISTER_LIVE_OBJECT_BACKEND" => Ok(Message::RegisterLiveObjectBackend),
             "CHUNK_HEADER" => Ok(Message::ChunkHeader {
@@ -260,10 +303,17 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Message<'a>, D
         };
     }
     if let Some(key) = f.key {
+        let device = f.device.and_then(string_value);
+        if device
+            .as_ref()
+            .is_some_and(|d| d.len() > limits.max_name_len)
+        {
+            return Err(too_long("key message", "device", limits.max_name_len));
+        }
         return Ok(Message::Hello(Hello {
             key: string_value(key).unwrap_or(Cow::Borrowed("")),
             version: f.v.and_then(|v| v.get().parse::<f64>().ok()),
-            device: f.device.and_then(string_value),
+            device,
         }));
     }
     if f.auth.is_some() {
@@ -288,6 +338,9 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Message<'a>, D
                 expected: "a string",
             }));
         };
+        if id_too_long {
+            return Err(too_long("reply", "id", limits.max_id_len));
+        }
         let outcome = match (f.response, f.error) {
             (_, Some(error)) => Outcome::Error(error),
             (Some(response), None) => Outcome::Response(response),
@@ -341,7 +394,7 @@ fn decode_call<'a>(f: &Fields<'a>, id: Option<WireStr<'a>>) -> Result<Call<'a>, 
         }
     };
     let args = match f.args {
-        None => empty_array(),
+        None => RawJson::checked("[]"),
         Some(a) if is_array(a) => a,
         Some(_) => {
             return Err(DecodeErrorKind::WrongType {
@@ -352,8 +405,8 @@ fn decode_call<'a>(f: &Fields<'a>, id: Option<WireStr<'a>>) -> Result<Call<'a>, 
         }
     };
     let kwargs = match f.kwargs {
-        None => empty_object(),
-        Some(k) if k.get() == "null" => empty_object(),
+        None => RawJson::checked("{}"),
+        Some(k) if k.get() == "null" => RawJson::checked("{}"),
         Some(k) if is_object(k) => k,
         Some(_) => {
             return Err(DecodeErrorKind::WrongType {

@@ -65,6 +65,7 @@ mod json;
 pub mod message;
 pub mod revocation;
 pub mod roughtime;
+pub mod scan;
 #[cfg(feature = "alloc")]
 pub mod server_session;
 pub mod sntp;

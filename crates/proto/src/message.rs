@@ -7,9 +7,24 @@
 
 use alloc::borrow::Cow;
 
-use serde_json::value::RawValue;
-
 pub use crate::wire::error_type;
+
+/// A JSON value exactly as received: a slice of the frame that the codec
+/// has checked to be valid JSON. Forwarding copies it; nothing re-encodes it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    /// Wraps text the caller checked to be one JSON value.
+    pub(crate) fn checked(text: &'a str) -> Self {
+        Self(text)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
 
 /// A JSON string value kept exactly as received, quotes and escapes included.
 ///
@@ -20,7 +35,7 @@ pub struct WireStr<'a>(&'a str);
 
 impl<'a> WireStr<'a> {
     /// Wraps `raw` if it is a JSON string literal.
-    pub fn from_raw(raw: &'a RawValue) -> Option<Self> {
+    pub fn from_raw(raw: RawJson<'a>) -> Option<Self> {
         let text = raw.get();
         text.starts_with('"').then_some(Self(text))
     }
@@ -89,7 +104,7 @@ pub enum Message<'a> {
     /// S→C event pushed to a browser session.
     Event {
         /// The raw `event` object (`{"name":…,"payload":…}`).
-        event: &'a RawValue,
+        event: RawJson<'a>,
     },
     /// A message with a `type` this implementation does not know.
     Unknown {
@@ -137,7 +152,7 @@ pub struct AuthOk<'a> {
     /// `"uplink"` (server privilege) or `"client"`; absent means `"uplink"`.
     pub privilege: Option<Cow<'a, str>>,
     /// The raw `app-info` object, if present.
-    pub app_info: Option<&'a RawValue>,
+    pub app_info: Option<RawJson<'a>>,
 }
 
 /// A `CALL`.
@@ -148,11 +163,11 @@ pub struct Call<'a> {
     /// The function name.
     pub command: Cow<'a, str>,
     /// Positional arguments: a raw JSON array (`[]` when absent).
-    pub args: &'a RawValue,
+    pub args: RawJson<'a>,
     /// Keyword arguments: a raw JSON object (`{}` when absent).
-    pub kwargs: &'a RawValue,
+    pub kwargs: RawJson<'a>,
     /// The raw `objects` array, if present and non-empty.
-    pub objects: Option<&'a RawValue>,
+    pub objects: Option<RawJson<'a>>,
     /// Links a nested call to the call it is made from.
     pub call_stack_id: Option<Cow<'a, str>>,
 }
@@ -165,16 +180,16 @@ pub struct Reply<'a> {
     /// The result.
     pub outcome: Outcome<'a>,
     /// The raw `objects` array, if present and non-empty.
-    pub objects: Option<&'a RawValue>,
+    pub objects: Option<RawJson<'a>>,
 }
 
 /// How a call ended.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome<'a> {
     /// The raw JSON return value.
-    Response(&'a RawValue),
+    Response(RawJson<'a>),
     /// The raw JSON error object (`{"type":…,"message":…,"trace":…}`).
-    Error(&'a RawValue),
+    Error(RawJson<'a>),
 }
 
 /// Which privilege a key grants, as named on the wire (`priv`).
@@ -211,7 +226,7 @@ pub const MAX_ERROR_TYPE: usize = 1024;
 /// The `type` of a raw error object (`{"type": "ValueError", …}`), for
 /// logs: `"error"` when there is none, it is not a string, or it is longer
 /// than [`MAX_ERROR_TYPE`].
-pub fn error_type_of(error: &RawValue) -> Cow<'_, str> {
+pub fn error_type_of(error: RawJson<'_>) -> Cow<'_, str> {
     #[derive(serde::Deserialize)]
     struct ErrorType<'a> {
         #[serde(borrow, rename = "type")]

@@ -24,6 +24,14 @@ pub mod error_type {
     pub const INTERNAL: &str = "anvil.server.InternalError";
 }
 
+/// Longest call id accepted, in bytes of its JSON literal: ids are echoed
+/// back and kept while a call is in flight, so peers may not make them
+/// large. (The official clients use a dozen or so characters.)
+pub const MAX_ID_LEN: usize = 128;
+
+/// Longest function name, registration or device name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
 /// The built-in function the official clients call as their heartbeat.
 pub const ECHO_COMMAND: &str = "anvil.private.echo";
 

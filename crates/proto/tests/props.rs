@@ -93,7 +93,8 @@ proptest! {
         let kwargs_text = kwargs_value.to_string();
         let mut frame = String::new();
         encode::client_call(&mut frame, &id, &command, &args_text, &kwargs_text, stack.as_deref());
-        let Ok(Message::Call(call)) = decode(&frame, &DecodeLimits { max_depth: 64 }) else {
+        let unbounded = DecodeLimits { max_id_len: usize::MAX, max_name_len: usize::MAX, ..DecodeLimits::default() };
+        let Ok(Message::Call(call)) = decode(&frame, &unbounded) else {
             panic!("did not decode: {frame}");
         };
         prop_assert_eq!(call.id.value(), id);

@@ -27,7 +27,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
 use ferrolink_proto::calls::{CallId, CallTable};
@@ -694,7 +693,7 @@ impl Core {
             command: &call.command,
             args: call.args.get(),
             kwargs: call.kwargs.get(),
-            objects: call.objects.map(RawValue::get),
+            objects: call.objects.map(|o| o.get()),
             depth,
             origin,
         };
@@ -737,7 +736,7 @@ impl Core {
             tracing::debug!(conn = self.peer.id, call, "late reply dropped");
             return;
         };
-        let objects = reply.objects.map(RawValue::get);
+        let objects = reply.objects.map(|o| o.get());
         if serving.reply.caller.is_pico && objects.is_some() {
             serving.reply.fail(
                 error_type::SERIALIZATION,
