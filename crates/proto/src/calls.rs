@@ -2,7 +2,7 @@
 //! waits forever. Used by the server for calls it forwarded to a provider and
 //! by clients for calls they made.
 
-use alloc::collections::BinaryHeap;
+use alloc::collections::{BinaryHeap, VecDeque};
 use core::cmp::Reverse;
 
 use hashbrown::HashMap;
@@ -30,8 +30,10 @@ pub struct TableFull {
 #[derive(Debug)]
 pub struct CallTable<V> {
     entries: HashMap<CallId, (Instant, V)>,
-    /// Deadlines in order; entries whose call already finished are skipped
-    /// lazily and the heap is rebuilt when they outnumber the live ones.
+    /// Deadlines that arrived in order — the common case, when every call
+    /// gets the same timeout — kept in a queue (O(1) both ends).
+    in_order: VecDeque<(Instant, CallId)>,
+    /// Deadlines that arrived out of order.
     deadlines: BinaryHeap<Reverse<(Instant, CallId)>>,
     capacity: usize,
 }
@@ -41,6 +43,7 @@ impl<V> CallTable<V> {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::new(),
+            in_order: VecDeque::new(),
             deadlines: BinaryHeap::new(),
             capacity,
         }
@@ -63,21 +66,38 @@ impl<V> CallTable<V> {
             ));
         }
         self.entries.insert(id, (deadline, value));
-        self.deadlines.push(Reverse((deadline, id)));
+        if self
+            .in_order
+            .back()
+            .is_none_or(|(last, _)| *last <= deadline)
+        {
+            self.in_order.push_back((deadline, id));
+        } else {
+            self.deadlines.push(Reverse((deadline, id)));
+        }
         Ok(())
     }
 
     /// Removes a finished call, returning its value if it was pending.
     pub fn remove(&mut self, id: CallId) -> Option<V> {
         let (_, value) = self.entries.remove(&id)?;
-        if self.deadlines.len() > 2 * self.entries.len() + 64 {
-            self.deadlines = self
+        // Finished calls leave their deadlines behind, skipped lazily;
+        // rebuild when they outnumber the live ones.
+        if self.in_order.len() + self.deadlines.len() > 2 * self.entries.len() + 64 {
+            let mut live: alloc::vec::Vec<(Instant, CallId)> = self
                 .entries
                 .iter()
-                .map(|(id, (deadline, _))| Reverse((*deadline, *id)))
+                .map(|(id, (deadline, _))| (*deadline, *id))
                 .collect();
+            live.sort_unstable();
+            self.in_order = live.into();
+            self.deadlines.clear();
         }
         Some(value)
+    }
+
+    fn is_live(&self, deadline: Instant, id: CallId) -> bool {
+        self.entries.get(&id).is_some_and(|(d, _)| *d == deadline)
     }
 
     /// The value of a pending call.
@@ -97,15 +117,24 @@ impl<V> CallTable<V> {
 
     /// The earliest deadline of a pending call.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some(Reverse((deadline, id))) = self.deadlines.peek().copied() {
-            match self.entries.get(&id) {
-                Some((d, _)) if *d == deadline => return Some(deadline),
-                _ => {
-                    self.deadlines.pop();
-                }
+        while let Some(&(deadline, id)) = self.in_order.front() {
+            if self.is_live(deadline, id) {
+                break;
             }
+            self.in_order.pop_front();
         }
-        None
+        while let Some(Reverse((deadline, id))) = self.deadlines.peek().copied() {
+            if self.is_live(deadline, id) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+        let queued = self.in_order.front().map(|(d, _)| *d);
+        let heaped = self.deadlines.peek().map(|Reverse((d, _))| *d);
+        match (queued, heaped) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Removes and returns one call whose deadline is at or before `now`.
@@ -114,12 +143,17 @@ impl<V> CallTable<V> {
         if deadline > now {
             return None;
         }
-        let Reverse((_, id)) = self.deadlines.pop()?;
+        let id = if self.in_order.front().is_some_and(|(d, _)| *d == deadline) {
+            self.in_order.pop_front()?.1
+        } else {
+            self.deadlines.pop()?.0.1
+        };
         self.entries.remove(&id).map(|(_, v)| (id, v))
     }
 
     /// Removes every pending call (the connection closed).
     pub fn drain(&mut self) -> impl Iterator<Item = (CallId, V)> + '_ {
+        self.in_order.clear();
         self.deadlines.clear();
         let mut entries: alloc::vec::Vec<_> =
             self.entries.drain().map(|(id, (_, v))| (id, v)).collect();
@@ -173,6 +207,20 @@ mod tests {
             table.insert(CallId(i), t(1_000_000), ()).unwrap();
             table.remove(CallId(i));
         }
-        assert!(table.deadlines.len() <= 64 + 2, "{}", table.deadlines.len());
+        assert!(table.in_order.len() <= 64 + 2, "{}", table.in_order.len());
+    }
+
+    #[test]
+    fn out_of_order_deadlines_still_expire_in_order() {
+        let mut table = CallTable::new(8);
+        table.insert(CallId(1), t(500), "a").unwrap();
+        table.insert(CallId(2), t(100), "b").unwrap();
+        table.insert(CallId(3), t(900), "c").unwrap();
+        table.insert(CallId(4), t(300), "d").unwrap();
+        let mut order = alloc::vec::Vec::new();
+        while let Some((_, v)) = table.expire(t(10_000)) {
+            order.push(v);
+        }
+        assert_eq!(order, ["b", "d", "a", "c"]);
     }
 }
