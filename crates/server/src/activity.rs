@@ -6,12 +6,13 @@
 //! broadcast is skipped entirely while nobody watches.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferrolink_proto::Instant;
 use serde::Serialize;
 use tokio::sync::broadcast;
+
+use crate::clock::{Clock, unix_ms};
 
 /// Calls kept for the dashboard.
 const CALLS_KEPT: usize = 500;
@@ -19,6 +20,10 @@ const CALLS_KEPT: usize = 500;
 const EVENTS_KEPT: usize = 200;
 /// Longest event payload kept (it is shown, not replayed).
 const PAYLOAD_KEPT: usize = 1024;
+/// Calls recorded per second at most: the log is for people, so under
+/// heavy load it keeps a sample (and counts the rest) instead of taking a
+/// lock and an allocation for every one of thousands of calls a second.
+const CALLS_PER_SECOND: u64 = 200;
 
 /// A finished call.
 #[derive(Debug, Serialize)]
@@ -56,18 +61,17 @@ pub(crate) enum Activity {
     Changed,
 }
 
-/// The server's clock and activity log, which every connection reports to.
+/// The server's activity log, which every connection reports to.
 pub(crate) struct Monitor {
-    epoch: tokio::time::Instant,
+    clock: Clock,
+    /// The second (of the protocol clock) `in_window` counts.
+    window: AtomicU64,
+    in_window: AtomicU64,
+    /// Calls finished but not recorded since start.
+    unrecorded: AtomicU64,
     calls: Mutex<VecDeque<Arc<CallEntry>>>,
     events: Mutex<VecDeque<Arc<EventEntry>>>,
     tx: broadcast::Sender<Activity>,
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn push<T>(ring: &Mutex<VecDeque<T>>, item: T, cap: usize) {
@@ -79,29 +83,16 @@ fn push<T>(ring: &Mutex<VecDeque<T>>, item: T, cap: usize) {
 }
 
 impl Monitor {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         Self {
-            epoch: tokio::time::Instant::now(),
+            clock,
+            window: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
+            unrecorded: AtomicU64::new(0),
             calls: Mutex::new(VecDeque::with_capacity(CALLS_KEPT)),
             events: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
             tx: broadcast::channel(1024).0,
         }
-    }
-
-    /// Now, on the protocol core's clock.
-    pub(crate) fn now(&self) -> Instant {
-        Instant::from_millis(self.epoch.elapsed().as_millis() as u64)
-    }
-
-    /// The tokio instant of a protocol instant.
-    pub(crate) fn to_tokio(&self, t: Instant) -> tokio::time::Instant {
-        self.epoch + std::time::Duration::from_millis(t.as_millis())
-    }
-
-    /// The wall-clock time (ms since the Unix epoch) of a protocol instant.
-    pub(crate) fn to_unix_ms(&self, t: Instant) -> u64 {
-        let ago = self.now().as_millis().saturating_sub(t.as_millis());
-        unix_ms().saturating_sub(ago)
     }
 
     fn announce(&self, activity: Activity) {
@@ -110,7 +101,8 @@ impl Monitor {
         }
     }
 
-    /// Records a finished call.
+    /// Records a finished call (up to [`CALLS_PER_SECOND`]; the rest are
+    /// counted).
     pub(crate) fn call(
         &self,
         app: &Arc<str>,
@@ -119,13 +111,25 @@ impl Monitor {
         duration_ms: u64,
         outcome: &str,
     ) {
+        let second = self.clock.now().as_millis() / 1000;
+        if self.window.load(Ordering::Relaxed) != second {
+            // Racing threads may both reset: the count is approximate.
+            self.window.store(second, Ordering::Relaxed);
+            self.in_window.store(0, Ordering::Relaxed);
+        }
+        if self.in_window.fetch_add(1, Ordering::Relaxed) >= CALLS_PER_SECOND {
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let function = crate::calls::shown(function).to_string();
+        let outcome = crate::calls::shown(outcome).to_string();
         let entry = Arc::new(CallEntry {
             at_ms: unix_ms(),
             app: app.clone(),
             caller: caller.clone(),
-            function: function.to_owned(),
+            function,
             duration_ms,
-            outcome: outcome.to_owned(),
+            outcome,
         });
         push(&self.calls, entry.clone(), CALLS_KEPT);
         self.announce(Activity::Call(entry));
@@ -165,6 +169,11 @@ impl Monitor {
         self.announce(Activity::Changed);
     }
 
+    /// Calls finished but not in the log (over the per-second sample).
+    pub(crate) fn unrecorded_calls(&self) -> u64 {
+        self.unrecorded.load(Ordering::Relaxed)
+    }
+
     /// Recent calls, oldest first.
     pub(crate) fn recent_calls(&self) -> Vec<Arc<CallEntry>> {
         self.calls
@@ -197,14 +206,20 @@ mod tests {
 
     #[test]
     fn logs_are_bounded_and_payloads_cut() {
-        let m = Monitor::new();
+        let m = Monitor::new(Clock::start());
         let app: Arc<str> = "a".into();
         for i in 0..(CALLS_KEPT + 10) {
             m.call(&app, &app, &format!("f{i}"), 1, "ok");
         }
+        // Within one second only a sample is recorded, and the rest counted.
         let calls = m.recent_calls();
-        assert_eq!(calls.len(), CALLS_KEPT);
-        assert_eq!(calls[0].function, "f10");
+        assert_eq!(
+            calls.len() as u64 + m.unrecorded_calls(),
+            CALLS_KEPT as u64 + 10
+        );
+        assert!(calls.len() as u64 >= CALLS_PER_SECOND.min(CALLS_KEPT as u64) - 1);
+        assert_eq!(calls[0].function, "f0");
+        m.call(&app, &app, &"x".repeat(1000), 1, "ok");
         m.event(&app, &app, "e", &"é".repeat(2000), 0);
         let e = &m.recent_events()[0];
         assert!(e.payload.len() <= PAYLOAD_KEPT + 3 && e.payload.ends_with('…'));

@@ -29,6 +29,7 @@
 mod activity;
 pub mod auth;
 mod calls;
+mod clock;
 mod config;
 mod edge;
 pub mod keys;

@@ -3,6 +3,12 @@
 
 mod demo_device;
 
+/// mimalloc: the call path allocates a few small buffers per call, and
+/// glibc's allocator was a tenth of the server's time under load
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use demo_device as sim;
 
 use std::net::SocketAddr;

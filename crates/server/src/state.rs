@@ -10,6 +10,7 @@ use ferrolink_proto::Instant;
 use crate::activity::Monitor;
 use crate::calls::peer::Peer;
 use crate::calls::registry::AppRuntime;
+use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::keys::{KeyId, KeyRecord, Secret};
 use crate::storage::{Store, StoreError};
@@ -49,8 +50,10 @@ pub(crate) struct ServerState {
     throttle: crate::throttle::Throttle,
     /// Failed operator and user logins, per address.
     pub(crate) login_throttle: crate::throttle::Throttle,
-    /// The clock, call log and live activity feed.
+    /// The call log and live activity feed.
     pub(crate) monitor: Arc<Monitor>,
+    /// The protocol clock.
+    pub(crate) clock: Clock,
     /// Public origin answered to `anvil.private.get_app_origin`.
     pub(crate) origin: String,
     /// The newest published trust bundle, as devices fetch it.
@@ -88,6 +91,7 @@ impl ServerState {
         let trust_bundle = RwLock::new(load_trust_bundle(&store)?);
         let throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
         let login_throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
+        let clock = Clock::start();
         Ok(Self {
             config,
             store,
@@ -100,7 +104,8 @@ impl ServerState {
             key_messages: AtomicU64::new(0),
             throttle,
             login_throttle,
-            monitor: Arc::new(Monitor::new()),
+            monitor: Arc::new(Monitor::new(clock)),
+            clock,
             origin,
             trust_bundle,
             consoles: Mutex::default(),
@@ -126,12 +131,12 @@ impl ServerState {
 
     /// Now, on the protocol core's clock.
     pub(crate) fn now(&self) -> Instant {
-        self.monitor.now()
+        self.clock.now()
     }
 
     /// The tokio instant of a protocol instant.
     pub(crate) fn to_tokio(&self, t: Instant) -> tokio::time::Instant {
-        self.monitor.to_tokio(t)
+        self.clock.to_tokio(t)
     }
 
     pub(crate) fn key_messages(&self) -> u64 {
@@ -260,7 +265,7 @@ impl ServerState {
             .unwrap_or_else(|p| p.into_inner())
             .insert(
                 conn.key_id.clone(),
-                (crate::activity::unix_ms(), conn.ip.to_string()),
+                (crate::clock::unix_ms(), conn.ip.to_string()),
             );
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = live.get_mut(&conn.key_id) {

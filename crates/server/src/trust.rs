@@ -73,7 +73,7 @@ pub fn keygen(path: &Path) -> Result<[u8; 32], TrustError> {
         "# ferrolink trust signing key (Ed25519 seed). Keep it offline: whoever holds it decides what your devices trust.\n{}\n",
         hex(&seed)
     );
-    crate::edge::certificates::write_private(path, text.as_bytes()).map_err(io(path))?;
+    crate::storage::files::write_private(path, text.as_bytes()).map_err(io(path))?;
     Ok(key.verifying_key().to_bytes())
 }
 

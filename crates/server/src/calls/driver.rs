@@ -198,8 +198,7 @@ async fn run_uplink(state: Arc<ServerState>, mut io: Stream, first: Bytes, addr:
         version = peer.protocol_version,
         "uplink connected"
     );
-    let mut driver = Driver::new(state, peer, session, io, input, out);
-    driver.run().await;
+    Driver::new(state, peer, session, io, input, out).spawn();
 }
 
 /// Runs one browser session websocket to its end. The session was
@@ -257,8 +256,7 @@ pub(crate) async fn serve_browser(
         state.app(&peer.app).add_browser(&peer);
         state.monitor.changed();
         tracing::debug!(conn = peer.id, "browser session opened");
-        let mut driver = Driver::new(state, peer, session, io, input, out);
-        driver.run().await;
+        Driver::new(state, peer, session, io, input, out).spawn();
     }
     .instrument(span)
     .await;
@@ -420,6 +418,33 @@ struct Driver {
     core: Core,
 }
 
+pin_project_lite::pin_project! {
+    /// A connection's task while it runs: written out by hand because an
+    /// `async fn` would keep two copies of the driver (its argument and
+    /// its local), and idle connections are counted in their thousands.
+    struct Running {
+        driver: Option<Driver>,
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl Future for Running {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let Some(driver) = this.driver.as_mut() else {
+            return Poll::Ready(());
+        };
+        let ending = std::task::ready!(driver.poll_run(cx, this.sleep));
+        if let Some(driver) = this.driver.take() {
+            tokio::spawn(driver.close(ending).in_current_span());
+        }
+        Poll::Ready(())
+    }
+}
+
 impl Driver {
     fn new(
         state: Arc<ServerState>,
@@ -449,12 +474,26 @@ impl Driver {
         }
     }
 
-    async fn run(&mut self) {
+    /// Runs the connection as a task of its own, so what an idle
+    /// connection holds is the driver and its timer, not the (larger)
+    /// state of the upgrade and authentication that came before.
+    fn spawn(mut self) {
         let first = self.core.next_deadline();
-        self.core.armed = first;
         let sleep = tokio::time::sleep_until(self.core.state.to_tokio(first));
-        tokio::pin!(sleep);
-        let ending = std::future::poll_fn(|cx| self.poll_run(cx, sleep.as_mut())).await;
+        self.core.armed = first;
+        let driver = self;
+        tokio::spawn(
+            Running {
+                driver: Some(driver),
+                sleep,
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// The closing handshake, run as a task of its own once the
+    /// connection has ended.
+    async fn close(mut self, ending: Ending) {
         let ending = self.core.finish(ending);
         close(&mut self.io, &mut self.input, &mut self.core.out, ending).await;
     }
@@ -895,5 +934,19 @@ impl Core {
             "uplink disconnected"
         );
         ending
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// An idle connection's task is this future (plus tokio's task header
+    /// and the tracing span): keep it small, the idle-memory target in
+    /// docs/benchmarks.md counts it ten thousand times.
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        let running = size_of::<super::Running>();
+        assert!(
+            running <= 768,
+            "a running connection's task grew to {running} bytes"
+        );
     }
 }

@@ -139,7 +139,38 @@ pub(crate) struct Input {
 }
 
 /// Smallest read.
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Buffers kept for reuse per worker thread, and the largest kept: a busy
+/// connection takes one per wake-up and gives it back when it has handled
+/// (or written) everything, so idle connections hold none and busy ones do
+/// not call the allocator for each batch.
+const SPARE_BUFFERS: usize = 8;
+const SPARE_CAPACITY: usize = 256 * 1024;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer(min: usize) -> Vec<u8> {
+    let mut buf = SPARE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
+    buf.reserve(min);
+    buf
+}
+
+fn give_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > SPARE_CAPACITY {
+        return;
+    }
+    buf.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
+}
 
 impl Input {
     /// An input holding `first` (bytes read with the upgrade request),
@@ -185,7 +216,11 @@ impl Input {
             Ok(Some(h)) => (h.total_len().saturating_sub(self.buf.len())).max(READ_CHUNK),
             _ => READ_CHUNK,
         };
-        self.buf.reserve(want);
+        if self.buf.capacity() == 0 {
+            self.buf = take_buffer(want);
+        } else {
+            self.buf.reserve(want);
+        }
         let spare: &mut [MaybeUninit<u8>] = self.buf.spare_capacity_mut();
         let mut read = ReadBuf::uninit(spare);
         ready!(io.poll_read(cx, &mut read))?;
@@ -199,7 +234,7 @@ impl Input {
     /// connections hold none).
     pub(crate) fn release(&mut self) {
         if self.pos >= self.buf.len() {
-            self.buf = Vec::new();
+            give_buffer(std::mem::take(&mut self.buf));
             self.pos = 0;
         }
     }
@@ -304,7 +339,16 @@ impl Output {
         self.len() == 0
     }
 
+    fn reserve(&mut self, additional: usize) {
+        if self.buf.capacity() == 0 {
+            self.buf = take_buffer(additional);
+        } else {
+            self.buf.reserve(additional);
+        }
+    }
+
     fn header(&mut self, opcode: Opcode, len: usize) {
+        self.reserve(len + MAX_HEADER);
         let mut h = [0u8; MAX_HEADER];
         let n = ws::write_header(&mut h, true, opcode, len, None);
         self.buf.extend_from_slice(&h[..n]);
@@ -312,7 +356,6 @@ impl Output {
 
     /// Queues a text frame.
     pub(crate) fn text(&mut self, text: &str) {
-        self.buf.reserve(text.len() + 10);
         self.header(Opcode::Text, text.len());
         self.buf.extend_from_slice(text.as_bytes());
     }
@@ -320,7 +363,6 @@ impl Output {
     /// Queues a text frame made of `parts` in order.
     pub(crate) fn text_parts(&mut self, parts: &[&str]) {
         let len = parts.iter().map(|p| p.len()).sum();
-        self.buf.reserve(len + 10);
         self.header(Opcode::Text, len);
         for p in parts {
             self.buf.extend_from_slice(p.as_bytes());
@@ -359,7 +401,7 @@ impl Output {
             }
             self.pos += n;
         }
-        self.buf = Vec::new();
+        give_buffer(std::mem::take(&mut self.buf));
         self.pos = 0;
         io.poll_flush(cx)
     }

@@ -284,7 +284,7 @@ impl Peer {
             app: setup.app.into(),
             label,
             browser: setup.browser,
-            connected_at_ms: crate::activity::unix_ms(),
+            connected_at_ms: crate::clock::unix_ms(),
             last_seen: AtomicU64::new(now.as_millis()),
             registered: Mutex::default(),
             in_flight: AtomicUsize::new(0),
@@ -349,7 +349,7 @@ impl Peer {
         std::mem::swap(&mut q.items, into);
         self.unsent.fetch_add(q.bytes, Ordering::Relaxed);
         q.bytes = 0;
-        if q.items.capacity() > 256 {
+        if q.items.capacity() > 8192 {
             q.items = VecDeque::new();
         }
     }

@@ -6,7 +6,7 @@
 //! by calling `name@device`, which only the connection authenticated with
 //! that device's key can serve.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -211,7 +211,7 @@ async fn account(setting: &AcmeSetting, store: &Store) -> Result<Account, String
             )
         })?;
     if let Ok(text) = serde_json::to_string(&credentials) {
-        let _ = crate::edge::certificates::write_private(&path, text.as_bytes());
+        let _ = crate::storage::files::write_private(&path, text.as_bytes());
     }
     Ok(account)
 }
@@ -284,7 +284,7 @@ async fn issue(
     let left = seconds_left(&chain).unwrap_or(0);
     let ck = certified(chain, key.secret_der().to_vec())?;
     std::fs::write(store.dir.join("cert.pem"), &chain_pem).map_err(|e| e.to_string())?;
-    crate::edge::certificates::write_private(&store.dir.join("key.pem"), key_pem.as_bytes())
+    crate::storage::files::write_private(&store.dir.join("key.pem"), key_pem.as_bytes())
         .map_err(|e| e.to_string())?;
     *resolver.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
     Ok(left)

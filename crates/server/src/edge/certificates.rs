@@ -217,7 +217,8 @@ pub(crate) fn dev_tls(
         Ok(pem) => KeyPair::from_pem(&pem).map_err(|e| err(&e))?,
         Err(_) => {
             let key = KeyPair::generate().map_err(|e| err(&e))?;
-            write_private(&ca_key_path, key.serialize_pem().as_bytes()).map_err(|e| err(&e))?;
+            crate::storage::files::write_private(&ca_key_path, key.serialize_pem().as_bytes())
+                .map_err(|e| err(&e))?;
             key
         }
     };
@@ -288,19 +289,6 @@ fn is_host_name(name: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
-}
-
-/// Writes a secret file readable only by its owner (replacing any old one).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 #[cfg(test)]

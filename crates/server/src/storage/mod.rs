@@ -12,6 +12,7 @@ use crate::keys::{KeyId, KeyRecord, Secret, parse_privilege, privilege_name};
 use ferrolink_proto::message::Privilege;
 
 mod accounts;
+pub(crate) mod files;
 pub use accounts::{OperatorSession, UserRecord};
 
 /// The database file name inside the data directory.

@@ -127,7 +127,7 @@ fn logged_in(state: &ServerState, app: &str, token: &str, email: &str) -> Respon
 async fn start_user_session(state: &Arc<ServerState>, user_id: i64) -> Result<String, ApiError> {
     let token = auth::new_token();
     let hash = auth::token_hash(&token);
-    let expires = crate::activity::unix_ms() as i64 / 1000 + USER_SESSION_SECS;
+    let expires = crate::clock::unix_ms() as i64 / 1000 + USER_SESSION_SECS;
     blocking(state, move |s| {
         s.create_user_session(user_id, &hash, expires)
     })

@@ -54,7 +54,7 @@ pub(crate) fn html_escape(s: &str) -> String {
 }
 
 fn now_secs() -> i64 {
-    crate::activity::unix_ms() as i64 / 1000
+    crate::clock::unix_ms() as i64 / 1000
 }
 
 /// The operator session of the request, if it has a live one.
@@ -293,7 +293,7 @@ pub(crate) async fn overview(
                 "address": &*c.ip,
                 "protocol_version": c.protocol_version,
                 "connected_at_ms": c.connected_at_ms,
-                "last_seen_ms": state.monitor.to_unix_ms(ferrolink_proto::Instant::from_millis(
+                "last_seen_ms": state.clock.to_unix_ms(ferrolink_proto::Instant::from_millis(
                     c.last_seen.load(std::sync::atomic::Ordering::Relaxed),
                 )),
                 "functions": c.registered().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
@@ -325,6 +325,7 @@ pub(crate) async fn overview(
         "keys": keys,
         "devices": devices,
         "calls": state.monitor.recent_calls(),
+        "calls_not_logged": state.monitor.unrecorded_calls(),
         "events": state.monitor.recent_events(),
     })))
 }

@@ -593,3 +593,111 @@ async fn behind_a_proxy_the_public_origin_is_the_one_pages_come_from() {
         "https origin: Secure cookies"
     );
 }
+
+/// Logs an operator in through the dashboard's form; returns the session
+/// cookie and the CSRF token the API wants with every change.
+async fn operator_login(server: &TestServer) -> (String, String) {
+    server.create_operator("ops", "operator password");
+    let (addr, origin) = (server.addr(), server.origin());
+    let form = request(addr, "GET", "/_/admin", &[], None).await;
+    let csrf_cookie = form.cookie("flk_csrf").unwrap();
+    let token = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let ok = request(
+        addr,
+        "POST",
+        "/_/admin/login",
+        &[
+            ("origin", &origin),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &csrf_cookie),
+        ],
+        Some(&format!("name=ops&password=operator+password&csrf={token}")),
+    )
+    .await;
+    let session = ok.cookie("flk_admin").expect("operator session");
+    let page = request(addr, "GET", "/_/admin", &[("cookie", &session)], None).await;
+    let csrf = page
+        .body
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    (session, csrf)
+}
+
+#[tokio::test]
+async fn the_dashboard_console_is_held_to_the_in_flight_bound() {
+    let server = TestServer::start_with(|c| {
+        c.max_pending_calls = 2;
+        c.call_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    provider.register("hang").await;
+    let (session, csrf) = operator_login(&server).await;
+    let console_call = |function: &'static str| {
+        let (addr, origin, session, csrf) = (
+            server.addr(),
+            server.origin(),
+            session.clone(),
+            csrf.clone(),
+        );
+        async move {
+            let r = request(
+                addr,
+                "POST",
+                "/_/admin/api/call",
+                &[
+                    ("origin", &origin),
+                    ("cookie", &session),
+                    ("content-type", "application/json"),
+                    ("x-csrf-token", &csrf),
+                ],
+                Some(&json!({"app": "demo", "function": function, "args": "[]"}).to_string()),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()
+        }
+    };
+    // Two calls the provider never answers fill the console's slots ...
+    let first = tokio::spawn(console_call("hang"));
+    let second = tokio::spawn(console_call("hang"));
+    for _ in 0..2 {
+        let got = provider.recv_json().await;
+        assert_eq!(got["command"], "hang", "{got}");
+    }
+    // ... so a third is refused at once, by the same admission as uplinks.
+    let started = std::time::Instant::now();
+    let third = console_call("hang").await;
+    assert_eq!(
+        third["error"]["type"], "anvil.server.QuotaExceededError",
+        "{third}"
+    );
+    assert!(
+        third["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 calls are already in flight"),
+        "{third}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The held calls end at their deadline and free their slots.
+    for held in [first.await.unwrap(), second.await.unwrap()] {
+        assert_eq!(held["error"]["type"], "anvil.server.TimeoutError", "{held}");
+    }
+    let again = tokio::spawn(console_call("hang"));
+    let got = provider.recv_json().await;
+    assert_eq!(
+        got["command"], "hang",
+        "a freed slot admits a call again: {got}"
+    );
+    let id = got["id"].as_str().unwrap().to_owned();
+    provider
+        .send_json(&json!({"id": id, "response": "done"}))
+        .await;
+    assert_eq!(again.await.unwrap()["response"], "done");
+}
