@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -21,11 +20,10 @@ use ferrolink_proto::{Instant, wire};
 use ferrolink_proto::backoff::Backoff;
 
 use crate::backoff::ReconnectPolicy;
-use crate::client::{OutputFn, Status, WeakClient, status_text};
 use crate::error::{
     CallError, CallErrorKind, ConnectError, ConnectErrorKind, HandlerError, RemoteError,
 };
-use crate::handler::{CallContext, Handler, Request};
+use crate::status::{Status, status_text};
 
 /// Any byte stream the websocket runs over (TCP, or TLS over TCP).
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -34,10 +32,23 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 type Ws = WebSocketStream<Box<dyn Io>>;
 type Reply = oneshot::Sender<Result<String, CallError>>;
 
+/// Receives `output` text from the server.
+pub(crate) type OutputFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where the answers of incoming calls come back to the connection task:
+/// the call id and the function's result.
+pub(crate) type Responder = mpsc::UnboundedSender<(String, Result<String, HandlerError>)>;
+
+/// Starts one incoming call (the builder supplies it: running a function
+/// needs the handlers and a handle on the client, which this task does not
+/// know).
+pub(crate) type Dispatch = Box<dyn Fn(IncomingCall, &Responder) + Send + Sync>;
+
 pub(crate) struct Settings {
     pub(crate) url: String,
     pub(crate) key: String,
-    pub(crate) handlers: HashMap<String, Handler>,
+    /// The names of the registered functions.
+    pub(crate) functions: Vec<String>,
     pub(crate) reconnect: ReconnectPolicy,
     pub(crate) connect_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
@@ -212,7 +223,7 @@ async fn handshake(settings: &Settings) -> Result<Link, ConnectError> {
     config.heartbeat_timeout = settings.heartbeat_timeout;
     config.max_pending = settings.max_pending;
     let mut conn = ClientSession::new(config, clock.now());
-    for name in settings.handlers.keys() {
+    for name in &settings.functions {
         conn.register(name);
     }
     let mut link = Link {
@@ -238,7 +249,7 @@ async fn handshake(settings: &Settings) -> Result<Link, ConnectError> {
         // in the connection for the driver.
         if let Some(ev) = link.conn.poll_event() {
             match ev {
-                ClientEvent::Authenticated { .. } if settings.handlers.is_empty() => {
+                ClientEvent::Authenticated { .. } if settings.functions.is_empty() => {
                     return Ok(link);
                 }
                 ClientEvent::Authenticated { .. } => {
@@ -428,7 +439,7 @@ pub(crate) async fn supervise(
     first: Link,
     mut commands: mpsc::Receiver<Command>,
     status: watch::Sender<Status>,
-    client: WeakClient,
+    dispatch: Dispatch,
 ) {
     let mut backoff = crate::backoff::backoff(&settings.reconnect);
     let mut link = Some(first);
@@ -443,7 +454,7 @@ pub(crate) async fn supervise(
         backoff.reset();
         status.send_replace(Status::Connected);
         tracing::info!(url = %settings.url, "uplink connected");
-        let end = run(current, &settings, &mut commands, &client).await;
+        let end = run(current, &settings, &mut commands, &dispatch).await;
         match end {
             End::Disconnected | End::Dropped => {
                 status.send_replace(Status::Closed);
@@ -573,7 +584,7 @@ async fn run(
     mut link: Link,
     settings: &Settings,
     commands: &mut mpsc::Receiver<Command>,
-    client: &WeakClient,
+    dispatch: &Dispatch,
 ) -> End {
     let mut waiting: Waiting = HashMap::new();
     let (respond_tx, mut respond_rx) =
@@ -583,7 +594,7 @@ async fn run(
     tokio::pin!(sleep);
     let mut requested: Option<End> = None;
     for call in std::mem::take(&mut link.early) {
-        dispatch(settings, client, &respond_tx, call);
+        dispatch(call, &respond_tx);
     }
     loop {
         let mut closed = None;
@@ -594,7 +605,7 @@ async fn run(
                         let _ = reply.send(call_result(&name, timeout, result));
                     }
                 }
-                ClientEvent::Incoming(call) => dispatch(settings, client, &respond_tx, call),
+                ClientEvent::Incoming(call) => dispatch(call, &respond_tx),
                 ClientEvent::Output(text) => output(settings, &text),
                 ClientEvent::Authenticated { .. } => {}
                 ClientEvent::Closed(reason) => closed = Some(reason),
@@ -720,47 +731,4 @@ fn on_response(link: &mut Link, id: &str, result: Result<String, HandlerError>) 
             .map(String::as_str)
             .map_err(|e| (e.error_type(), e.message())),
     );
-}
-
-/// Runs a registered function for an incoming call on its own task.
-fn dispatch(
-    settings: &Settings,
-    client: &WeakClient,
-    respond: &mpsc::UnboundedSender<(String, Result<String, HandlerError>)>,
-    call: IncomingCall,
-) {
-    let Some(handler) = settings.handlers.get(&call.command).cloned() else {
-        let message = format!(
-            "No server function matching \"{}\" has been registered",
-            call.command
-        );
-        let error = HandlerError::new(ferrolink_proto::error_type::NO_SERVER_FUNCTION, message);
-        let _ = respond.send((call.id, Err(error)));
-        return;
-    };
-    let Some(client) = client.upgrade() else {
-        return;
-    };
-    let call_stack_id = serde_json::from_str::<String>(&call.id).unwrap_or_default();
-    let args: Value = serde_json::from_str(&call.args).unwrap_or(Value::Array(Vec::new()));
-    let kwargs: Map<String, Value> = serde_json::from_str(&call.kwargs).unwrap_or_default();
-    let respond = respond.clone();
-    tracing::debug!(command = %call.command, "incoming call");
-    tokio::spawn(async move {
-        let request = Request {
-            command: call.command,
-            args,
-            kwargs,
-            context: CallContext {
-                client,
-                call_stack_id,
-            },
-        };
-        // A panicking function must not leave its caller waiting.
-        let result = std::panic::AssertUnwindSafe(handler(request))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(HandlerError::new("Exception", "the function panicked")));
-        let _ = respond.send((call.id, result));
-    });
 }

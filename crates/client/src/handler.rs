@@ -1,5 +1,6 @@
 //! Registered functions: what runs when the server calls this client.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,8 +9,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use ferrolink_proto::client_session::IncomingCall;
+use futures_util::FutureExt as _;
+
+use crate::client::{CallOptions, Client, WeakClient};
+use crate::driver::Responder;
 use crate::error::{CallError, HandlerError};
-use crate::{CallOptions, Client};
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<String, HandlerError>> + Send>>;
 pub(crate) type Handler = Arc<dyn Fn(Request) -> HandlerFuture + Send + Sync>;
@@ -111,4 +116,47 @@ where
             })
         }) as HandlerFuture
     })
+}
+
+/// Runs a registered function for an incoming call on its own task.
+pub(crate) fn dispatch(
+    handlers: &HashMap<String, Handler>,
+    client: &WeakClient,
+    respond: &Responder,
+    call: IncomingCall,
+) {
+    let Some(handler) = handlers.get(&call.command).cloned() else {
+        let message = format!(
+            "No server function matching \"{}\" has been registered",
+            call.command
+        );
+        let error = HandlerError::new(ferrolink_proto::error_type::NO_SERVER_FUNCTION, message);
+        let _ = respond.send((call.id, Err(error)));
+        return;
+    };
+    let Some(client) = client.upgrade() else {
+        return;
+    };
+    let call_stack_id = serde_json::from_str::<String>(&call.id).unwrap_or_default();
+    let args: Value = serde_json::from_str(&call.args).unwrap_or(Value::Array(Vec::new()));
+    let kwargs: Map<String, Value> = serde_json::from_str(&call.kwargs).unwrap_or_default();
+    let respond = respond.clone();
+    tracing::debug!(command = %call.command, "incoming call");
+    tokio::spawn(async move {
+        let request = Request {
+            command: call.command,
+            args,
+            kwargs,
+            context: CallContext {
+                client,
+                call_stack_id,
+            },
+        };
+        // A panicking function must not leave its caller waiting.
+        let result = std::panic::AssertUnwindSafe(handler(request))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(HandlerError::new("Exception", "the function panicked")));
+        let _ = respond.send((call.id, result));
+    });
 }

@@ -44,16 +44,20 @@
 //!   sent only after all of that passed.
 
 mod backoff;
+mod builder;
 mod client;
 mod driver;
 mod error;
 mod handler;
+mod status;
 pub mod time;
 pub mod tls;
 
 pub use backoff::ReconnectPolicy;
-pub use client::{CallOptions, Client, ClientBuilder, Status};
+pub use builder::ClientBuilder;
+pub use client::{CallOptions, Client};
 pub use error::{
     CallError, CallErrorKind, ConnectError, ConnectErrorKind, HandlerError, RemoteError,
 };
 pub use handler::{CallContext, Request};
+pub use status::Status;
