@@ -68,6 +68,10 @@ struct Args {
     /// Skip the raw TCP echo baseline.
     #[arg(long)]
     no_echo: bool,
+    /// Skip the NATS request/reply baseline (it needs `nats-server` on the
+    /// PATH: `apt-get install nats-server`).
+    #[arg(long)]
+    no_nats: bool,
     /// The server binary.
     #[arg(long, default_value = "target/release/ferrolink")]
     server: PathBuf,
@@ -159,6 +163,8 @@ struct Figures {
     per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU time of the routing side per call (NaN where not measured).
+    cpu_us: f64,
 }
 
 /// Median of each figure separately.
@@ -172,6 +178,7 @@ fn median(runs: &[Figures]) -> Figures {
         per_sec: pick(|f| f.per_sec),
         p50_us: pick(|f| f.p50_us),
         p99_us: pick(|f| f.p99_us),
+        cpu_us: pick(|f| f.cpu_us),
     }
 }
 
@@ -180,6 +187,7 @@ fn figures(count: u64, elapsed: Duration, h: &Histogram<u64>) -> Figures {
         per_sec: count as f64 / elapsed.as_secs_f64(),
         p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+        cpu_us: f64::NAN,
     }
 }
 
@@ -322,6 +330,44 @@ struct Endpoint {
     url: String,
     server_key: String,
     client_key: String,
+    /// Where the routing side's CPU time is read.
+    cpu: Cpu,
+}
+
+/// CPU time of the routing side of a measurement, from `/proc`.
+#[derive(Clone, Copy)]
+enum Cpu {
+    /// A whole process (the ferrolink server).
+    Process(u32),
+    /// The threads of this process whose name starts with `forwarder`.
+    ForwarderThreads,
+}
+
+/// User + system CPU seconds used so far.
+fn cpu_seconds(cpu: Cpu) -> Result<f64> {
+    // Fields 14 and 15 of /proc/.../stat are utime and stime in clock ticks
+    // (100 per second on Linux); the name in field 2 may hold spaces, so
+    // count from the closing parenthesis.
+    fn ticks(stat: &str) -> Result<u64> {
+        let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    }
+    let total = match cpu {
+        Cpu::Process(pid) => ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?,
+        Cpu::ForwarderThreads => {
+            let mut sum = 0;
+            for task in std::fs::read_dir("/proc/self/task")? {
+                let path = task?.path();
+                let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                if comm.starts_with("forwarder") {
+                    sum += ticks(&std::fs::read_to_string(path.join("stat"))?)?;
+                }
+            }
+            sum
+        }
+    };
+    Ok(total as f64 / 100.0)
 }
 
 /// The floor for this load shape: a minimal tokio-tungstenite forwarder on
@@ -332,29 +378,32 @@ async fn minimal_forwarder() -> Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("ws://{}/", listener.local_addr()?);
     listener.set_nonblocking(true)?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("forwarder runtime");
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(listener).expect("listener");
-            loop {
-                // Each measurement opens a provider, then a caller.
-                let Ok(provider) = accept_one(&listener, true).await else {
-                    return;
-                };
-                let Ok(caller) = accept_one(&listener, false).await else {
-                    return;
-                };
-                let (p_tx, p_rx) = provider.split();
-                let (c_tx, c_rx) = caller.split();
-                tokio::spawn(pump(c_rx, p_tx));
-                tokio::spawn(pump(p_rx, c_tx));
-            }
-        });
-    });
+    std::thread::Builder::new()
+        .name("forwarder-main".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("forwarder")
+                .enable_all()
+                .build()
+                .expect("forwarder runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("listener");
+                loop {
+                    // Each measurement opens a provider, then a caller.
+                    let Ok(provider) = accept_one(&listener, true).await else {
+                        return;
+                    };
+                    let Ok(caller) = accept_one(&listener, false).await else {
+                        return;
+                    };
+                    let (p_tx, p_rx) = provider.split();
+                    let (c_tx, c_rx) = caller.split();
+                    tokio::spawn(pump(c_rx, p_tx));
+                    tokio::spawn(pump(p_rx, c_tx));
+                }
+            });
+        })?;
     Ok(url)
 }
 
@@ -417,6 +466,7 @@ async fn routed(server: &Endpoint, size: usize, in_flight: usize, secs: f64) -> 
     let warmup = Duration::from_secs_f64(secs / 5.0);
     let start = Instant::now();
     let mut measure_from: Option<Instant> = None;
+    let mut cpu_from = 0.0;
     let mut count = 0u64;
     loop {
         let mut done = 0;
@@ -447,11 +497,13 @@ async fn routed(server: &Endpoint, size: usize, in_flight: usize, secs: f64) -> 
         let now = Instant::now();
         if measure_from.is_none() && now.duration_since(start) >= warmup {
             measure_from = Some(now);
+            cpu_from = cpu_seconds(server.cpu)?;
         }
         if let Some(from) = measure_from
             && now.duration_since(from).as_secs_f64() >= secs
         {
-            let result = figures(count, now.duration_since(from), &h);
+            let mut result = figures(count, now.duration_since(from), &h);
+            result.cpu_us = (cpu_seconds(server.cpu)? - cpu_from) * 1e6 / count as f64;
             drop(caller);
             provider.abort();
             return Ok(result);
@@ -603,6 +655,103 @@ async fn open_uplink(
     }
 }
 
+/// Debian's `nats-server` on a loopback port, as a child process.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_nats() -> Result<Nats> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start nats-server (apt-get install nats-server, or pass --no-nats)")?;
+    let nats = Nats {
+        child,
+        url: format!("nats://127.0.0.1:{port}"),
+    };
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(nats);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nats-server did not listen on port {port}")
+}
+
+/// NATS request/reply with `async-nats`: a responder subscribed to `echo`
+/// publishes each request's payload to its reply subject; the requester
+/// keeps `in_flight` requests open. The payload is the `size` bytes alone
+/// (NATS carries no JSON envelope).
+async fn nats_routed(nats: &Nats, size: usize, in_flight: usize, secs: f64) -> Result<Figures> {
+    let responder = async_nats::connect(&nats.url).await?;
+    let mut requests = responder.subscribe("echo").await?;
+    responder.flush().await?;
+    let answer = responder.clone();
+    let serving = tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            if let Some(reply) = m.reply {
+                answer.publish(reply, m.payload).await?;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let caller = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(&nats.url)
+        .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let request = || {
+        let (caller, payload) = (caller.clone(), payload.clone());
+        async move {
+            let t = Instant::now();
+            caller.request("echo", payload).await.map(|_| t)
+        }
+    };
+    let mut open = futures_util::stream::FuturesUnordered::new();
+    for _ in 0..in_flight {
+        open.push(request());
+    }
+    let cpu = Cpu::Process(nats.child.id());
+    let mut h = Histogram::<u64>::new(3)?;
+    let warmup = Duration::from_secs_f64(secs / 5.0);
+    let start = Instant::now();
+    let (mut measure_from, mut cpu_from, mut count) = (None::<Instant>, 0.0, 0u64);
+    while let Some(done) = open.next().await {
+        let sent = done?;
+        let now = Instant::now();
+        if measure_from.is_some() {
+            h.record(now.duration_since(sent).as_nanos() as u64)?;
+            count += 1;
+        } else if now.duration_since(start) >= warmup {
+            measure_from = Some(now);
+            cpu_from = cpu_seconds(cpu)?;
+        }
+        if let Some(from) = measure_from
+            && now.duration_since(from).as_secs_f64() >= secs
+        {
+            let mut result = figures(count, now.duration_since(from), &h);
+            result.cpu_us = (cpu_seconds(cpu)? - cpu_from) * 1e6 / count as f64;
+            serving.abort();
+            return Ok(result);
+        }
+        open.push(request());
+    }
+    bail!("NATS requests stopped")
+}
+
 /// Server memory per idle authenticated uplink: RSS growth after opening
 /// `n` connections (over TLS when `tls` is given), divided by `n`.
 async fn idle_memory(
@@ -651,42 +800,51 @@ fn main() -> Result<()> {
             url: server.url.clone(),
             server_key: server.server_key.clone(),
             client_key: server.client_key.clone(),
+            cpu: Cpu::Process(server.child.id()),
         };
         let forwarder = Endpoint {
             url: minimal_forwarder().await?,
             server_key: "provider".into(),
             client_key: "caller".into(),
+            cpu: Cpu::ForwarderThreads,
         };
-        println!("| arg size | in flight | TCP echo /s | echo p50 µs | minimal forwarder /s | fwd p50 µs | ferrolink calls/s | p50 µs | p99 µs | calls/s ÷ forwarder | p50 ÷ echo p50 | p50 ÷ fwd p50 |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let nats = if args.no_nats { None } else { Some(start_nats().await?) };
+        println!("| arg size | in flight | TCP echo /s | echo p50 µs | minimal forwarder /s | fwd p50 µs | NATS req/reply /s | NATS p50 µs | ferrolink calls/s | p50 µs | p99 µs | calls/s ÷ forwarder | calls/s ÷ NATS | p50 ÷ fwd p50 | CPU µs/call: fwd | NATS | ferrolink |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let sizes = if args.sizes.is_empty() { SIZES.to_vec() } else { args.sizes.clone() };
         let in_flight = if args.in_flight.is_empty() { IN_FLIGHT.to_vec() } else { args.in_flight.clone() };
         for &size in &sizes {
             for &n in &in_flight {
-                let (mut echos, mut fwds, mut calls) = (Vec::new(), Vec::new(), Vec::new());
-                // Interleaved, so slow phases of a noisy machine hit all three.
+                let (mut echos, mut fwds, mut natss, mut calls) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                // Interleaved, so slow phases of a noisy machine hit all of them.
                 for _ in 0..args.repeat.max(1) {
                     if !args.no_echo {
                         echos.push(tcp_echo(size, n, args.seconds).await?);
                     }
                     fwds.push(routed(&forwarder, size, n, args.seconds).await?);
+                    if let Some(nats) = &nats {
+                        natss.push(nats_routed(nats, size, n, args.seconds).await?);
+                    }
                     calls.push(routed(&ferrolink, size, n, args.seconds).await?);
                 }
-                let echo = median(&echos);
-                let fwd = median(&fwds);
-                let call = median(&calls);
+                let (echo, fwd, nats, call) = (median(&echos), median(&fwds), median(&natss), median(&calls));
                 println!(
-                    "| {size} B | {n} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                    "| {size} B | {n} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | **{:.2}** | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.2} |",
                     echo.per_sec,
                     echo.p50_us,
                     fwd.per_sec,
                     fwd.p50_us,
+                    nats.per_sec,
+                    nats.p50_us,
                     call.per_sec,
                     call.p50_us,
                     call.p99_us,
                     call.per_sec / fwd.per_sec,
-                    call.p50_us / echo.p50_us,
+                    call.per_sec / nats.per_sec,
                     call.p50_us / fwd.p50_us,
+                    fwd.cpu_us,
+                    nats.cpu_us,
+                    call.cpu_us,
                 );
             }
         }
@@ -732,8 +890,14 @@ fn main() -> Result<()> {
                 println!("| plain ws | {workers} | {p:.0} | 1.00 |");
                 println!("| TLS 1.3 (ECDSA P-256, ring) | {workers} | {t:.0} | {:.2} |", t / p);
             }
+            drop(tls_server);
             if args.idle_connections > 0 {
-                let (per_conn, before, after) = idle_memory(&tls_server, args.idle_connections, Some(config)).await?;
+                // A fresh process: a server that just ran load holds freed
+                // memory that new connections reuse, which would flatter the
+                // figure.
+                let fresh = start_server_with(&args.server, &["--dev-tls"])?;
+                let config = dev_ca_config(&fresh)?;
+                let (per_conn, before, after) = idle_memory(&fresh, args.idle_connections, Some(config)).await?;
                 println!(
                     "\nidle TLS uplinks: {} authenticated connections; server RSS {} KiB -> {} KiB; **{:.0} bytes per idle TLS uplink** ({:.2} KiB)",
                     args.idle_connections,
@@ -744,8 +908,10 @@ fn main() -> Result<()> {
                 );
             }
         }
+        drop(server);
         if args.idle_connections > 0 {
-            let (per_conn, before, after) = idle_memory(&server, args.idle_connections, None).await?;
+            let fresh = start_server(&args.server)?;
+            let (per_conn, before, after) = idle_memory(&fresh, args.idle_connections, None).await?;
             println!(
                 "\nidle uplinks: {} authenticated connections; server RSS {} KiB -> {} KiB; **{:.0} bytes per idle uplink** ({:.2} KiB)",
                 args.idle_connections,
