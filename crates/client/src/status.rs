@@ -21,7 +21,7 @@ pub enum Status {
         /// The server's words.
         reason: String,
     },
-    /// [`Client::disconnect`] was called (or reconnecting is off and the
+    /// [`Client::disconnect`](crate::Client::disconnect) was called (or reconnecting is off and the
     /// connection was lost).
     Closed,
 }
