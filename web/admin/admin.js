@@ -60,7 +60,9 @@ function renderApps() {
   body.replaceChildren(...state.apps.map((a) => {
     let site = "none (ferrolink app deploy)";
     if (a.site) { site = el("a", a.url); site.href = a.url; }
-    const fns = a.functions.map((f) => `${f.name} ×${f.providers}`).join(", ");
+    // A name served by several devices is flagged: calls are shared among
+    // them, which a device with a stolen key could use to take calls.
+    const fns = a.functions.map((f) => `${f.name} ← ${f.provided_by.join(" + ")}${f.shared ? " ⚠ shared" : ""}`).join(", ");
     return row([a.name, site, a.sessions, fns || "—", toggle(a, "anonymous_calls"), toggle(a, "signup")], { app: a.name });
   }));
   const names = state.apps.map((a) => a.name);

@@ -37,21 +37,76 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     })
 }
 
-/// Verifies `password` against `stored` on a blocking thread. Without a
-/// stored hash (no such user) it verifies against a dummy hash and answers
-/// false, so a wrong name costs as long as a wrong password.
-pub(crate) async fn verify_off_thread(password: String, stored: Option<String>) -> bool {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    tokio::task::spawn_blocking(move || match stored {
-        Some(hash) => verify_password(&password, &hash),
-        None => {
-            let dummy = DUMMY.get_or_init(|| hash_password("ferrolink-no-such-user"));
-            let _ = verify_password(&password, dummy);
-            false
+/// The gate every password hash goes through: at most one hash per core
+/// at a time (argon2id takes 19 MiB and tens of milliseconds each), and a
+/// short queue behind them; past the queue, requests are turned away at
+/// once instead of piling up threads and memory.
+#[derive(Debug)]
+pub(crate) struct HashGate {
+    permits: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
+}
+
+/// How long a hash may wait for its turn before the request is turned away.
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The gate is full: the server is hashing as many passwords as it will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Busy;
+
+impl HashGate {
+    /// A gate with one permit per core and a queue of `max_waiting`.
+    pub(crate) fn new(max_waiting: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Self {
+            permits: tokio::sync::Semaphore::new(cores),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting,
         }
-    })
-    .await
-    .unwrap_or(false)
+    }
+
+    /// Runs `work` (a hash) on a blocking thread once a permit is free.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        use std::sync::atomic::Ordering;
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = if queued >= self.max_waiting {
+            None
+        } else {
+            tokio::time::timeout(HASH_WAIT, self.permits.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let Some(_permit) = permit else {
+            return Err(Busy);
+        };
+        tokio::task::spawn_blocking(work).await.map_err(|_| Busy)
+    }
+
+    /// Verifies `password` against `stored`. Without a stored hash (no
+    /// such user) it verifies against a dummy hash and answers false, so a
+    /// wrong name costs as long as a wrong password.
+    pub(crate) async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, Busy> {
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        self.run(move || match stored {
+            Some(hash) => verify_password(&password, &hash),
+            None => {
+                let dummy = DUMMY.get_or_init(|| hash_password("ferrolink-no-such-user"));
+                let _ = verify_password(&password, dummy);
+                false
+            }
+        })
+        .await
+    }
 }
 
 /// A new random token (256 bits, URL-safe base64).

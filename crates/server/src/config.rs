@@ -52,6 +52,51 @@ pub struct ServerConfig {
     /// Public origin of the server (`https://host`), answered to
     /// `anvil.private.get_app_origin`; defaults to `http://<listen address>`.
     pub public_origin: Option<String>,
+    /// How many connections are allowed at once.
+    pub limits: ConnectionLimits,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name
+    /// the real client (for throttling, limits, logs and `client.ip`).
+    /// Connections from anywhere else are taken at their TCP address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Host names requests may carry in `Host` besides the ones the server
+    /// already knows (its certificate names, the public origin, IP
+    /// addresses and `localhost`). Anything else is refused, which stops
+    /// DNS-rebinding pages from reaching a server on a private address.
+    pub allowed_hosts: Vec<String>,
+    /// Where the operator dashboard listens: its own origin, so app pages
+    /// (the operators' and their users' code) can never script it. On a
+    /// loopback address it is plain HTTP; elsewhere it needs TLS (the same
+    /// certificate as `listen`). `None` serves no dashboard.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// Limits on simultaneous connections. A refusal names the limit and the
+/// option that raises it; refusals are logged once per interval with a
+/// count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// All TCP connections (HTTP, uplinks, browser sessions).
+    pub total: usize,
+    /// TCP connections from one address (one /64 for IPv6); behind a
+    /// trusted proxy, websockets per forwarded client address.
+    pub per_address: usize,
+    /// Uplinks authenticated with one key.
+    pub per_key: usize,
+    /// Session websockets of one logged-in browser session (anonymous
+    /// sessions count per address).
+    pub per_browser: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// 50,000 in all, 1,000 per address, 100 per key, 20 per browser.
+    fn default() -> Self {
+        Self {
+            total: 50_000,
+            per_address: 1_000,
+            per_key: 100,
+            per_browser: 20,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -75,6 +120,10 @@ impl ServerConfig {
             cert_reload_every: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             public_origin: None,
+            limits: ConnectionLimits::default(),
+            trusted_proxies: Vec::new(),
+            allowed_hosts: Vec::new(),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 }

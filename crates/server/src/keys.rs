@@ -110,6 +110,45 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Revocation time, if revoked.
     pub revoked_at: Option<i64>,
+    /// The names (or patterns) the key may register; `None`: any.
+    pub functions: Option<Vec<String>>,
+}
+
+/// What a key may register, compiled: exact names, and patterns a
+/// registered plain name may match. A pattern itself may be registered
+/// only if it is on the list word for word, so a key limited to
+/// `sensor_.*` cannot register `.*`.
+#[derive(Debug)]
+pub struct FunctionList {
+    exact: Vec<String>,
+    patterns: Vec<regex::Regex>,
+}
+
+impl FunctionList {
+    /// Compiles a list; an entry that is not a valid pattern is an error.
+    pub fn new(list: &[String]) -> Result<Self, String> {
+        let mut patterns = Vec::new();
+        for entry in list {
+            if entry.is_empty() {
+                return Err("an empty function name".to_owned());
+            }
+            if crate::names::is_pattern(entry) {
+                let compiled = crate::names::compile(entry)
+                    .map_err(|e| format!("\"{entry}\" is not a usable pattern: {e}"))?;
+                patterns.push(compiled);
+            }
+        }
+        Ok(Self {
+            exact: list.to_vec(),
+            patterns,
+        })
+    }
+
+    /// Whether `name` may be registered.
+    pub fn allows(&self, name: &str) -> bool {
+        self.exact.iter().any(|e| e == name)
+            || (!crate::names::is_pattern(name) && self.patterns.iter().any(|p| p.is_match(name)))
+    }
 }
 
 /// Parses `server` / `client`.

@@ -33,6 +33,8 @@ mod clock;
 mod config;
 mod edge;
 pub mod keys;
+mod logs;
+mod names;
 mod state;
 pub mod storage;
 mod throttle;
@@ -46,7 +48,7 @@ pub use web::sites;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::ServerConfig;
+pub use config::{ConnectionLimits, ServerConfig};
 pub use ferrolink_proto::server_session::SessionConfig;
 
 use crate::state::ServerState;
@@ -70,6 +72,14 @@ pub enum StartError {
         /// The address.
         addr: SocketAddr,
     },
+    /// The dashboard on a non-loopback address without TLS.
+    #[error(
+        "refusing to serve the dashboard over plain http on {addr}: operator passwords would cross the network unencrypted; keep --admin-listen on a loopback address (and reach it over SSH), or configure TLS"
+    )]
+    InsecureDashboard {
+        /// The dashboard's address.
+        addr: SocketAddr,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -85,6 +95,7 @@ pub enum StartError {
 /// background; call [`Server::shutdown`] to stop it.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     state: Arc<ServerState>,
     dev_ca: Option<tls::DevCa>,
     acme: Option<Arc<acme::AcmeResolver>>,
@@ -99,6 +110,12 @@ impl Server {
             return Err(StartError::Insecure {
                 addr: config.listen,
             });
+        }
+        if let Some(admin) = config.admin_listen
+            && config.tls.is_none()
+            && !admin.ip().is_loopback()
+        {
+            return Err(StartError::InsecureDashboard { addr: admin });
         }
         let store = Arc::new(Store::open(&config.data_dir)?);
         let mut acme_setup = None;
@@ -152,16 +169,39 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        // The dashboard: plain HTTP on loopback (a browser on this machine,
+        // or one at the end of an SSH tunnel), TLS anywhere else.
+        let admin = match config.admin_listen {
+            None => None,
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|source| StartError::Bind { addr: at, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr: at, source })?;
+                let tls = if at.ip().is_loopback() {
+                    None
+                } else {
+                    acceptor.clone()
+                };
+                Some((listener, bound, tls))
+            }
+        };
+        let admin_addr = admin.as_ref().map(|(_, bound, _)| *bound);
+        let admin_https = admin.as_ref().is_some_and(|(_, _, tls)| tls.is_some());
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let origin = config
             .public_origin
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let every = config.cert_reload_every;
-        let header_timeout = config.header_timeout;
         let data_dir = config.data_dir.clone();
-        let state = Arc::new(ServerState::new(config, store, origin)?);
-        let mut background = vec![tokio::spawn(state.clone().watch_keys())];
+        let state = Arc::new(ServerState::new(config, store, origin, admin_https)?);
+        let mut background = vec![
+            tokio::spawn(state.clone().watch_keys()),
+            tokio::spawn(state.clone().purge_sessions()),
+        ];
         if let Some((resolver, cert, key)) = reload {
             background.push(tokio::spawn(tls::watch_files(resolver, cert, key, every)));
         }
@@ -171,15 +211,33 @@ impl Server {
         }
         let router = web::router(state.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let edge_state = state.clone();
+        let admin_loop = admin.map(|(listener, _, tls)| {
+            let edge = edge::Edge {
+                router: web::admin_router(state.clone()),
+                tls,
+                state: state.clone(),
+            };
+            tokio::spawn(edge::accept_loop(listener, edge, stopped.clone()))
+        });
         let task = tokio::spawn(async move {
-            edge::accept_loop(listener, router, acceptor, header_timeout, stopped).await;
+            let edge = edge::Edge {
+                router,
+                tls: acceptor,
+                state: edge_state,
+            };
+            edge::accept_loop(listener, edge, stopped).await;
+            if let Some(admin) = admin_loop {
+                let _ = admin.await;
+            }
             for task in background {
                 task.abort();
             }
         });
-        tracing::info!(%addr, tls = scheme == "https", "listening");
+        tracing::info!(%addr, tls = scheme == "https", dashboard = ?admin_addr, "listening");
         Ok(Self {
             addr,
+            admin_addr,
             state,
             dev_ca,
             acme: acme_resolver,
@@ -188,7 +246,7 @@ impl Server {
         })
     }
 
-    /// The public origin of apps and the dashboard (`http://127.0.0.1:PORT`,
+    /// The public origin of apps (`http://127.0.0.1:PORT`,
     /// `https://localhost:PORT` with a development CA, or the configured
     /// public origin).
     pub fn origin(&self) -> String {
@@ -205,6 +263,27 @@ impl Server {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The dashboard listener's bound address, when it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The dashboard's origin (`http://127.0.0.1:PORT` on loopback), when
+    /// it is served.
+    pub fn admin_origin(&self) -> Option<String> {
+        let addr = self.admin_addr?;
+        Some(if self.state.admin_https {
+            format!("https://{addr}")
+        } else {
+            format!("http://{addr}")
+        })
+    }
+
+    /// The dashboard's URL (`http://127.0.0.1:PORT/_/admin`), when served.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_origin().map(|o| format!("{o}/_/admin"))
     }
 
     /// `ws://HOST:PORT/_/uplink`, or `wss://localhost:PORT/_/uplink` with TLS.

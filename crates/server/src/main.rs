@@ -3,6 +3,15 @@
 
 mod demo_device;
 
+/// `println!` for a running server: its stdout may be a pipe that a
+/// supervisor stopped reading, and a server must not die of that.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// mimalloc: the call path allocates a few small buffers per call, and
 /// glibc's allocator was a tenth of the server's time under load
 /// (docs/benchmarks.md).
@@ -44,7 +53,7 @@ struct Cli {
 enum Command {
     /// Run the server. On a fresh data directory, creates the app `demo` with
     /// a server key and a client key and prints them once.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage apps.
     #[command(subcommand)]
     App(AppCommand),
@@ -120,6 +129,11 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "FERROLINK_LISTEN", default_value = "127.0.0.1:3030")]
     listen: SocketAddr,
+    /// Where the operator dashboard listens (its own origin, apart from app
+    /// pages); `off` serves none. Plain http on loopback; elsewhere it
+    /// needs TLS. Port 0 picks a free port.
+    #[arg(long, env = "FERROLINK_ADMIN_LISTEN", default_value = "127.0.0.1:3031", value_parser = parse_admin_listen)]
+    admin_listen: AdminListen,
     /// Deadline of a routed call, in milliseconds.
     #[arg(long, env = "FERROLINK_CALL_TIMEOUT_MS", default_value_t = 30_000)]
     call_timeout_ms: u64,
@@ -191,10 +205,55 @@ struct ServeArgs {
     /// unencrypted).
     #[arg(long)]
     insecure_plain_ws: bool,
+    /// Most connections at once, in all.
+    #[arg(long, env = "FERROLINK_MAX_CONNECTIONS", default_value_t = 50_000)]
+    max_connections: usize,
+    /// Most connections at once from one address (one /64 for IPv6).
+    #[arg(
+        long,
+        env = "FERROLINK_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1_000
+    )]
+    max_connections_per_address: usize,
+    /// Most uplinks at once authenticated with one key.
+    #[arg(long, env = "FERROLINK_MAX_CONNECTIONS_PER_KEY", default_value_t = 100)]
+    max_connections_per_key: usize,
+    /// Most session websockets at once of one browser (logged-in session,
+    /// or address for anonymous ones).
+    #[arg(long, env = "FERROLINK_MAX_SESSIONS_PER_BROWSER", default_value_t = 20)]
+    max_sessions_per_browser: usize,
+    /// A reverse proxy (address or CIDR block) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the real client. Repeatable.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_cidr)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// A host name requests may use besides the certificate's names, the
+    /// public origin, IP addresses and localhost. Repeatable.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// Also run a simulated device (`device-sim`) on app `demo`, with a fresh
     /// device key named `pico-sim`.
     #[arg(long)]
     demo: bool,
+}
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct AdminListen(Option<SocketAddr>);
+
+fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|_| format!("\"{s}\" is not an address (e.g. 127.0.0.1:3031) or `off`"))
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or one address.
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("\"{s}\" is not an address or CIDR block (e.g. 10.0.0.0/8)"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -309,6 +368,20 @@ enum KeyCommand {
         /// Name the device this key is for; callers can address it as `fn@NAME`.
         #[arg(long)]
         device: Option<String>,
+        /// Only these function names (comma-separated, repeatable) may be
+        /// registered with the key; an entry with regex syntax is a pattern
+        /// names must match in full. A stolen key then cannot take calls
+        /// meant for other devices' functions.
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        functions: Vec<String>,
+    },
+    /// Limit (or with no --functions, free) what an existing key may register.
+    Restrict {
+        /// Key id (from `key list`).
+        key_id: String,
+        /// Function names or patterns, comma-separated, repeatable.
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        functions: Vec<String>,
     },
     /// List keys (never their secrets).
     List {
@@ -340,13 +413,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(&cli.data, args),
+        Command::Serve(args) => serve(&cli.data, *args),
         Command::App(cmd) => {
             let store = open(&cli.data)?;
             match cmd {
                 AppCommand::Create { name } => {
                     store.create_app(&name)?;
                     println!("created app \"{name}\"");
+                    println!(
+                        "visitors of its pages must log in before they call device functions; to allow anonymous calls: ferrolink app set {name} --anonymous-calls true"
+                    );
                 }
                 AppCommand::List => {
                     for app in store.apps()? {
@@ -402,7 +478,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             ferrolink::auth::check_password(&password).map_err(|e| usage(e.to_string()))?;
             store.create_operator(&name, &ferrolink::auth::hash_password(&password), replace)?;
-            println!("operator \"{name}\" can now log in to the dashboard at /_/admin");
+            println!(
+                "operator \"{name}\" can now log in to the dashboard (the URL `serve` prints as \"dashboard:\")"
+            );
             if show {
                 println!("password (shown only now): {password}");
             }
@@ -586,10 +664,19 @@ fn key_command(store: &Store, cmd: KeyCommand) -> Result<()> {
             app,
             privilege,
             device,
+            functions,
         } => {
             let privilege =
                 parse_privilege(&privilege).context("privilege must be server or client")?;
-            let (record, secret) = store.create_key(&app, privilege, device.as_deref())?;
+            if !functions.is_empty() {
+                // Checked before the key exists, so a typo creates nothing.
+                ferrolink::keys::FunctionList::new(&functions)
+                    .map_err(|e| anyhow::anyhow!("invalid --functions: {e}"))?;
+            }
+            let (mut record, secret) = store.create_key(&app, privilege, device.as_deref())?;
+            if !functions.is_empty() {
+                record = store.restrict_key(&record.id, Some(&functions))?;
+            }
             println!(
                 "created {} key {} for app \"{}\"{}; it is shown only now:",
                 privilege_name(record.privilege),
@@ -601,12 +688,31 @@ fn key_command(store: &Store, cmd: KeyCommand) -> Result<()> {
                     .map(|d| format!(" (device \"{d}\")"))
                     .unwrap_or_default()
             );
+            if let Some(list) = &record.functions {
+                println!("it may register only: {}", list.join(", "));
+            }
             println!("{}", secret.expose());
+        }
+        KeyCommand::Restrict { key_id, functions } => {
+            let id = ferrolink::keys::KeyId(key_id);
+            let list = (!functions.is_empty()).then_some(functions.as_slice());
+            let k = store.restrict_key(&id, list)?;
+            match &k.functions {
+                Some(l) => println!(
+                    "key {} may register only: {} (from its next connection)",
+                    k.id,
+                    l.join(", ")
+                ),
+                None => println!(
+                    "key {} may register any function (from its next connection)",
+                    k.id
+                ),
+            }
         }
         KeyCommand::List { app } => {
             println!(
-                "{:<12} {:<16} {:<9} {:<16} STATUS",
-                "ID", "APP", "PRIVILEGE", "DEVICE"
+                "{:<12} {:<16} {:<9} {:<16} {:<8} FUNCTIONS",
+                "ID", "APP", "PRIVILEGE", "DEVICE", "STATUS"
             );
             for k in store.keys(app.as_deref())? {
                 let status = match k.revoked_at {
@@ -614,11 +720,14 @@ fn key_command(store: &Store, cmd: KeyCommand) -> Result<()> {
                     None => "active",
                 };
                 println!(
-                    "{:<12} {:<16} {:<9} {:<16} {status}",
+                    "{:<12} {:<16} {:<9} {:<16} {status:<8} {}",
                     k.id.0,
                     k.app,
                     privilege_name(k.privilege),
                     k.device.as_deref().unwrap_or("-"),
+                    k.functions
+                        .as_deref()
+                        .map_or_else(|| "any".to_owned(), |l| l.join(",")),
                 );
             }
         }
@@ -650,7 +759,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     let demo_device = args.demo;
     let store = open(data)?;
     let demo = if store.is_fresh() {
-        store.create_app("demo")?;
+        store.create_app_with("demo", true)?;
         let (_, server_key) = store.create_key("demo", Privilege::Server, None)?;
         let (_, client_key) = store.create_key("demo", Privilege::Client, None)?;
         Some((server_key, client_key))
@@ -666,7 +775,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     };
     if demo_device {
         if store.app("demo").is_err() {
-            store.create_app("demo")?;
+            store.create_app_with("demo", true)?;
         }
         let d = ferrolink::sites::deploy_files(data, "demo", DEMO_SITE)
             .context("cannot deploy the demo app's front end")?;
@@ -682,6 +791,15 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     config.insecure_plain_ws = args.insecure_plain_ws;
     config.dev_tls_names = args.dev_tls_names;
     config.public_origin = args.public_origin;
+    config.limits = ferrolink::ConnectionLimits {
+        total: args.max_connections.max(1),
+        per_address: args.max_connections_per_address.max(1),
+        per_key: args.max_connections_per_key.max(1),
+        per_browser: args.max_sessions_per_browser.max(1),
+    };
+    config.trusted_proxies = args.trusted_proxies;
+    config.allowed_hosts = args.allowed_hosts;
+    config.admin_listen = args.admin_listen.0;
     config.tls = match (args.tls_cert, args.tls_key, args.dev_tls, args.acme) {
         (Some(cert), Some(key), _, _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
         (_, _, true, _) => Some(ferrolink::tls::TlsSetting::Dev),
@@ -701,28 +819,31 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
-        println!(
+        say!(
             "ferrolink {} (data directory {})",
             env!("CARGO_PKG_VERSION"),
             data.display()
         );
         if let Some((server_key, client_key)) = demo {
-            println!("created app \"demo\" on first run; its keys are shown only now:");
-            println!("server key: {}", server_key.expose());
-            println!("client key: {}", client_key.expose());
+            say!("created app \"demo\" on first run; its keys are shown only now:");
+            say!("server key: {}", server_key.expose());
+            say!("client key: {}", client_key.expose());
         }
         if let Some(ca) = server.dev_ca() {
-            println!("development CA: {} (DER: {})", ca.cert_pem.display(), ca.cert_der.display());
-            println!("development CA public key SHA-256: {}", ca.spki_sha256);
+            say!("development CA: {} (DER: {})", ca.cert_pem.display(), ca.cert_der.display());
+            say!("development CA public key SHA-256: {}", ca.spki_sha256);
         }
-        println!("uplink: {}", server.uplink_url());
+        say!("uplink: {}", server.uplink_url());
         let origin = server.origin();
-        println!("dashboard: {origin}/_/admin");
+        match server.admin_url() {
+            Some(url) => say!("dashboard: {url}"),
+            None => say!("dashboard: off (--admin-listen off)"),
+        }
         match &operator {
-            Some(password) => println!(
+            Some(password) => say!(
                 "dashboard login (created on first run, shown only now): admin / {password}"
             ),
-            None => println!(
+            None => say!(
                 "dashboard login: an operator you created (new one: ferrolink admin create-user NAME)"
             ),
         }
@@ -743,8 +864,8 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
                 },
             )
             .await?;
-            println!("demo app \"Morse & thermometer\": {origin}/app/demo/");
-            println!(
+            say!("demo app \"Morse & thermometer\": {origin}/app/demo/");
+            say!(
                 "demo device pico-sim is online; try: ferrolink call --url {} --key <client key> blink_morse '\"SOS\"'",
                 server.uplink_url()
             );

@@ -1,5 +1,6 @@
 //! The server's shared state: the key cache, each app's runtime, the live
-//! connections per key (so revocation can close them), and the clock.
+//! connections per key (so revocation can close them), the console per app,
+//! and the protocol clock (`clock.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +25,35 @@ pub(crate) enum AuthError {
     Revoked { id: KeyId, at: i64 },
     #[error("the server could not check the key; try again shortly")]
     Store(#[source] StoreError),
-    #[error("ferrolink: too many wrong keys from {ip}; no key from this address is checked for another {:.1} s", wait.as_secs_f64())]
-    Throttled {
-        ip: std::net::IpAddr,
-        wait: std::time::Duration,
-    },
+    #[error("{0}")]
+    Limit(String),
 }
+
+/// A key refused, and how long to wait before saying so (repeated wrong
+/// keys from one address are answered ever more slowly).
+#[derive(Debug)]
+pub(crate) struct KeyRefusal {
+    pub(crate) error: AuthError,
+    pub(crate) delay: std::time::Duration,
+}
+
+/// Sign-ups one address may make before they are spaced out (see
+/// `throttle.rs`: then 250 ms doubling, forgotten after 15 quiet minutes).
+const SIGNUPS_PER_ADDRESS: u32 = 5;
+
+/// Wrong passwords one address may send before its attempts are spaced
+/// out; higher than an account's allowance, as many people may share an
+/// address.
+const LOGIN_FAILURES_PER_ADDRESS: u32 = 20;
+
+/// How often expired login sessions are deleted.
+const SESSION_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Password hashes that may wait for a core; more are turned away.
+const HASHES_WAITING: usize = 32;
+
+/// The longest a wrong key's refusal is held back.
+const MAX_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `YYYY-MM-DD` for seconds since the Unix epoch (UTC).
 pub(crate) fn format_date(secs: i64) -> String {
@@ -47,15 +71,33 @@ pub(crate) struct ServerState {
     next_call_id: AtomicU64,
     next_conn_id: AtomicU64,
     key_messages: AtomicU64,
-    throttle: crate::throttle::Throttle,
+    throttle: crate::throttle::Throttle<std::net::IpAddr>,
     /// Failed operator and user logins, per address.
-    pub(crate) login_throttle: crate::throttle::Throttle,
+    pub(crate) login_throttle: crate::throttle::Throttle<std::net::IpAddr>,
+    /// Password attempts per account (`app/email`, or `operator:name`).
+    pub(crate) account_throttle: crate::throttle::Throttle<String>,
+    /// Sign-ups per address.
+    pub(crate) signup_throttle: crate::throttle::Throttle<std::net::IpAddr>,
+    /// Host names the server answers to besides IP addresses and
+    /// `localhost` (lower case, without port).
+    hosts: std::collections::HashSet<String>,
+    /// Every password hash goes through it.
+    pub(crate) hash_gate: crate::auth::HashGate,
+    /// Browser session websockets per browser.
+    pub(crate) browsers: Arc<crate::edge::limits::Named>,
+    /// Connections counted against the limits.
+    pub(crate) connections: Arc<crate::edge::limits::Counter>,
+    /// One line per interval about delayed wrong keys.
+    refusal_log: crate::logs::Shared,
     /// The call log and live activity feed.
     pub(crate) monitor: Arc<Monitor>,
     /// The protocol clock.
     pub(crate) clock: Clock,
     /// Public origin answered to `anvil.private.get_app_origin`.
     pub(crate) origin: String,
+    /// Whether the dashboard's listener speaks https (its cookies are then
+    /// `Secure`, and its pages' origin is `https://`).
+    pub(crate) admin_https: bool,
     /// The newest published trust bundle, as devices fetch it.
     trust_bundle: RwLock<Option<Arc<PublishedBundle>>>,
     /// The dashboard console's caller, per app.
@@ -86,12 +128,23 @@ impl ServerState {
         config: ServerConfig,
         store: Arc<Store>,
         origin: String,
+        admin_https: bool,
     ) -> Result<Self, StoreError> {
         let keys = load_keys(&store)?;
         let trust_bundle = RwLock::new(load_trust_bundle(&store)?);
         let throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
-        let login_throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
+        let login_throttle = crate::throttle::Throttle::new(crate::ThrottleConfig {
+            free_failures: LOGIN_FAILURES_PER_ADDRESS,
+            ..config.auth_throttle.clone()
+        });
+        let account_throttle = crate::throttle::Throttle::new(config.auth_throttle.clone());
+        let signup_throttle = crate::throttle::Throttle::new(crate::ThrottleConfig {
+            free_failures: SIGNUPS_PER_ADDRESS,
+            ..config.auth_throttle.clone()
+        });
         let clock = Clock::start();
+        let connections = crate::edge::limits::Counter::new(config.limits.clone());
+        let hosts = host_names(&config, &origin);
         Ok(Self {
             config,
             store,
@@ -104,9 +157,17 @@ impl ServerState {
             key_messages: AtomicU64::new(0),
             throttle,
             login_throttle,
+            account_throttle,
+            signup_throttle,
+            refusal_log: crate::logs::Shared::default(),
+            connections,
+            hosts,
+            browsers: Arc::default(),
+            hash_gate: crate::auth::HashGate::new(HASHES_WAITING),
             monitor: Arc::new(Monitor::new(clock)),
             clock,
             origin,
+            admin_https,
             trust_bundle,
             consoles: Mutex::default(),
         })
@@ -159,27 +220,38 @@ impl ServerState {
         self: &Arc<Self>,
         key: &str,
         ip: std::net::IpAddr,
-    ) -> Result<KeyRecord, AuthError> {
+    ) -> Result<KeyRecord, KeyRefusal> {
         self.key_messages.fetch_add(1, Ordering::Relaxed);
         let now = std::time::Instant::now();
-        if let Some(wait) = self.throttle.wait(ip, now) {
-            return Err(AuthError::Throttled { ip, wait });
-        }
-        let result = self.check_key(key).await;
-        match &result {
-            Ok(_) => self.throttle.succeeded(ip),
-            Err(AuthError::Incorrect | AuthError::Revoked { .. }) => {
-                let wait = self.throttle.failed(ip, now);
-                if !wait.is_zero() {
-                    tracing::warn!(%ip, wait_ms = wait.as_millis() as u64, "throttling an address after repeated wrong keys");
+        // The secret is checked first, always: a correct key is accepted
+        // even while its address is throttled for a neighbour's guesses.
+        // Only the database lookup of a key id the cache does not hold is
+        // skipped for a throttled address, so guesses cost no queries.
+        let throttled = self.throttle.wait(&ip, now).is_some();
+        let error = match self.check_key(key, !throttled).await {
+            Ok(record) => return Ok(record),
+            Err(e) => e,
+        };
+        let delay = match error {
+            AuthError::Incorrect | AuthError::Revoked { .. } => {
+                let window = self.throttle.failed(&ip, now).min(MAX_FAILURE_DELAY);
+                if !window.is_zero()
+                    && let Some(left_out) = self.refusal_log.allow(self.now())
+                {
+                    tracing::warn!(%ip, delay_ms = window.as_millis() as u64, left_out, "delaying the refusal of repeated wrong keys");
                 }
+                window
             }
-            Err(_) => {}
-        }
-        result
+            AuthError::Store(_) | AuthError::Limit(_) => std::time::Duration::ZERO,
+        };
+        Err(KeyRefusal { error, delay })
     }
 
-    async fn check_key(self: &Arc<Self>, key: &str) -> Result<KeyRecord, AuthError> {
+    async fn check_key(
+        self: &Arc<Self>,
+        key: &str,
+        may_query: bool,
+    ) -> Result<KeyRecord, AuthError> {
         let secret = Secret::new(key);
         let Some(id) = secret.id() else {
             return Err(AuthError::Incorrect);
@@ -192,6 +264,7 @@ impl ServerState {
             .cloned();
         let record = match cached {
             Some(r) => r,
+            None if !may_query => return Err(AuthError::Incorrect),
             None => {
                 let state = self.clone();
                 let lookup_id = id.clone();
@@ -202,11 +275,14 @@ impl ServerState {
                 let Some(r) = found else {
                     return Err(AuthError::Incorrect);
                 };
+                // Never over a record the watcher put there meanwhile: it
+                // is fresher (it may say the key was just revoked).
                 self.keys
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), r.clone());
-                r
+                    .entry(id.clone())
+                    .or_insert(r)
+                    .clone()
             }
         };
         if !secret.matches(&record.hash) {
@@ -226,14 +302,39 @@ impl ServerState {
             .clone()
     }
 
-    /// Records a live connection under its key, for revocation.
-    pub(crate) fn attach(&self, conn: &Arc<Peer>) {
+    /// Records a live connection under its key (for revocation), unless
+    /// the key already has its most connections or was revoked after it
+    /// was checked — a revocation that lands between the check and this
+    /// call still closes the connection.
+    pub(crate) fn attach(&self, conn: &Arc<Peer>) -> Result<(), AuthError> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let list = live.entry(conn.key_id.clone()).or_default();
         list.retain(|w| w.strong_count() > 0);
+        let limit = self.config.limits.per_key;
+        if list.len() >= limit {
+            return Err(AuthError::Limit(format!(
+                "ferrolink: key {} already has {limit} connections (the most allowed per key); close one, or raise --max-connections-per-key",
+                conn.key_id
+            )));
+        }
         list.push(Arc::downgrade(conn));
         drop(live);
+        // `refresh_keys` updates the cache before it takes `live`: either
+        // it sees this connection, or this sees its revocation.
+        let revoked = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&conn.key_id)
+            .and_then(|k| k.revoked_at);
+        if let Some(at) = revoked {
+            return Err(AuthError::Revoked {
+                id: conn.key_id.clone(),
+                at,
+            });
+        }
         self.monitor.changed();
+        Ok(())
     }
 
     /// Every authenticated uplink, oldest first.
@@ -326,6 +427,39 @@ impl ServerState {
         Ok(closed)
     }
 
+    /// Applies app settings changed elsewhere (the CLI's `app set`) to the
+    /// apps running here.
+    pub(crate) fn refresh_apps(&self) -> Result<(), StoreError> {
+        let records = self.store.apps()?;
+        let runtimes = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        for record in records {
+            if let Some(runtime) = runtimes.get(&record.name) {
+                runtime.set_anonymous_calls(record.anonymous_calls);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes expired login sessions now and then every hour, so the
+    /// session tables do not grow with every login ever made. Runs until
+    /// the server stops.
+    pub(crate) async fn purge_sessions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SESSION_PURGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let state = self.clone();
+            let now = crate::clock::unix_ms() as i64 / 1000;
+            match tokio::task::spawn_blocking(move || state.store.purge_expired_sessions(now)).await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(sessions = n, "purged expired login sessions"),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot purge expired login sessions"),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Watches the database for changes made by other processes (the CLI:
     /// keys, published trust bundles) and applies them. Runs until the
     /// server stops.
@@ -340,6 +474,7 @@ impl ServerState {
                 let v = state.store.data_version()?;
                 if Some(v) != last {
                     state.refresh_keys()?;
+                    state.refresh_apps()?;
                     let bundle = load_trust_bundle(&state.store)?;
                     *state
                         .trust_bundle
@@ -358,6 +493,58 @@ impl ServerState {
     }
 }
 
+/// The names in `Host` headers this server answers to, from its settings.
+fn host_names(config: &ServerConfig, origin: &str) -> std::collections::HashSet<String> {
+    let mut names: Vec<String> = config.allowed_hosts.clone();
+    if let Some(tls) = &config.tls {
+        names.extend(crate::edge::certificates::dns_names(
+            tls,
+            &config.dev_tls_names,
+        ));
+    }
+    for o in [Some(origin), config.public_origin.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(host) = o
+            .split("://")
+            .nth(1)
+            .map(|rest| rest.split('/').next().unwrap_or(rest))
+        {
+            names.push(host.to_owned());
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| strip_port(&n).to_ascii_lowercase())
+        .collect()
+}
+
+/// `host` without a `:port` (IPv6 literals keep their brackets).
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+impl ServerState {
+    /// Whether a request's `Host` names this server.
+    pub(crate) fn answers_to(&self, host: &str) -> bool {
+        let name = strip_port(host.trim()).to_ascii_lowercase();
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.hosts.contains(&name)
+    }
+}
+
 fn load_keys(store: &Store) -> Result<HashMap<KeyId, KeyRecord>, StoreError> {
     Ok(store
         .keys(None)?
@@ -368,7 +555,16 @@ fn load_keys(store: &Store) -> Result<HashMap<KeyId, KeyRecord>, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::format_date;
+    use super::{format_date, strip_port};
+
+    #[test]
+    fn ports_are_stripped_from_host_headers() {
+        assert_eq!(strip_port("example.com:8443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
 
     #[test]
     fn dates_are_civil_utc() {

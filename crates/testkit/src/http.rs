@@ -58,7 +58,23 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Response {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    request_from(None, addr, method, path, headers, body).await
+}
+
+/// [`request`] from a chosen local address (any 127.x.y.z on loopback).
+pub async fn request_from(
+    local: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Response {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(ip) = local {
+        socket.bind((ip, 0).into()).expect("bind the local address");
+    }
+    let tcp = socket.connect(addr).await.expect("connect");
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
             .await

@@ -36,7 +36,11 @@ pub use raw::RawClient;
 /// Debian's `package`, installed with apt-get if `binary` is missing (tests
 /// run as root on these machines; `.ci/run` installs packages up front).
 pub fn apt_install(package: &str, binary: &str) -> std::path::PathBuf {
+    // One apt-get at a time: tests run in parallel, and dpkg's lock turns
+    // a second concurrent install into a failure.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let path = std::path::PathBuf::from(binary);
+    let _apt = APT.lock().unwrap_or_else(|p| p.into_inner());
     if !path.exists() {
         let install = |args: &[&str]| {
             std::process::Command::new("apt-get")
@@ -76,7 +80,9 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = Store::open(dir.path()).expect("open store");
-        store.create_app("demo").expect("create demo app");
+        store
+            .create_app_with("demo", true)
+            .expect("create demo app");
         let (_, server_key) = store
             .create_key("demo", Privilege::Server, None)
             .expect("server key");
@@ -138,6 +144,18 @@ impl TestServer {
     /// The origin pages are served from (`http://127.0.0.1:PORT`).
     pub fn origin(&self) -> String {
         self.server().origin()
+    }
+
+    /// The dashboard's listener (its own loopback port).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.server().admin_addr().expect("the dashboard is served")
+    }
+
+    /// The dashboard's origin (`http://127.0.0.1:ADMIN_PORT`).
+    pub fn admin_origin(&self) -> String {
+        self.server()
+            .admin_origin()
+            .expect("the dashboard is served")
     }
 
     /// `ws://127.0.0.1:PORT/_/session?app=APP`, the browser session endpoint.

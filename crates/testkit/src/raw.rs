@@ -71,6 +71,56 @@ impl RawClient {
         Self { ws }
     }
 
+    /// Connects from a chosen local address, or returns the HTTP status and
+    /// body the connection was refused with.
+    pub async fn try_connect_from(
+        url: &str,
+        local: std::net::IpAddr,
+    ) -> Result<Self, (u16, String)> {
+        Self::connect_from_with_headers(url, local, &[]).await
+    }
+
+    /// [`RawClient::try_connect_from`] with extra request headers (what a
+    /// reverse proxy adds).
+    pub async fn connect_from_with_headers(
+        url: &str,
+        local: std::net::IpAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, (u16, String)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let host = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .expect("host:port");
+        let remote: std::net::SocketAddr = host.parse().expect("a ws://IP:PORT url");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind((local, 0).into())
+            .expect("bind the local address");
+        let tcp = socket.connect(remote).await.expect("connect");
+        let mut request = url.into_client_request().expect("a websocket url");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        match tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                let body = res
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((res.status().as_u16(), body))
+            }
+            Err(e) => Err((0, e.to_string())),
+        }
+    }
+
     /// Connects and authenticates with `key`, returning the auth reply.
     pub async fn authenticated(url: &str, key: &str) -> (Self, serde_json::Value) {
         let mut c = Self::connect(url).await;

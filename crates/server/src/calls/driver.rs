@@ -43,6 +43,7 @@ use crate::calls::peer::{
 };
 use crate::calls::registry::AppRuntime;
 use crate::calls::shown;
+use crate::edge::limits::Held;
 use crate::state::ServerState;
 
 /// Largest message before a connection has authenticated (the key
@@ -103,46 +104,27 @@ impl Made {
     }
 }
 
-/// Logs a peer's misbehaviour at most once per interval, with a count of
-/// what was not logged.
-struct Warnings {
-    next: Instant,
-    suppressed: u64,
-}
-
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
-impl Warnings {
-    fn new() -> Self {
-        Self {
-            next: Instant::ZERO,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether to log now; if so, how many were suppressed before.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if now < self.next {
-            self.suppressed += 1;
-            return None;
-        }
-        self.next = now + WARN_EVERY;
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// Runs one uplink connection to its end.
 pub(crate) async fn serve_uplink(
     state: Arc<ServerState>,
     io: Stream,
     first: Bytes,
     addr: SocketAddr,
+    held: Held,
 ) {
     let span = tracing::debug_span!("uplink", peer = %addr);
-    run_uplink(state, io, first, addr).instrument(span).await;
+    run_uplink(state, io, first, addr, held)
+        .instrument(span)
+        .await;
 }
 
-async fn run_uplink(state: Arc<ServerState>, mut io: Stream, first: Bytes, addr: SocketAddr) {
+async fn run_uplink(
+    state: Arc<ServerState>,
+    mut io: Stream,
+    first: Bytes,
+    addr: SocketAddr,
+    held: Held,
+) {
     let mut input = Input::new(first, PREAUTH_LIMIT);
     let mut out = Output::default();
     let mut session = ServerSession::new(state.config.session.clone(), state.now());
@@ -153,7 +135,9 @@ async fn run_uplink(state: Arc<ServerState>, mut io: Stream, first: Bytes, addr:
     .await;
     let (record, library) = match auth {
         Ok(Ok(found)) => found,
-        Ok(Err(ending)) => {
+        Ok(Err((ending, delay))) => {
+            // Repeated wrong keys from one address are answered slowly.
+            tokio::time::sleep(delay).await;
             close(&mut io, &mut input, &mut out, ending).await;
             return;
         }
@@ -188,7 +172,17 @@ async fn run_uplink(state: Arc<ServerState>, mut io: Stream, first: Bytes, addr:
         state.config.max_queued_bytes,
         state.now(),
     ));
-    state.attach(&peer);
+    if let Err(e) = state.attach(&peer) {
+        tracing::info!(peer = %addr, key = %record.id, reason = %e, "refused after authentication");
+        // The verdict has not been sent yet: send this refusal instead.
+        let mut out = Output::default();
+        let ending = Ending::Fatal {
+            text: e.to_string(),
+            code: CLOSE_POLICY,
+        };
+        close(&mut io, &mut input, &mut out, ending).await;
+        return;
+    }
     tracing::info!(
         conn = peer.id,
         key = %record.id,
@@ -198,7 +192,13 @@ async fn run_uplink(state: Arc<ServerState>, mut io: Stream, first: Bytes, addr:
         version = peer.protocol_version,
         "uplink connected"
     );
-    Driver::new(state, peer, session, io, input, out).spawn();
+    let mut driver = Driver::new(state, peer, session, io, input, out, held);
+    driver.core.allowed = record
+        .functions
+        .as_deref()
+        .and_then(|list| crate::keys::FunctionList::new(list).ok())
+        .map(Box::new);
+    driver.spawn();
 }
 
 /// Runs one browser session websocket to its end. The session was
@@ -211,6 +211,7 @@ pub(crate) async fn serve_browser(
     addr: SocketAddr,
     app: String,
     browser: BrowserSession,
+    held: Held,
 ) {
     let span = tracing::debug_span!("browser", peer = %addr, app = %app);
     async move {
@@ -229,7 +230,7 @@ pub(crate) async fn serve_browser(
             Some(e) => ferrolink_proto::push_str_literal(&mut hello, e),
             None => hello.push_str("null"),
         }
-        hello.push_str(if browser.anonymous_calls {
+        hello.push_str(if state.app(&app).anonymous_calls() {
             ",\"anonymous_calls\":true}}"
         } else {
             ",\"anonymous_calls\":false}}"
@@ -256,7 +257,7 @@ pub(crate) async fn serve_browser(
         state.app(&peer.app).add_browser(&peer);
         state.monitor.changed();
         tracing::debug!(conn = peer.id, "browser session opened");
-        Driver::new(state, peer, session, io, input, out).spawn();
+        Driver::new(state, peer, session, io, input, out, held).spawn();
     }
     .instrument(span)
     .await;
@@ -270,7 +271,7 @@ async fn authenticate(
     out: &mut Output,
     session: &mut ServerSession,
     addr: SocketAddr,
-) -> Result<(crate::keys::KeyRecord, Option<String>), Ending> {
+) -> Result<(crate::keys::KeyRecord, Option<String>), (Ending, Duration)> {
     let (key, library) = std::future::poll_fn(|cx| {
         loop {
             match input.next() {
@@ -302,14 +303,21 @@ async fn authenticate(
                     Poll::Pending => return Poll::Pending,
                 },
                 Err(e) => {
-                    let (code, text) = e.close(input.limit());
+                    let (code, mut text) = e.close(input.limit());
+                    if code == 1009 {
+                        text = format!(
+                            "ferrolink: before authentication only the key message may be sent (at most {} bytes): {{\"key\": \"<uplink key>\", \"v\": 8}}",
+                            input.limit()
+                        );
+                    }
                     tracing::info!(peer = %addr, reason = %text, "closing before authentication");
                     return Poll::Ready(Err(link_ending(code, text)));
                 }
             }
         }
     })
-    .await?;
+    .await
+    .map_err(|ending| (ending, Duration::ZERO))?;
     let key_id = crate::keys::Secret::new(key.as_str())
         .id()
         .map_or_else(|| "-".to_owned(), |id| id.0);
@@ -325,13 +333,14 @@ async fn authenticate(
             out.text(&frame);
             Ok((record, library))
         }
-        Err(e) => {
+        Err(refusal) => {
             session.reject();
-            tracing::info!(peer = %addr, key = %key_id, reason = %e, "authentication failed");
-            Err(Ending::Fatal {
-                text: e.to_string(),
+            tracing::info!(peer = %addr, key = %key_id, reason = %refusal.error, "authentication failed");
+            let ending = Ending::Fatal {
+                text: refusal.error.to_string(),
                 code: CLOSE_POLICY,
-            })
+            };
+            Err((ending, refusal.delay))
         }
     }
 }
@@ -409,13 +418,18 @@ struct Core {
     stalled_since: Option<Instant>,
     /// The deadline the timer is set to.
     armed: Instant,
-    warnings: Warnings,
+    /// What this connection's key may register (`None`: anything).
+    allowed: Option<Box<crate::keys::FunctionList>>,
+    warnings: crate::logs::Every,
 }
 
 struct Driver {
     io: Stream,
     input: Input,
     core: Core,
+    /// The connection's places against the limits, given back when the
+    /// driver ends.
+    _held: Held,
 }
 
 pin_project_lite::pin_project! {
@@ -453,11 +467,13 @@ impl Driver {
         io: Stream,
         input: Input,
         out: Output,
+        held: Held,
     ) -> Self {
         let capacity = state.config.max_pending_calls;
         Self {
             io,
             input,
+            _held: held,
             core: Core {
                 app: state.app(&peer.app),
                 serving: CallTable::new(capacity.saturating_mul(4).max(16)),
@@ -469,7 +485,8 @@ impl Driver {
                 inbox: VecDeque::new(),
                 stalled_since: None,
                 armed: Instant::from_millis(u64::MAX),
-                warnings: Warnings::new(),
+                allowed: None,
+                warnings: crate::logs::Every::default(),
             },
         }
     }
@@ -648,6 +665,19 @@ impl Core {
                 Ok(())
             }
             Ok(Inbound::Register { name }) => {
+                if let Some(allowed) = &self.allowed
+                    && !allowed.allows(&name)
+                {
+                    tracing::warn!(conn = self.peer.id, key = %self.peer.key_id, name = %shown(&name), "refused a registration the key does not allow");
+                    return Err(Ending::Fatal {
+                        text: format!(
+                            "ferrolink: key {} may not register \"{}\"; ask the operator to add it to the key's --functions",
+                            self.peer.key_id,
+                            shown(&name)
+                        ),
+                        code: CLOSE_POLICY,
+                    });
+                }
                 if self.app.register(&self.peer, &name).is_err() {
                     return Err(Ending::Fatal {
                         text: "Invalid function name specification".to_owned(),

@@ -62,7 +62,7 @@ pub(crate) fn forward(
     let facts = Caller {
         privilege: caller.privilege,
         browser_user: caller.browser.as_ref().map(|b| b.email.is_some()),
-        anonymous_calls: caller.browser.as_ref().is_none_or(|b| b.anonymous_calls),
+        anonymous_calls: caller.browser.is_none() || app.anonymous_calls(),
         app: &caller.app,
         in_flight,
         max_in_flight: state.config.max_pending_calls,

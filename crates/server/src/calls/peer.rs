@@ -173,9 +173,6 @@ pub(crate) struct BrowserSession {
     pub(crate) id: String,
     /// The logged-in user's email, if any.
     pub(crate) email: Option<String>,
-    /// Whether the app let sessions without a user call functions (as it
-    /// was when the session opened).
-    pub(crate) anonymous_calls: bool,
     /// Event channels this session subscribed to.
     pub(crate) channels: Mutex<std::collections::HashSet<Box<str>>>,
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use regex::Regex;
 
+use crate::names::is_pattern;
+
 use crate::calls::peer::Peer;
 
 /// Most names remembered as "stale" per app (names whose last provider left).
@@ -54,7 +56,76 @@ struct Pattern {
 struct Registry {
     exact: HashMap<Box<str>, Providers>,
     patterns: Vec<Pattern>,
+    /// All of `patterns` as one automaton, so a name that no exact entry
+    /// has is tried against every pattern in one pass (not one regex
+    /// after another under the lock). Rebuilt on a blocking thread when
+    /// patterns change (up to 256 patterns of 64 KiB programs is too much
+    /// work for an async thread or the lock); it answers only while it is
+    /// current (`set_generation == generation`).
+    set: Option<Arc<regex::RegexSet>>,
+    /// Bumped on every change to `patterns`.
+    generation: u64,
+    /// The `generation` `set` was built for.
+    set_generation: u64,
     stale: HashSet<Box<str>>,
+}
+
+/// Most distinct patterns per app.
+const MAX_PATTERNS: usize = 256;
+
+/// Builds the combined automaton of `sources` (already validated one by
+/// one, so failure here is only the combined size limit).
+fn build_set(sources: &[String]) -> Option<Arc<regex::RegexSet>> {
+    if sources.is_empty() {
+        return None;
+    }
+    regex::RegexSetBuilder::new(sources)
+        .size_limit(crate::names::COMPILED_LIMIT * sources.len())
+        .dfa_size_limit(crate::names::COMPILED_LIMIT * 4)
+        .build()
+        .ok()
+        .map(Arc::new)
+}
+
+/// Marks the patterns changed and rebuilds their automaton on a blocking
+/// thread (inline where there is no runtime, as in unit tests). Until it
+/// is installed, lookups try the patterns one by one.
+fn patterns_changed(registry: &Arc<RwLock<Registry>>, reg: &mut Registry) {
+    reg.generation += 1;
+    let generation = reg.generation;
+    let sources: Vec<String> = reg
+        .patterns
+        .iter()
+        .map(|p| p.regex.as_str().to_owned())
+        .collect();
+    let registry = registry.clone();
+    let build = move || {
+        let current = |r: &Registry| r.generation == generation;
+        if !current(&registry.read().unwrap_or_else(|p| p.into_inner())) {
+            return; // a newer change has its own build coming
+        }
+        let set = build_set(&sources);
+        if set.is_none() && !sources.is_empty() {
+            // Over the combined size limit: lookups keep trying the
+            // patterns one by one (at most 256, each bounded).
+            tracing::warn!(
+                patterns = sources.len(),
+                "function patterns too large to combine"
+            );
+            return;
+        }
+        let mut reg = registry.write().unwrap_or_else(|p| p.into_inner());
+        if current(&reg) {
+            reg.set = set;
+            reg.set_generation = generation;
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(build);
+        }
+        Err(_) => std::thread::spawn(build).join().unwrap_or(()),
+    }
 }
 
 /// The result of looking a name up.
@@ -73,9 +144,14 @@ pub(crate) struct InvalidName;
 
 /// One app's live state.
 pub(crate) struct AppRuntime {
-    registry: RwLock<Registry>,
+    registry: Arc<RwLock<Registry>>,
     /// Open browser sessions, for events.
     browsers: std::sync::Mutex<Vec<Arc<Peer>>>,
+    /// Whether browser sessions without a logged-in user may call
+    /// functions: the app's setting, kept current (`ServerState` applies
+    /// changes from the dashboard and the CLI), so turning it off holds
+    /// for sessions already open.
+    anonymous_calls: std::sync::atomic::AtomicBool,
 }
 
 /// Which browser sessions an event goes to.
@@ -86,22 +162,27 @@ pub(crate) enum Target<'a> {
     Channel(&'a str),
 }
 
-fn is_pattern(name: &str) -> bool {
-    name.contains([
-        '*', '+', '?', '(', ')', '[', ']', '{', '}', '|', '^', '$', '\\',
-    ])
-}
-
 impl AppRuntime {
     pub(crate) fn new() -> Self {
         Self {
-            registry: RwLock::default(),
+            registry: Arc::default(),
             browsers: std::sync::Mutex::default(),
+            anonymous_calls: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     fn browsers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Peer>>> {
         self.browsers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies the app's anonymous-calls setting.
+    pub(crate) fn set_anonymous_calls(&self, allowed: bool) {
+        self.anonymous_calls.store(allowed, Ordering::Relaxed);
+    }
+
+    /// Whether browser sessions without a user may call functions now.
+    pub(crate) fn anonymous_calls(&self) -> bool {
+        self.anonymous_calls.load(Ordering::Relaxed)
     }
 
     /// Records an open browser session.
@@ -147,20 +228,30 @@ impl AppRuntime {
             .collect()
     }
 
-    /// Registered names (exact names, then patterns) with their number of
-    /// providers.
-    pub(crate) fn functions(&self) -> Vec<(String, usize)> {
+    /// Registered names (exact names, then patterns) with who provides
+    /// each: the device name, or the key id for keys without a device.
+    pub(crate) fn functions(&self) -> Vec<(String, Vec<String>)> {
+        fn who(p: &Providers) -> Vec<String> {
+            p.conns
+                .iter()
+                .map(|c| {
+                    c.device
+                        .as_deref()
+                        .map_or_else(|| format!("key {}", c.key_id), str::to_owned)
+                })
+                .collect()
+        }
         let reg = self.read();
-        let mut names: Vec<(String, usize)> = reg
+        let mut names: Vec<(String, Vec<String>)> = reg
             .exact
             .iter()
-            .map(|(n, p)| (n.to_string(), p.conns.len()))
+            .map(|(n, p)| (n.to_string(), who(p)))
             .collect();
         names.sort();
         names.extend(
             reg.patterns
                 .iter()
-                .map(|p| (p.source.to_string(), p.providers.conns.len())),
+                .map(|p| (p.source.to_string(), who(&p.providers))),
         );
         names
     }
@@ -179,7 +270,7 @@ impl AppRuntime {
     /// connection is a no-op.
     pub(crate) fn register(&self, conn: &Arc<Peer>, name: &str) -> Result<(), InvalidName> {
         let regex = if is_pattern(name) {
-            Some(Regex::new(&format!("^(?:{name})$")).map_err(|_| InvalidName)?)
+            Some(crate::names::compile(name).map_err(|_| InvalidName)?)
         } else {
             None
         };
@@ -191,11 +282,15 @@ impl AppRuntime {
                 let i = match reg.patterns.iter().position(|p| &*p.source == name) {
                     Some(i) => i,
                     None => {
+                        if reg.patterns.len() >= MAX_PATTERNS {
+                            return Err(InvalidName);
+                        }
                         reg.patterns.push(Pattern {
                             source: name.into(),
                             regex,
                             providers: Providers::default(),
                         });
+                        patterns_changed(&self.registry, &mut reg);
                         reg.patterns.len() - 1
                     }
                 };
@@ -226,12 +321,16 @@ impl AppRuntime {
                 gone.push(name.clone());
             }
         }
+        let patterns_before = reg.patterns.len();
         for name in gone {
             reg.exact.remove(&name);
             reg.patterns.retain(|p| p.source != name);
             if reg.stale.len() < MAX_STALE {
                 reg.stale.insert(name);
             }
+        }
+        if reg.patterns.len() != patterns_before {
+            patterns_changed(&self.registry, &mut reg);
         }
     }
 
@@ -241,11 +340,20 @@ impl AppRuntime {
         if let Some(c) = reg.exact.get(name).and_then(|p| p.pick(device)) {
             return Route::Provider(c);
         }
-        for pattern in &reg.patterns {
-            if pattern.regex.is_match(name)
-                && let Some(c) = pattern.providers.pick(device)
-            {
-                return Route::Provider(c);
+        if reg.set_generation == reg.generation {
+            if let Some(set) = &reg.set {
+                for i in set.matches(name).iter() {
+                    if let Some(c) = reg.patterns.get(i).and_then(|p| p.providers.pick(device)) {
+                        return Route::Provider(c);
+                    }
+                }
+            }
+        } else {
+            // Moments after a change, before the new automaton is in.
+            for p in reg.patterns.iter().filter(|p| p.regex.is_match(name)) {
+                if let Some(c) = p.providers.pick(device) {
+                    return Route::Provider(c);
+                }
             }
         }
         // Stale names are matched literally: recompiling departed patterns

@@ -103,32 +103,86 @@ fn certified(
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
-/// Seconds until the leaf of `chain` expires (negative when expired).
-fn seconds_left(chain: &[CertificateDer<'_>]) -> Option<i64> {
-    let leaf = chain.first()?;
-    let cert = webpki_not_after(leaf)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    Some(cert - now)
+/// [`certified`], for an issued certificate: the key must be the
+/// certificate's. (Not for challenge certificates, whose critical
+/// `acmeIdentifier` extension the check's certificate parser refuses.)
+fn certified_pair(
+    chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+) -> Result<Arc<CertifiedKey>, String> {
+    let ck = certified(chain, key_der)?;
+    ck.keys_match()
+        .map_err(|e| format!("the private key does not belong to the certificate: {e}"))?;
+    Ok(ck)
 }
 
-/// `notAfter` of a certificate.
-fn webpki_not_after(der: &CertificateDer<'_>) -> Option<i64> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    Some(cert.validity().not_after.timestamp())
+/// How long the leaf of `chain` has left, and how long it was issued for
+/// (seconds; left is negative when expired).
+fn validity(chain: &[CertificateDer<'_>]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    let (from, until) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Some((until - now, until - from))
 }
 
 struct Store {
     dir: PathBuf,
 }
 
+/// The file holding the issued chain and its key together: one file,
+/// replaced atomically, so a crash can never pair a new certificate with
+/// an old key.
+const PAIR_FILE: &str = "certificate.pem";
+
 impl Store {
-    fn load_cert(&self) -> Option<(Vec<CertificateDer<'static>>, Vec<u8>)> {
-        let chain: Vec<_> = CertificateDer::pem_file_iter(self.dir.join("cert.pem"))
-            .ok()?
+    /// The stored certificate and key, if both are there and belong
+    /// together (earlier versions kept them in `cert.pem` and `key.pem`).
+    fn load(&self) -> Option<(Arc<CertifiedKey>, i64, i64)> {
+        let pem = std::fs::read(self.dir.join(PAIR_FILE))
+            .or_else(|_| {
+                let mut both = std::fs::read(self.dir.join("cert.pem"))?;
+                both.extend(std::fs::read(self.dir.join("key.pem"))?);
+                Ok::<_, std::io::Error>(both)
+            })
+            .ok()?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
             .ok()?;
-        let key = PrivateKeyDer::from_pem_file(self.dir.join("key.pem")).ok()?;
-        Some((chain, key.secret_der().to_vec()))
+        let key = PrivateKeyDer::from_pem_slice(&pem).ok()?;
+        let (left, lifetime) = validity(&chain)?;
+        match certified_pair(chain, key.secret_der().to_vec()) {
+            Ok(ck) => Some((ck, left, lifetime)),
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "ignoring the stored ACME certificate; a new one will be issued");
+                None
+            }
+        }
+    }
+
+    fn save(&self, chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
+        let both = format!("{}\n{key_pem}", chain_pem.trim_end());
+        crate::storage::files::write_private(&self.dir.join(PAIR_FILE), both.as_bytes())?;
+        for old in ["cert.pem", "key.pem"] {
+            let _ = std::fs::remove_file(self.dir.join(old));
+        }
+        Ok(())
+    }
+}
+
+/// Removes the challenge certificates when an issuance attempt ends, in
+/// success or failure, so a stale one is never served.
+struct Challenges<'a>(&'a AcmeResolver);
+
+impl Drop for Challenges<'_> {
+    fn drop(&mut self) {
+        self.0
+            .challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
@@ -139,13 +193,10 @@ pub(crate) async fn maintain(setting: AcmeSetting, resolver: Arc<AcmeResolver>, 
         dir: data_dir.join("acme"),
     };
     let _ = std::fs::create_dir_all(&store.dir);
-    let mut due_in = match store.load_cert() {
-        Some((chain, key)) => {
-            let left = seconds_left(&chain).unwrap_or(0);
-            if let Ok(ck) = certified(chain, key) {
-                *resolver.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
-            }
-            renew_in(left, setting.renew_before)
+    let mut due_in = match store.load() {
+        Some((ck, left, lifetime)) => {
+            *resolver.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
+            renew_in(left, lifetime, setting.renew_before)
         }
         None => Duration::ZERO,
     };
@@ -155,10 +206,10 @@ pub(crate) async fn maintain(setting: AcmeSetting, resolver: Arc<AcmeResolver>, 
     loop {
         tokio::time::sleep(due_in).await;
         match issue(&setting, &resolver, &store).await {
-            Ok(left) => {
+            Ok((left, lifetime)) => {
                 resolver.issued.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(domain = %setting.domain, valid_for_s = left, "ACME certificate installed");
-                due_in = renew_in(left, setting.renew_before).max(Duration::from_secs(1));
+                due_in = renew_in(left, lifetime, setting.renew_before).max(Duration::from_secs(1));
                 retry = Duration::from_secs(2);
             }
             Err(e) => {
@@ -170,9 +221,15 @@ pub(crate) async fn maintain(setting: AcmeSetting, resolver: Arc<AcmeResolver>, 
     }
 }
 
-fn renew_in(seconds_left: i64, renew_before: Duration) -> Duration {
+/// When to renew a certificate with `seconds_left` of a `lifetime`:
+/// `renew_before` ahead of expiry, but never more than two thirds of the
+/// lifetime ahead — a `renew_before` as long as the lifetime (30 days for
+/// a 7-day certificate) would otherwise renew without pause.
+fn renew_in(seconds_left: i64, lifetime: i64, renew_before: Duration) -> Duration {
     let left = u64::try_from(seconds_left).unwrap_or(0);
-    Duration::from_secs(left.saturating_sub(renew_before.as_secs()))
+    let lifetime = u64::try_from(lifetime).unwrap_or(0);
+    let before = renew_before.as_secs().min(lifetime / 3 * 2);
+    Duration::from_secs(left.saturating_sub(before))
 }
 
 async fn account(setting: &AcmeSetting, store: &Store) -> Result<Account, String> {
@@ -220,8 +277,9 @@ async fn issue(
     setting: &AcmeSetting,
     resolver: &AcmeResolver,
     store: &Store,
-) -> Result<i64, String> {
+) -> Result<(i64, i64), String> {
     let account = account(setting, store).await?;
+    let _challenges = Challenges(resolver);
     let identifiers = [Identifier::Dns(setting.domain.clone())];
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
@@ -259,11 +317,6 @@ async fn issue(
         .poll_ready(&retries)
         .await
         .map_err(|e| format!("order: {e}"))?;
-    resolver
-        .challenges
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
     if status != OrderStatus::Ready {
         return Err(format!(
             "the order ended {status:?} (the challenge was not validated)"
@@ -281,11 +334,71 @@ async fn issue(
         .collect::<Result<_, _>>()
         .map_err(|e| format!("the issued chain is not PEM: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let left = seconds_left(&chain).unwrap_or(0);
-    let ck = certified(chain, key.secret_der().to_vec())?;
-    std::fs::write(store.dir.join("cert.pem"), &chain_pem).map_err(|e| e.to_string())?;
-    crate::storage::files::write_private(&store.dir.join("key.pem"), key_pem.as_bytes())
-        .map_err(|e| e.to_string())?;
+    let validity = validity(&chain).unwrap_or((0, 0));
+    let ck = certified_pair(chain, key.secret_der().to_vec())?;
+    store.save(&chain_pem, &key_pem).map_err(|e| {
+        format!(
+            "cannot store the certificate in {}: {e}",
+            store.dir.display()
+        )
+    })?;
     *resolver.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
-    Ok(left)
+    Ok(validity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn renewal_is_due_before_expiry_and_never_continuous() {
+        let thirty = Duration::from_secs(30 * DAY as u64);
+        // A 90-day certificate with 60 days left renews in 30 days.
+        assert_eq!(
+            renew_in(60 * DAY, 90 * DAY, thirty).as_secs(),
+            30 * DAY as u64
+        );
+        // A 7-day certificate is renewed when a third of it is left, not
+        // at once and again and again.
+        assert_eq!(
+            renew_in(7 * DAY, 7 * DAY, thirty).as_secs(),
+            7 * DAY as u64 / 3
+        );
+        // Expired: now.
+        assert_eq!(renew_in(-5, 90 * DAY, thirty), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_stored_pair_that_does_not_match_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store {
+            dir: dir.path().to_owned(),
+        };
+        let issue = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["example.test".to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert_a, key_a) = issue();
+        let (_, key_b) = issue();
+        store.save(&cert_a, &key_a).unwrap();
+        assert!(store.load().is_some());
+        store.save(&cert_a, &key_b).unwrap();
+        assert!(
+            store.load().is_none(),
+            "a key of another certificate is refused"
+        );
+        // One file, owner-only.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join(PAIR_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

@@ -177,6 +177,42 @@ pub(crate) async fn watch_files(
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo, hex.
+/// The DNS names a certificate source serves (for the `Host` check):
+/// the SANs of a certificate file, the ACME domain, the development
+/// names. Unreadable files give none (loading them reports the error).
+pub(crate) fn dns_names(setting: &TlsSetting, dev_names: &[String]) -> Vec<String> {
+    match setting {
+        TlsSetting::Files { cert, .. } => {
+            let Ok(pem) = std::fs::read(cert) else {
+                return Vec::new();
+            };
+            let Some(Ok(der)) = CertificateDer::pem_slice_iter(&pem).next() else {
+                return Vec::new();
+            };
+            let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&der) else {
+                return Vec::new();
+            };
+            parsed
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|ext| {
+                    ext.value
+                        .general_names
+                        .iter()
+                        .filter_map(|n| match n {
+                            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        TlsSetting::Acme(a) => vec![a.domain.clone()],
+        TlsSetting::Dev => dev_names.to_vec(),
+    }
+}
+
 pub(crate) fn spki_sha256(spki_der: &[u8]) -> String {
     Sha256::digest(spki_der)
         .iter()

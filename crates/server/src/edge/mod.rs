@@ -1,11 +1,18 @@
 //! The network edge: the accept loop (TCP, the optional TLS handshake,
 //! hyper HTTP/1.1 with upgrades), certificates and ACME.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::ConnectInfo;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::state::ServerState;
 
 pub mod acme;
 pub mod certificates;
+pub(crate) mod limits;
+pub(crate) mod proxy;
 
 /// Socket options of every accepted connection: no Nagle delay, and a dead
 /// peer (a device that lost power or Wi-Fi without closing) noticed by the
@@ -24,16 +31,33 @@ fn tune(tcp: &tokio::net::TcpStream) {
     let _ = sock.set_tcp_user_timeout(Some(std::time::Duration::from_secs(30)));
 }
 
-/// Accepts connections until `stop` turns true; each is served (after the
-/// TLS handshake, when configured) by hyper with upgrades, so websocket
-/// connections continue on their own tasks.
+/// What the accept loop needs besides the listener.
+pub(crate) struct Edge {
+    pub(crate) router: Router,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) state: Arc<ServerState>,
+}
+
+/// The connection a request arrived on: its counted place (which a
+/// websocket upgrade takes along to the connection's driver) and whether
+/// the TCP peer is a trusted proxy.
+#[derive(Clone, Debug)]
+pub(crate) struct Connection {
+    pub(crate) slot: Arc<limits::Slot>,
+    pub(crate) via_proxy: bool,
+}
+
+/// Accepts connections until `stop` turns true; each is counted against
+/// the connection limits, then served (after the TLS handshake, when
+/// configured) by hyper with upgrades, so websocket connections continue
+/// on their own tasks.
 pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
-    router: Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    header_timeout: std::time::Duration,
+    edge: Edge,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Edge { router, tls, state } = edge;
+    let header_timeout = state.config.header_timeout;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -48,13 +72,30 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        let via_proxy = proxy::is_trusted(peer.ip(), &state.config.trusted_proxies);
+        let slot = match state.connections.accept(peer.ip(), !via_proxy, state.now()) {
+            Ok(slot) => Arc::new(slot),
+            Err(refusal) => {
+                let text = refusal.text(state.connections.limits());
+                tokio::spawn(refuse(tcp, text));
+                continue;
+            }
+        };
         tune(&tcp);
         let router = router.clone();
         let tls = tls.clone();
+        let proxies = state.config.trusted_proxies.clone();
+        let connection = Connection { slot, via_proxy };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let client = if via_proxy {
+                        proxy::client_address(peer, req.headers(), &proxies)
+                    } else {
+                        peer
+                    };
+                    req.extensions_mut().insert(ConnectInfo(client));
+                    req.extensions_mut().insert(connection.clone());
                     let mut router = router.clone();
                     async move { tower::Service::call(&mut router, req).await }
                 },
@@ -90,4 +131,20 @@ pub(crate) async fn accept_loop(
             }
         });
     }
+}
+
+/// Answers a connection over the limits with a short plain-HTTP 503 that
+/// says which limit (clients that speak TLS see a failed handshake, which
+/// is all a refusal before the handshake can be), then closes it.
+async fn refuse(mut tcp: tokio::net::TcpStream, text: String) {
+    let body = format!("{text}\n");
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 5\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), write).await;
 }

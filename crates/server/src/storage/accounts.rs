@@ -222,12 +222,46 @@ impl Store {
         })
         .map(drop)
     }
+
+    /// Deletes every user and operator session that expired before `now`
+    /// (seconds since the Unix epoch); returns how many.
+    pub fn purge_expired_sessions(&self, now: i64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let users = c.execute("DELETE FROM user_sessions WHERE expires_at <= ?1", [now])?;
+            let operators = c.execute(
+                "DELETE FROM operator_sessions WHERE expires_at <= ?1",
+                [now],
+            )?;
+            Ok(users + operators)
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::token_hash;
+
+    #[test]
+    fn expired_sessions_are_purged_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_app("a").unwrap();
+        let id = store.create_user("a", "x@y.z", "hash").unwrap();
+        store
+            .create_user_session(id, &token_hash("old"), 100)
+            .unwrap();
+        store
+            .create_user_session(id, &token_hash("new"), 10_000)
+            .unwrap();
+        store.create_operator("ops", "hash", false).unwrap();
+        store
+            .create_operator_session("ops", &token_hash("op-old"), "c", 50)
+            .unwrap();
+        assert_eq!(store.purge_expired_sessions(1_000).unwrap(), 2);
+        assert_eq!(store.purge_expired_sessions(1_000).unwrap(), 0);
+        assert_eq!(store.purge_expired_sessions(20_000).unwrap(), 1);
+    }
 
     #[test]
     fn users_sessions_and_operators_round_trip() {

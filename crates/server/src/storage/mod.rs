@@ -75,6 +75,9 @@ const MIGRATIONS: &[&str] = &[
         published_at INTEGER NOT NULL
     );
 "#,
+    r#"
+    ALTER TABLE keys ADD COLUMN functions TEXT;
+"#,
 ];
 
 /// A storage failure, with what to do about it.
@@ -114,6 +117,9 @@ pub enum StoreError {
     /// The operator already exists.
     #[error("operator \"{0}\" already exists; pass --replace to set a new password")]
     OperatorExists(String),
+    /// A key's function list has an entry that cannot be used.
+    #[error("invalid --functions: {0}")]
+    BadFunctions(String),
     /// Nothing matches a revoke request.
     #[error("no active key has id or device name \"{0}\"; see `ferrolink key list`")]
     NoSuchKey(String),
@@ -255,14 +261,26 @@ impl Store {
         })
     }
 
-    /// Creates an app.
+    /// Creates an app. Its pages' anonymous visitors may not call device
+    /// functions until the operator allows it ([`Store::set_app`]); sign-up
+    /// is open.
     pub fn create_app(&self, name: &str) -> Result<AppRecord, StoreError> {
+        self.create_app_with(name, false)
+    }
+
+    /// Creates an app whose anonymous visitors may (or may not) call
+    /// device functions (the demo app allows it).
+    pub fn create_app_with(
+        &self,
+        name: &str,
+        anonymous_calls: bool,
+    ) -> Result<AppRecord, StoreError> {
         validate_name("app name", name)?;
         let created_at = now_secs();
         let inserted = self.with(|c| {
             c.execute(
-                "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
-                params![name, created_at],
+                "INSERT OR IGNORE INTO apps (name, created_at, anonymous_calls) VALUES (?1, ?2, ?3)",
+                params![name, created_at, anonymous_calls],
             )
         })?;
         if inserted == 0 {
@@ -271,7 +289,7 @@ impl Store {
         Ok(AppRecord {
             name: name.to_owned(),
             created_at,
-            anonymous_calls: true,
+            anonymous_calls,
             signup: true,
         })
     }
@@ -346,6 +364,7 @@ impl Store {
             hash: secret.hash(),
             created_at: now_secs(),
             revoked_at: None,
+            functions: None,
         };
         let result = self.with(|c| {
             c.execute(
@@ -379,7 +398,7 @@ impl Store {
     pub fn keys(&self, app: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, app, privilege, device, hash, created_at, revoked_at FROM keys
+                "SELECT id, app, privilege, device, hash, created_at, revoked_at, functions FROM keys
                  WHERE ?1 IS NULL OR app = ?1 ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([app], row_to_key)?;
@@ -391,13 +410,39 @@ impl Store {
     pub fn key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT id, app, privilege, device, hash, created_at, revoked_at FROM keys WHERE id = ?1",
+                "SELECT id, app, privilege, device, hash, created_at, revoked_at, functions FROM keys WHERE id = ?1",
                 [&id.0],
                 row_to_key,
             )
             .optional()
             .map(Option::flatten)
         })
+    }
+
+    /// Limits the names key `id` may register to `functions` (exact names,
+    /// or patterns that registered names must match in full); `None` lifts
+    /// the limit. Patterns are checked here, so a typo is an error now
+    /// rather than a refused device later.
+    pub fn restrict_key(
+        &self,
+        id: &KeyId,
+        functions: Option<&[String]>,
+    ) -> Result<KeyRecord, StoreError> {
+        if let Some(list) = functions {
+            crate::keys::FunctionList::new(list).map_err(StoreError::BadFunctions)?;
+        }
+        let text = functions.map(|l| l.join("\n"));
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE keys SET functions = ?2 WHERE id = ?1",
+                params![id.0, text],
+            )
+        })?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchKey(id.0.clone()));
+        }
+        self.key(id)?
+            .ok_or_else(|| StoreError::NoSuchKey(id.0.clone()))
     }
 
     /// Revokes the active key with this id, or the active key of this device.
@@ -519,6 +564,9 @@ fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<KeyRecord>> {
         hash,
         created_at: r.get(5)?,
         revoked_at: r.get(6)?,
+        functions: r
+            .get::<_, Option<String>>(7)?
+            .map(|list| list.lines().map(str::to_owned).collect()),
     }))
 }
 

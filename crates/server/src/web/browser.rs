@@ -8,6 +8,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
+
+use crate::edge::limits::Held;
+use crate::web::passwords;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -91,15 +94,42 @@ pub(crate) async fn session_endpoint(
     check_origin(&state, &headers)?;
     let app = resolve_app(&state, q.app).await?;
     let email = cookie_user(&state, &headers, &app.name).await?;
+    // One logged-in browser session, or one address for anonymous ones.
+    let who = match cookie(&headers, &user_cookie(&app.name)) {
+        Some(token) if email.is_some() => format!("user:{:x?}", auth::token_hash(token)),
+        _ => format!("anonymous:{}", crate::edge::limits::block(peer.ip())),
+    };
+    let limit = state.config.limits.per_browser;
+    let Some(place) = state.browsers.take(who, limit) else {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this browser already has {limit} live sessions (the most allowed); close some tabs (operators: --max-sessions-per-browser)"
+            ),
+        ));
+    };
+    let held = Held {
+        browser: Some(place),
+        ..Held::default()
+    };
+    state
+        .app(&app.name)
+        .set_anonymous_calls(app.anonymous_calls);
     let browser = BrowserSession {
         id: auth::new_token()[..22].to_owned(),
         email,
-        anonymous_calls: app.anonymous_calls,
         channels: std::sync::Mutex::default(),
     };
-    Ok(crate::web::websocket::upgrade(req, move |io, first| {
-        crate::calls::driver::serve_browser(state, io, first, peer, app.name, browser)
-    }))
+    let st = state.clone();
+    Ok(crate::web::websocket::upgrade(
+        req,
+        &st,
+        peer,
+        held,
+        move |io, first, held| {
+            crate::calls::driver::serve_browser(state, io, first, peer, app.name, browser, held)
+        },
+    ))
 }
 
 #[derive(Deserialize)]
@@ -113,7 +143,7 @@ fn logged_in(state: &ServerState, app: &str, token: &str, email: &str) -> Respon
     res.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(
-            state,
+            crate::web::http::secure(state),
             &user_cookie(app),
             token,
             "/",
@@ -138,6 +168,7 @@ async fn start_user_session(state: &Arc<ServerState>, user_id: i64) -> Result<St
 /// `POST /_/auth/signup` with `{"email", "password"}`.
 pub(crate) async fn signup(
     State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<AppQuery>,
     headers: HeaderMap,
     Json(c): Json<Credentials>,
@@ -156,14 +187,9 @@ pub(crate) async fn signup(
     let bad = |e: auth::CredentialError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
     let email = auth::normalize_email(&c.email).map_err(bad)?;
     auth::check_password(&c.password).map_err(bad)?;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&c.password))
+    let hash = passwords::sign_up(&state, peer.ip(), c.password)
         .await
-        .map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error".to_owned(),
-            )
-        })?;
+        .map_err(passwords::NotChecked::api_error)?;
     let (name, e2) = (app.name.clone(), email.clone());
     let id = blocking(&state, move |s| s.create_user(&name, &e2, &hash)).await?;
     let token = start_user_session(&state, id).await?;
@@ -181,30 +207,21 @@ pub(crate) async fn login(
 ) -> Result<Response, ApiError> {
     check_origin(&state, &headers)?;
     let app = resolve_app(&state, q.app).await?;
-    let now = std::time::Instant::now();
-    if let Some(wait) = state.login_throttle.wait(peer.ip(), now) {
-        return Err(ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many failed logins from this address; try again in {:.0} s",
-                wait.as_secs_f64().ceil()
-            ),
-        ));
-    }
     let email = auth::normalize_email(&c.email).unwrap_or_default();
+    let attempt = passwords::admit(&state, peer.ip(), format!("user:{}/{email}", app.name))
+        .map_err(passwords::NotChecked::api_error)?;
     let (name, e2) = (app.name.clone(), email.clone());
     let user = blocking(&state, move |s| s.user(&name, &e2)).await?;
-    let ok = auth::verify_off_thread(c.password, user.as_ref().map(|u| u.password.clone())).await;
+    let ok = attempt
+        .verify(c.password, user.as_ref().map(|u| u.password.clone()))
+        .await
+        .map_err(passwords::NotChecked::api_error)?;
     match user {
         Some(user) if ok => {
-            state.login_throttle.succeeded(peer.ip());
             let token = start_user_session(&state, user.id).await?;
             Ok(logged_in(&state, &app.name, &token, &user.email))
         }
         _ => {
-            state
-                .login_throttle
-                .failed(peer.ip(), std::time::Instant::now());
             tracing::info!(app = %app.name, %peer, "failed user login");
             Err(ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -230,7 +247,7 @@ pub(crate) async fn logout(
     let mut res = Json(serde_json::json!({ "user": null })).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&state, &name, "", "/", "Lax", 0),
+        set_cookie(crate::web::http::secure(&state), &name, "", "/", "Lax", 0),
     );
     Ok(res)
 }
@@ -323,6 +340,13 @@ pub(crate) async fn fallback(State(state): State<Arc<ServerState>>, req: Request
         return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response();
     }
     let path = req.uri().path().to_owned();
+    if path.starts_with("/_/admin") {
+        return (
+            StatusCode::NOT_FOUND,
+            "the dashboard is not served on this listener: it has its own (see the \"dashboard:\" line `ferrolink serve` prints, and --admin-listen)\n",
+        )
+            .into_response();
+    }
     if path.starts_with("/_/") {
         return (StatusCode::NOT_FOUND, "no such ferrolink endpoint\n").into_response();
     }

@@ -1,4 +1,5 @@
-//! The operator dashboard at `/_/admin`: login, a live view of apps, keys,
+//! The operator dashboard at `/_/admin` on its own listener (its own origin,
+//! never shared with app pages): login, a live view of apps, keys,
 //! devices, calls and events, and a call console. Pages and assets are
 //! served from the binary; data comes from a small JSON API and a
 //! server-sent event stream. Every value a device or user supplied is put
@@ -24,7 +25,8 @@ use crate::activity::Activity;
 use crate::auth;
 use crate::state::ServerState;
 use crate::storage::OperatorSession;
-use crate::web::http::{ApiError, blocking, check_origin, cookie, set_cookie};
+use crate::web::http::{ApiError, blocking, check_admin_origin, cookie, set_cookie};
+use crate::web::passwords;
 
 const SESSION_COOKIE: &str = "flk_admin";
 const FORM_COOKIE: &str = "flk_csrf";
@@ -87,7 +89,7 @@ async fn require_change(
     state: &Arc<ServerState>,
     headers: &HeaderMap,
 ) -> Result<OperatorSession, ApiError> {
-    check_origin(state, headers)?;
+    check_admin_origin(state, headers)?;
     let s = require(state, headers).await?;
     let sent = headers
         .get("x-csrf-token")
@@ -114,7 +116,7 @@ fn login_page(state: &ServerState, error: Option<&str>) -> Response {
     let mut res = Html(page).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(state, FORM_COOKIE, &token, PATH, "Strict", 3600),
+        set_cookie(state.admin_https, FORM_COOKIE, &token, PATH, "Strict", 3600),
     );
     res
 }
@@ -141,8 +143,9 @@ pub(crate) async fn page(
             let error = match q.error.as_deref() {
                 Some("login") => Some("Wrong name or password."),
                 Some("form") => Some("The form expired; please try again."),
-                Some("throttled") => {
-                    Some("Too many failed logins from this address; wait a little and try again.")
+                Some("throttled") => Some("Too many failed logins; wait a little and try again."),
+                Some("busy") => {
+                    Some("The server is busy checking other logins; try again in a few seconds.")
                 }
                 _ => None,
             };
@@ -165,26 +168,31 @@ pub(crate) async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
-    check_origin(&state, &headers)?;
+    check_admin_origin(&state, &headers)?;
     let expected = cookie(&headers, FORM_COOKIE).unwrap_or("");
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
         return Ok(Redirect::to("/_/admin?error=form").into_response());
     }
-    let now = std::time::Instant::now();
-    if state.login_throttle.wait(peer.ip(), now).is_some() {
-        return Ok(Redirect::to("/_/admin?error=throttled").into_response());
-    }
     let name = form.name.trim().to_owned();
+    let attempt = match passwords::admit(&state, peer.ip(), format!("operator:{name}")) {
+        Ok(a) => a,
+        Err(passwords::NotChecked::Throttled(_)) => {
+            return Ok(Redirect::to("/_/admin?error=throttled").into_response());
+        }
+        Err(passwords::NotChecked::Busy) => {
+            return Ok(Redirect::to("/_/admin?error=busy").into_response());
+        }
+    };
     let n2 = name.clone();
     let stored = blocking(&state, move |s| s.operator_password(&n2)).await?;
-    if !auth::verify_off_thread(form.password, stored).await {
-        state
-            .login_throttle
-            .failed(peer.ip(), std::time::Instant::now());
-        tracing::warn!(%peer, "failed dashboard login");
-        return Ok(Redirect::to("/_/admin?error=login").into_response());
+    match attempt.verify(form.password, stored).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(%peer, "failed dashboard login");
+            return Ok(Redirect::to("/_/admin?error=login").into_response());
+        }
+        Err(_) => return Ok(Redirect::to("/_/admin?error=busy").into_response()),
     }
-    state.login_throttle.succeeded(peer.ip());
     let token = auth::new_token();
     let hash = auth::token_hash(&token);
     let csrf = auth::new_token();
@@ -198,11 +206,18 @@ pub(crate) async fn login(
     let h = res.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(&state, SESSION_COOKIE, &token, PATH, "Strict", SESSION_SECS),
+        set_cookie(
+            state.admin_https,
+            SESSION_COOKIE,
+            &token,
+            PATH,
+            "Strict",
+            SESSION_SECS,
+        ),
     );
     h.append(
         header::SET_COOKIE,
-        set_cookie(&state, FORM_COOKIE, "", PATH, "Strict", 0),
+        set_cookie(state.admin_https, FORM_COOKIE, "", PATH, "Strict", 0),
     );
     Ok(res)
 }
@@ -218,7 +233,7 @@ pub(crate) async fn logout(
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Result<Response, ApiError> {
-    check_origin(&state, &headers)?;
+    check_admin_origin(&state, &headers)?;
     if let (Some(s), Some(token)) = (
         session(&state, &headers).await?,
         cookie(&headers, SESSION_COOKIE),
@@ -230,7 +245,7 @@ pub(crate) async fn logout(
     let mut res = Redirect::to(PATH).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&state, SESSION_COOKIE, "", PATH, "Strict", 0),
+        set_cookie(state.admin_https, SESSION_COOKIE, "", PATH, "Strict", 0),
     );
     Ok(res)
 }
@@ -266,7 +281,20 @@ pub(crate) async fn overview(
                 .map(|r| r.functions())
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(name, providers)| json!({ "name": name, "providers": providers }))
+                .map(|(name, providers)| {
+                    // Served by more than one device: calls are shared
+                    // between them, which may be meant (a pool) or may be
+                    // a device registering what it should not.
+                    let mut devices = providers.clone();
+                    devices.sort();
+                    devices.dedup();
+                    json!({
+                        "name": name,
+                        "providers": providers.len(),
+                        "provided_by": providers,
+                        "shared": devices.len() > 1,
+                    })
+                })
                 .collect();
             json!({
                 "name": a.name,
@@ -326,6 +354,15 @@ pub(crate) async fn overview(
         "devices": devices,
         "calls": state.monitor.recent_calls(),
         "calls_not_logged": state.monitor.unrecorded_calls(),
+        "connections": {
+            "open": state.connections.open(),
+            "limits": {
+                "total": state.config.limits.total,
+                "per_address": state.config.limits.per_address,
+                "per_key": state.config.limits.per_key,
+                "per_browser": state.config.limits.per_browser,
+            },
+        },
         "events": state.monitor.recent_events(),
     })))
 }
@@ -450,6 +487,9 @@ pub(crate) async fn app_settings(
         s.set_app(&a.name, a.anonymous_calls, a.signup)
     })
     .await?;
+    state
+        .app(&app.name)
+        .set_anonymous_calls(app.anonymous_calls);
     state.monitor.changed();
     Ok(Json(
         json!({ "name": app.name, "anonymous_calls": app.anonymous_calls, "signup": app.signup }),

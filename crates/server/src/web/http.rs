@@ -76,16 +76,16 @@ pub(crate) fn secure(state: &ServerState) -> bool {
 }
 
 /// A `Set-Cookie` value: HttpOnly, with the given SameSite and lifetime
-/// (`max_age` 0 deletes the cookie).
+/// (`max_age` 0 deletes the cookie), `Secure` when `secure`.
 pub(crate) fn set_cookie(
-    state: &ServerState,
+    secure: bool,
     name: &str,
     value: &str,
     path: &str,
     same_site: &str,
     max_age: i64,
 ) -> HeaderValue {
-    let secure = if secure(state) { "; Secure" } else { "" };
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite={same_site}{secure}"
     ))
@@ -121,5 +121,34 @@ pub(crate) fn check_origin(state: &ServerState, headers: &HeaderMap) -> Result<(
     let shown: String = origin.chars().take(100).collect();
     refuse(format!(
         "origin {shown} may not use this server's sessions: only pages served by this server may"
+    ))
+}
+
+/// Checks that a dashboard request comes from a dashboard page: `Origin`
+/// must be the scheme and `Host` of the dashboard's own listener. The
+/// public origin (where app pages live) is never accepted, so an app's
+/// script cannot drive the dashboard with an operator's cookie (cookies
+/// are shared between ports of one host; origins are not).
+pub(crate) fn check_admin_origin(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |what: String| Err(ApiError(StatusCode::FORBIDDEN, what));
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return refuse(
+            "dashboard requests must carry an Origin header; use the dashboard page itself"
+                .to_owned(),
+        );
+    };
+    let scheme = if state.admin_https { "https" } else { "http" };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if host.is_some_and(|h| {
+        origin
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+            == Some(h)
+    }) {
+        return Ok(());
+    }
+    let shown: String = origin.chars().take(100).collect();
+    refuse(format!(
+        "origin {shown} may not use the dashboard: only the dashboard's own pages may"
     ))
 }

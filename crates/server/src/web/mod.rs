@@ -6,21 +6,26 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::calls::driver as uplink;
+use crate::edge::limits::Held;
 use crate::state::ServerState;
 
 pub(crate) mod browser;
 pub(crate) mod dashboard;
 pub(crate) mod http;
+pub(crate) mod passwords;
 pub mod sites;
 pub(crate) mod websocket;
 
 use browser as web;
 use dashboard as admin;
 
+/// The public listener: uplinks, browser sessions, accounts and app sites.
+/// The dashboard is not here (see [`admin_router`]).
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
     use axum::routing::post;
     Router::new()
@@ -36,6 +41,33 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/_/auth/login", post(web::login))
         .route("/_/auth/logout", post(web::logout))
         .route("/_/auth/me", get(web::me))
+        .route("/app/{name}", get(web::app_root))
+        .route("/app/{name}/", get(web::app_index))
+        .route("/app/{name}/{*rest}", get(web::app_file))
+        .fallback(web::fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::security_headers,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
+        .with_state(state)
+}
+
+/// The dashboard's own listener: the dashboard and its API at `/_/admin`,
+/// and nothing else. Its origin differs from the app pages' (another
+/// port, or another address), so no app script can read its pages or
+/// send it requests it accepts.
+pub(crate) fn admin_router(state: Arc<ServerState>) -> Router {
+    use axum::routing::post;
+    Router::new()
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/_/admin") }),
+        )
+        .route("/_/health", get(health))
         .route("/_/admin", get(admin::page))
         .route("/_/admin/", get(admin::page))
         .route("/_/admin/login", post(admin::login))
@@ -49,13 +81,13 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/_/admin/api/apps", post(admin::create_app))
         .route("/_/admin/api/apps/settings", post(admin::app_settings))
         .route("/_/admin/api/call", post(admin::call))
-        .route("/app/{name}", get(web::app_root))
-        .route("/app/{name}/", get(web::app_index))
-        .route("/app/{name}/{*rest}", get(web::app_file))
-        .fallback(web::fallback)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::security_headers,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
         ))
         .with_state(state)
 }
@@ -67,18 +99,48 @@ async fn uplink_endpoint(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    websocket::upgrade(req, move |io, first| {
-        uplink::serve_uplink(state, io, first, peer)
+    let st = state.clone();
+    websocket::upgrade(req, &st, peer, Held::default(), move |io, first, held| {
+        uplink::serve_uplink(state, io, first, peer, held)
     })
 }
 
 async fn health(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     let body = format!(
-        "{{\"status\":\"ok\",\"uplinks\":{}}}",
-        state.live_connections()
+        "{{\"status\":\"ok\",\"uplinks\":{},\"connections\":{}}}",
+        state.live_connections(),
+        state.connections.open()
     );
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
     )
+}
+
+/// Refuses requests whose `Host` names a server this is not (421). A page
+/// on an attacker's domain that re-resolves to this server's private
+/// address (DNS rebinding) is same-origin with itself, not with the
+/// server, so it can only reach the server under its own name — which
+/// this refuses. IP addresses and `localhost` are always answered.
+async fn check_host(
+    State(state): State<Arc<ServerState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    match host {
+        Some(host) if !state.answers_to(host) => (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this server does not answer to the host name \"{}\"; operators: add it with --allowed-host (or --public-origin)\n",
+                crate::calls::shown(host)
+            ),
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
 }

@@ -8,6 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::calls::link::Stream;
+use crate::edge::Connection;
+use crate::edge::limits::Held;
+use crate::state::ServerState;
 
 /// Whether header `name` holds `token` in its comma-separated list
 /// (case-insensitive).
@@ -25,14 +28,36 @@ fn refuse(status: StatusCode, why: &str) -> Response {
 }
 
 /// Checks `req` is a websocket opening request and answers `101 Switching
-/// Protocols`; `run` gets the stream (and any bytes read past the request)
-/// once hyper hands the connection over. Anything else is answered with
-/// what was wrong.
-pub(crate) fn upgrade<F, Fut>(mut req: Request, run: F) -> Response
+/// Protocols`; `run` gets the stream (and any bytes read past the
+/// request) once hyper hands the connection over, with `held`: the places
+/// the connection holds against the limits (a client behind a trusted
+/// proxy, `client`, is counted here). Anything else is answered with what
+/// was wrong.
+pub(crate) fn upgrade<F, Fut>(
+    mut req: Request,
+    state: &ServerState,
+    client: std::net::SocketAddr,
+    mut held: Held,
+    run: F,
+) -> Response
 where
-    F: FnOnce(Stream, bytes::Bytes) -> Fut + Send + 'static,
+    F: FnOnce(Stream, bytes::Bytes, Held) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    if let Some(conn) = req.extensions().get::<Connection>() {
+        held.tcp = Some(conn.slot.clone());
+        if conn.via_proxy {
+            match state.connections.forwarded(client.ip(), state.now()) {
+                Ok(slot) => held.forwarded = Some(slot),
+                Err(refusal) => {
+                    return refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &refusal.text(state.connections.limits()),
+                    );
+                }
+            }
+        }
+    }
     let headers = req.headers();
     if req.method() != axum::http::Method::GET
         || !has_token(headers, header::UPGRADE, "websocket")
@@ -75,7 +100,7 @@ where
         match on_upgrade.await {
             Ok(upgraded) => {
                 let (stream, first) = Stream::from_upgraded(upgraded);
-                run(stream, first).await;
+                run(stream, first, held).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }

@@ -24,13 +24,13 @@ async fn tls_auth(server: &TestServer, root_pem: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn acme_issues_and_renews_a_certificate_that_clients_accept() {
     let mut pebble = Pebble::new();
-    let server = TestServer::start_with(|c| {
+    let mut server = TestServer::start_with(|c| {
         c.tls = Some(TlsSetting::Acme(AcmeSetting {
             domain: "localhost".to_owned(),
             directory_url: pebble.directory_url.clone(),
             directory_root: Some(pebble.api_root.clone()),
-            // Longer than pebble's certificates live: renew right after each
-            // issuance, so the test sees a renewal.
+            // Longer than any certificate lives: clamped to two thirds of
+            // the lifetime, so it neither renews in a loop nor never.
             renew_before: Duration::from_secs(100 * 365 * 86_400),
         }));
     })
@@ -46,11 +46,41 @@ async fn acme_issues_and_renews_a_certificate_that_clients_accept() {
     tls_auth(&server, &root)
         .await
         .expect("the issued certificate verifies");
-    wait_for("a renewal", || server.acme_certificates_issued() >= 2).await;
+    // Pebble's certificates live for years, so the renewal is not due: no
+    // second issuance follows at once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(server.acme_certificates_issued(), 1, "renewed in a loop");
+    let stored = server.data_dir().join("acme").join("certificate.pem");
+    assert!(
+        stored.is_file(),
+        "certificate and key are stored as one file"
+    );
+
+    // A stored certificate close to its end (an hour's lifetime, a minute
+    // left) is loaded at start and renewed at once.
+    let ca = ferrolink_testkit::pki::Ca::root("short-lived");
+    let leaf = ca.leaf_valid(&["localhost"], -3540, 60);
+    std::fs::write(&stored, format!("{}{}", leaf.chain_pem, leaf.key_pem)).unwrap();
+    server.restart().await;
+    wait_for("the renewal", || server.acme_certificates_issued() >= 1).await;
     tls_auth(&server, &root)
         .await
         .expect("the renewed certificate verifies");
+
+    // A stored pair whose key is not the certificate's is not served:
+    // the server issues a new one instead.
+    let other = ca.leaf_valid(&["localhost"], -60, 30 * 86_400);
+    let wrong = ca.leaf_valid(&["localhost"], -60, 30 * 86_400);
+    std::fs::write(&stored, format!("{}{}", other.chain_pem, wrong.key_pem)).unwrap();
+    server.restart().await;
+    wait_for("a certificate replacing the mismatched pair", || {
+        server.acme_certificates_issued() >= 1
+    })
+    .await;
+    tls_auth(&server, &root)
+        .await
+        .expect("the new certificate verifies");
     // A client pinning another root still refuses it.
-    let other = ferrolink_testkit::pki::Ca::root("other");
-    assert!(tls_auth(&server, &other.pem).await.is_err());
+    let stranger = ferrolink_testkit::pki::Ca::root("other");
+    assert!(tls_auth(&server, &stranger.pem).await.is_err());
 }

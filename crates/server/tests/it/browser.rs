@@ -79,7 +79,7 @@ async fn device_provided_strings_are_shown_as_text() {
     browser::run(
         "escaping.mjs",
         &[
-            ("BASE", server.origin()),
+            ("BASE", server.admin_origin()),
             ("OP_NAME", "ops".to_owned()),
             ("OP_PASSWORD", "operator password".to_owned()),
             ("EVIL", evil.to_owned()),

@@ -84,44 +84,32 @@ async fn keys_created_while_running_work_at_once() {
 }
 
 #[tokio::test]
-async fn a_burst_of_wrong_keys_is_throttled_per_address() {
-    // A long first window keeps the test independent of machine speed.
+async fn wrong_keys_are_answered_ever_more_slowly_but_a_correct_key_never_waits() {
     let server =
-        TestServer::start_with(|c| c.auth_throttle.first_window = Duration::from_secs(30)).await;
+        TestServer::start_with(|c| c.auth_throttle.first_window = Duration::from_secs(1)).await;
     let attacker: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-    let mut replies = Vec::new();
-    for i in 0..8 {
+    let mut took = Vec::new();
+    for i in 0..5 {
         let mut c = RawClient::connect_from(&server.url(), attacker).await;
+        let started = Instant::now();
         c.send_json(&json!({"key": format!("flk_guessguess_{i}"), "v": 8}))
             .await;
-        replies.push(c.recv_json().await["error"].as_str().unwrap().to_owned());
+        assert_eq!(c.recv_json().await["error"], "Incorrect uplink key");
+        took.push(started.elapsed());
     }
+    // Three free failures, then 1 s, then 2 s before the refusal.
     assert!(
-        replies[..3].iter().all(|r| r == "Incorrect uplink key"),
-        "{replies:?}"
+        took[..3].iter().all(|t| *t < Duration::from_millis(500)),
+        "{took:?}"
     );
-    assert!(
-        replies[4..]
-            .iter()
-            .all(|r| r.contains("too many wrong keys from 127.0.0.1")),
-        "{replies:?}"
-    );
-    // While throttled, even the right key from that address is not checked.
+    assert!(took[3] >= Duration::from_millis(900), "{took:?}");
+    assert!(took[4] >= Duration::from_millis(1900), "{took:?}");
+    // The right key from that very address is checked and accepted at once.
+    let started = Instant::now();
     let mut c = RawClient::connect_from(&server.url(), attacker).await;
     c.send_json(&json!({"key": server.server_key, "v": 8}))
         .await;
-    assert!(
-        c.recv_json().await["error"]
-            .as_str()
-            .unwrap()
-            .contains("too many wrong keys")
-    );
-    // Another address is not slowed down at all.
-    let started = Instant::now();
-    let mut good = RawClient::connect_from(&server.url(), "127.0.0.2".parse().unwrap()).await;
-    good.send_json(&json!({"key": server.server_key, "v": 8}))
-        .await;
-    assert_eq!(good.recv_json().await["auth"], "OK");
+    assert_eq!(c.recv_json().await["auth"], "OK");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 

@@ -4,6 +4,7 @@
 mod acme;
 mod browser;
 mod cli;
+mod hostile;
 mod keys;
 mod protocol;
 mod python;

@@ -160,7 +160,7 @@ async fn invalid_utf8_text_closes_with_1007() {
     let server = TestServer::start().await;
     // Hand-made masked text frame carrying invalid UTF-8.
     let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    let req = "GET /_/uplink HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let req = "GET /_/uplink HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 1024];
     let n = tcp.read(&mut buf).await.unwrap();

@@ -199,19 +199,35 @@ async fn accounts_sign_up_log_in_and_out_with_safe_cookies() {
 }
 
 #[tokio::test]
-async fn repeated_wrong_logins_are_throttled() {
-    let server = TestServer::start().await;
-    let wrong = json!({"email": "x@y.z", "password": "not the password"});
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        statuses.push(
-            post_json(&server, "/_/auth/login?app=demo", wrong.clone(), None)
+async fn repeated_wrong_logins_are_throttled_per_account_and_per_address() {
+    let server =
+        TestServer::start_with(|c| c.auth_throttle.first_window = Duration::from_secs(30)).await;
+    let login = |email: &'static str| {
+        let server = &server;
+        async move {
+            let wrong = json!({"email": email, "password": "not the password"});
+            post_json(server, "/_/auth/login?app=demo", wrong, None)
                 .await
-                .status,
-        );
+                .status
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(login("x@y.z").await);
     }
-    assert_eq!(statuses[0], 401);
-    assert_eq!(statuses[4], 429, "{statuses:?}");
+    // Three free failures and the one that opens the window are checked;
+    // then the account is refused without a check.
+    assert_eq!(&statuses[..4], &[401, 401, 401, 401], "{statuses:?}");
+    assert_eq!(&statuses[4..], &[429, 429], "{statuses:?}");
+    // Another account from the same address is still checked ...
+    assert_eq!(login("other@y.z").await, 401);
+    // ... until the address has used its (larger) allowance.
+    let mut last = 0;
+    for i in 0..40 {
+        let email: &'static str = Box::leak(format!("user{i}@y.z").into_boxed_str());
+        last = login(email).await;
+    }
+    assert_eq!(last, 429);
 }
 
 #[tokio::test]
@@ -292,6 +308,52 @@ async fn apps_can_refuse_anonymous_calls() {
         anonymous.recv_json().await["error"]["type"],
         "anvil.server.PermissionDenied"
     );
+}
+
+#[tokio::test]
+async fn new_apps_refuse_anonymous_calls_and_turning_them_off_reaches_open_sessions() {
+    let server = TestServer::start().await;
+    // `app create` (the store's default): anonymous calls are off.
+    server.create_app("fresh");
+    assert!(!server.store().app("fresh").unwrap().anonymous_calls);
+    // The demo app allows them; a session opened now may call ...
+    let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    provider.register("f").await;
+    let (mut anonymous, s) = session(&server, None).await;
+    assert_eq!(s["anonymous_calls"], true);
+    anonymous.send_json(&call("1", "f", json!([]))).await;
+    let forwarded = provider.recv_json().await;
+    provider
+        .send_json(&json!({"id": forwarded["id"], "response": 1}))
+        .await;
+    assert_eq!(anonymous.recv_json().await["response"], 1);
+    // ... until the operator turns them off from the CLI (another
+    // process, seen through the database): the open session is refused.
+    server.store().set_app("demo", Some(false), None).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        anonymous.send_json(&call("2", "f", json!([]))).await;
+        match provider.recv_within(Duration::from_millis(300)).await {
+            Some(ferrolink_testkit::raw::Received::Text(t)) => {
+                // Not yet seen: answer, and try again shortly.
+                let forwarded: serde_json::Value = serde_json::from_str(&t).unwrap();
+                provider
+                    .send_json(&json!({"id": forwarded["id"], "response": 1}))
+                    .await;
+                assert_eq!(anonymous.recv_json().await["response"], 1);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the open session kept calling"
+                );
+            }
+            None => {
+                let r = anonymous.recv_json().await;
+                assert_eq!(r["error"]["type"], "anvil.server.PermissionDenied", "{r}");
+                break;
+            }
+            Some(other) => panic!("the provider got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -381,8 +443,8 @@ async fn events_reach_the_sessions_they_target() {
 async fn the_dashboard_api_needs_a_session_and_its_csrf_token() {
     let server = TestServer::start().await;
     server.create_operator("ops", "operator password");
-    let addr = server.addr();
-    let origin = server.origin();
+    let addr = server.admin_addr();
+    let origin = server.admin_origin();
     assert_eq!(
         request(addr, "GET", "/_/admin/api/state", &[], None)
             .await
@@ -594,11 +656,79 @@ async fn behind_a_proxy_the_public_origin_is_the_one_pages_come_from() {
     );
 }
 
+/// App pages are the operators' and their users' code; they must not be
+/// able to drive the dashboard. It is not on the public listener at all,
+/// and its own listener accepts changes only from its own origin — not
+/// from the app pages' origin, though both are on one host and browsers
+/// send the operator's cookie to either port.
+#[tokio::test]
+async fn app_pages_cannot_reach_or_drive_the_dashboard() {
+    let server = TestServer::start().await;
+    for path in [
+        "/_/admin",
+        "/_/admin/",
+        "/_/admin/api/state",
+        "/_/admin/admin.js",
+    ] {
+        let r = request(server.addr(), "GET", path, &[], None).await;
+        assert_eq!(r.status, 404, "{path} on the public listener: {}", r.body);
+    }
+    let r = request(
+        server.addr(),
+        "POST",
+        "/_/admin/api/keys",
+        &[("content-type", "application/json")],
+        Some(r#"{"app":"demo","privilege":"server"}"#),
+    )
+    .await;
+    assert!(
+        r.status == 404 || r.status == 405,
+        "{}: {}",
+        r.status,
+        r.body
+    );
+    assert!(!r.body.contains("flk_"), "{}", r.body);
+    assert_ne!(server.admin_origin(), server.origin());
+
+    let (session, csrf) = operator_login(&server).await;
+    let create = |origin: String| {
+        let (session, csrf, addr) = (session.clone(), csrf.clone(), server.admin_addr());
+        async move {
+            request(
+                addr,
+                "POST",
+                "/_/admin/api/keys",
+                &[
+                    ("origin", &origin),
+                    ("cookie", &session),
+                    ("content-type", "application/json"),
+                    ("x-csrf-token", &csrf),
+                ],
+                Some(r#"{"app":"demo","privilege":"server","device":"from-a-page"}"#),
+            )
+            .await
+        }
+    };
+    // A script on an app page holds everything but the right origin.
+    let refused = create(server.origin()).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("may not use the dashboard"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.json().get("key").is_none());
+    // The control: the same request from the dashboard's own page works.
+    let made = create(server.admin_origin()).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert!(made.json()["key"].is_string());
+}
+
 /// Logs an operator in through the dashboard's form; returns the session
 /// cookie and the CSRF token the API wants with every change.
 async fn operator_login(server: &TestServer) -> (String, String) {
     server.create_operator("ops", "operator password");
-    let (addr, origin) = (server.addr(), server.origin());
+    let (addr, origin) = (server.admin_addr(), server.admin_origin());
     let form = request(addr, "GET", "/_/admin", &[], None).await;
     let csrf_cookie = form.cookie("flk_csrf").unwrap();
     let token = csrf_cookie.split_once('=').unwrap().1.to_owned();
@@ -640,8 +770,8 @@ async fn the_dashboard_console_is_held_to_the_in_flight_bound() {
     let (session, csrf) = operator_login(&server).await;
     let console_call = |function: &'static str| {
         let (addr, origin, session, csrf) = (
-            server.addr(),
-            server.origin(),
+            server.admin_addr(),
+            server.admin_origin(),
             session.clone(),
             csrf.clone(),
         );
