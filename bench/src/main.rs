@@ -15,6 +15,9 @@
 //! 3. server memory per idle authenticated uplink, from the server's RSS
 //!    before and after opening N connections (default 10,000).
 //!
+//! With `--hostile` it measures the server under attack instead (see
+//! `hostile.rs`).
+//!
 //! The load generator runs on one thread of this process; the server runs
 //! with its default runtime. Figures are printed as a Markdown report.
 
@@ -36,6 +39,8 @@ use tokio_tungstenite::tungstenite::Message;
 use ferrolink_proto::Message as Proto;
 use ferrolink_proto::codec::{DecodeLimits, decode};
 use ferrolink_proto::message::Outcome;
+
+mod hostile;
 
 /// ferrolink benchmarks (see the crate docs for what is measured).
 #[derive(Parser)]
@@ -75,6 +80,10 @@ struct Args {
     /// The server binary.
     #[arg(long, default_value = "target/release/ferrolink")]
     server: PathBuf,
+    /// Measure the server under hostile load instead (a provider that stops
+    /// reading, concurrent wrong passwords, wrong keys next to devices).
+    #[arg(long)]
+    hostile: bool,
 }
 
 const IN_FLIGHT: [usize; 3] = [1, 16, 256];
@@ -109,9 +118,20 @@ fn start_server_with(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
             "serve",
             "--listen",
             "127.0.0.1:0",
-            "--max-pending-calls",
-            "4096",
+            "--admin-listen",
+            "off",
+            // The idle-memory measurement opens 10,000 uplinks with one
+            // key from one address.
+            "--max-connections-per-address",
+            "100000",
+            "--max-connections-per-key",
+            "100000",
         ])
+        .args(if extra.contains(&"--max-pending-calls") {
+            &[][..]
+        } else {
+            &["--max-pending-calls", "4096"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -125,7 +145,8 @@ fn start_server_with(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
         })?;
     let stdout = child.stdout.take().context("stdout")?;
     let (mut url, mut sk, mut ck) = (None, None, None);
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line?;
         if let Some(v) = line.strip_prefix("server key: ") {
             sk = Some(v.to_owned());
@@ -136,6 +157,8 @@ fn start_server_with(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
             break;
         }
     }
+    // Keep reading what the server prints later, so its stdout stays open.
+    std::thread::spawn(move || lines.for_each(drop));
     Ok(Server {
         child,
         url: url.context("no uplink line")?,
@@ -786,6 +809,9 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if args.hostile {
+            return hostile::run(&args.server).await;
+        }
         let server = start_server(&args.server)?;
         println!("# ferrolink benchmark\n");
         println!(
