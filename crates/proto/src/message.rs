@@ -193,7 +193,7 @@ pub enum Outcome<'a> {
 }
 
 /// Which privilege a key grants, as named on the wire (`priv`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Privilege {
     /// May register functions and call anything (`"uplink"`).
     Server,

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// loopback address it is plain HTTP; elsewhere it needs TLS (the same
     /// certificate as `listen`). `None` serves no dashboard.
     pub admin_listen: Option<SocketAddr>,
+    /// A listener of its own for Prometheus metrics and the health checks
+    /// (plain http), besides `/_/metrics` on the dashboard's listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Limits on simultaneous connections. A refusal names the limit and the
@@ -124,6 +127,7 @@ impl ServerConfig {
             trusted_proxies: Vec::new(),
             allowed_hosts: Vec::new(),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_listen: None,
         }
     }
 }

@@ -34,6 +34,7 @@ mod config;
 mod edge;
 pub mod keys;
 mod logs;
+mod metrics;
 mod names;
 mod state;
 pub mod storage;
@@ -96,6 +97,7 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     state: Arc<ServerState>,
     dev_ca: Option<tls::DevCa>,
     acme: Option<Arc<acme::AcmeResolver>>,
@@ -189,6 +191,16 @@ impl Server {
             }
         };
         let admin_addr = admin.as_ref().map(|(_, bound, _)| *bound);
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|source| StartError::Bind { addr: at, source })?;
+                Some(listener)
+            }
+        };
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         let admin_https = admin.as_ref().is_some_and(|(_, _, tls)| tls.is_some());
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let origin = config
@@ -220,6 +232,14 @@ impl Server {
             };
             tokio::spawn(edge::accept_loop(listener, edge, stopped.clone()))
         });
+        let metrics_loop = metrics.map(|listener| {
+            let edge = edge::Edge {
+                router: web::metrics_router(state.clone()),
+                tls: None,
+                state: state.clone(),
+            };
+            tokio::spawn(edge::accept_loop(listener, edge, stopped.clone()))
+        });
         let task = tokio::spawn(async move {
             let edge = edge::Edge {
                 router,
@@ -227,8 +247,8 @@ impl Server {
                 state: edge_state,
             };
             edge::accept_loop(listener, edge, stopped).await;
-            if let Some(admin) = admin_loop {
-                let _ = admin.await;
+            for other in [admin_loop, metrics_loop].into_iter().flatten() {
+                let _ = other.await;
             }
             for task in background {
                 task.abort();
@@ -238,6 +258,7 @@ impl Server {
         Ok(Self {
             addr,
             admin_addr,
+            metrics_addr,
             state,
             dev_ca,
             acme: acme_resolver,
@@ -281,6 +302,11 @@ impl Server {
         })
     }
 
+    /// The metrics listener's bound address (`--metrics-listen`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The dashboard's URL (`http://127.0.0.1:PORT/_/admin`), when served.
     pub fn admin_url(&self) -> Option<String> {
         self.admin_origin().map(|o| format!("{o}/_/admin"))
@@ -318,12 +344,44 @@ impl Server {
         self.state.key_messages()
     }
 
+    /// Shuts down gracefully: `/_/ready` answers 503 at once, no new
+    /// connection is accepted and no new call is forwarded (callers get a
+    /// clear error), the calls already forwarded have up to `grace` to be
+    /// answered, then every connection is closed with a reason that tells
+    /// clients to reconnect (to another server, or to this one once it is
+    /// back).
+    pub async fn shutdown_gracefully(self, grace: std::time::Duration) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.state.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left = self.state.calls_in_flight();
+        if left > 0 {
+            tracing::warn!(
+                calls = left,
+                "shutting down with calls still in flight; their callers are told the provider disconnected"
+            );
+        }
+        self.shutdown().await;
+    }
+
     /// Stops accepting connections and closes every uplink (their pending
     /// callers are answered with `UplinkDisconnectedError`).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        self.state
-            .close_all("ferrolink: the server is shutting down");
+        self.state.close_all(
+            "ferrolink: the server is shutting down; reconnect (to another server, or to this one once it is back)",
+        );
         let _ = self.task.await;
+        // Give the closing handshakes (which carry the reason) a moment
+        // to be written before the caller ends the process.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.state.connections.websockets() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

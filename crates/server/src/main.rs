@@ -1,7 +1,9 @@
 //! The `ferrolink` command line: run the server, manage apps and keys, call
 //! functions, simulate a device.
 
+mod config_file;
 mod demo_device;
+mod operations;
 
 /// `println!` for a running server: its stdout may be a pipe that a
 /// supervisor stopped reading, and a server must not die of that.
@@ -45,6 +47,10 @@ struct Cli {
         default_value = "./ferrolink-data"
     )]
     data: PathBuf,
+    /// A TOML file of `serve` settings (see `ferrolink config default`);
+    /// environment variables and flags override it.
+    #[arg(long, global = true, env = "FERROLINK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,12 +73,41 @@ enum Command {
     /// accept, updated over the link without new firmware.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Print the commented default config file, or check one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Copy the data directory (the database, consistently, while the
+    /// server runs; certificates, keys and app front ends) into DEST.
+    Backup {
+        /// A directory that does not exist yet (or is empty).
+        dest: PathBuf,
+    },
+    /// Make the data directory a copy of a backup. Stop the server first.
+    Restore {
+        /// A directory `ferrolink backup` wrote.
+        src: PathBuf,
+        /// Move an existing data directory aside (to DATA.before-restore-TIME)
+        /// instead of refusing.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Call a function and print its JSON result (errors: exit 1).
     Call(CallArgs),
     /// Run a simulated Pico W: registers blink_morse(text),
     /// read_temperature() and set_led(on), and logs a reading to the app's
     /// `log_reading` function every few seconds if the app has one.
     DeviceSim(SimArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every setting with its help and default, commented out.
+    Default,
+    /// Check a config file: known settings, values that parse.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -155,8 +190,17 @@ struct ServeArgs {
     #[arg(long, env = "FERROLINK_IDLE_TIMEOUT_MS", default_value_t = 45_000)]
     idle_timeout_ms: u64,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "FERROLINK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also serve Prometheus metrics (`/metrics`, `/_/metrics`) and the
+    /// health checks on this address (plain http). The dashboard's
+    /// listener always serves `/_/metrics`.
+    #[arg(long, env = "FERROLINK_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM or Ctrl-C, how long calls in flight may take to finish
+    /// (new calls are refused meanwhile) before every connection is closed.
+    #[arg(long, env = "FERROLINK_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
     /// Serve TLS with this PEM certificate chain (leaf first); reloaded when
     /// it changes.
     #[arg(
@@ -397,7 +441,13 @@ enum KeyCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -411,9 +461,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, with a `--config` file's settings as the defaults
+/// (clap then applies the environment and the flags over them).
+fn parse_cli() -> Result<Cli> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    let file = config_file::path_from(&args);
+    if let Some(file) = &file {
+        cmd = config_file::apply(cmd, file)?;
+    }
+    let matches = match cmd.try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(file) = &file
+                && e.kind() == clap::error::ErrorKind::ValueValidation
+            {
+                eprintln!(
+                    "(settings come from {} as well as the command line and environment)",
+                    file.display()
+                );
+            }
+            e.exit()
+        }
+    };
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(&cli.data, *args),
+        Command::Config(ConfigCommand::Default) => {
+            use clap::CommandFactory as _;
+            print!("{}", config_file::default_file(&Cli::command()));
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            use clap::{CommandFactory as _, FromArgMatches as _};
+            let cmd =
+                config_file::apply(Cli::command(), &file).map_err(|e| usage(format!("{e:#}")))?;
+            let matches = cmd
+                .try_get_matches_from(["ferrolink", "serve"])
+                .map_err(|e| {
+                    usage(format!(
+                        "{}: {}",
+                        file.display(),
+                        e.render().to_string().trim()
+                    ))
+                })?;
+            let cli = Cli::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;
+            let Command::Serve(args) = cli.command else {
+                unreachable!("parsed as serve")
+            };
+            server_config(&cli.data, *args)
+                .map_err(|e| usage(format!("{}: {e:#}", file.display())))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Backup { dest } => operations::backup(&cli.data, &dest),
+        Command::Restore { src, replace } => operations::restore(&src, &cli.data, replace),
         Command::App(cmd) => {
             let store = open(&cli.data)?;
             match cmd {
@@ -742,6 +848,24 @@ fn key_command(store: &Store, cmd: KeyCommand) -> Result<()> {
     Ok(())
 }
 
+/// Ctrl-C, or SIGTERM (what systemd and container runtimes send).
+async fn stop_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot wait for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    Ok(())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -752,6 +876,43 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The server's settings from `serve`'s options.
+fn server_config(data: &Path, args: ServeArgs) -> Result<ServerConfig> {
+    let mut config = ServerConfig::new(args.listen, data);
+    config.call_timeout = Duration::from_millis(args.call_timeout_ms);
+    config.max_frame_bytes = args.max_frame_bytes;
+    config.max_pending_calls = args.max_pending_calls.max(1);
+    config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    config.write_stall_timeout = Duration::from_millis(args.write_stall_timeout_ms.max(100));
+    config.insecure_plain_ws = args.insecure_plain_ws;
+    config.dev_tls_names = args.dev_tls_names;
+    config.public_origin = args.public_origin;
+    config.limits = ferrolink::ConnectionLimits {
+        total: args.max_connections.max(1),
+        per_address: args.max_connections_per_address.max(1),
+        per_key: args.max_connections_per_key.max(1),
+        per_browser: args.max_sessions_per_browser.max(1),
+    };
+    config.trusted_proxies = args.trusted_proxies;
+    config.allowed_hosts = args.allowed_hosts;
+    config.admin_listen = args.admin_listen.0;
+    config.metrics_listen = args.metrics_listen;
+    config.tls = match (args.tls_cert, args.tls_key, args.dev_tls, args.acme) {
+        (Some(cert), Some(key), _, _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
+        (_, _, true, _) => Some(ferrolink::tls::TlsSetting::Dev),
+        (_, _, _, Some(domain)) => Some(ferrolink::tls::TlsSetting::Acme(
+            ferrolink::acme::AcmeSetting {
+                domain,
+                directory_url: args.acme_directory,
+                directory_root: args.acme_directory_root,
+                renew_before: Duration::from_secs(args.acme_renew_before_days * 86_400),
+            },
+        )),
+        _ => None,
+    };
+    Ok(config)
 }
 
 fn serve(data: &Path, args: ServeArgs) -> Result<()> {
@@ -782,37 +943,8 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
         tracing::debug!(files = d.files, "demo front end deployed");
     }
     drop(store);
-    let mut config = ServerConfig::new(args.listen, data);
-    config.call_timeout = Duration::from_millis(args.call_timeout_ms);
-    config.max_frame_bytes = args.max_frame_bytes;
-    config.max_pending_calls = args.max_pending_calls.max(1);
-    config.session.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
-    config.write_stall_timeout = Duration::from_millis(args.write_stall_timeout_ms.max(100));
-    config.insecure_plain_ws = args.insecure_plain_ws;
-    config.dev_tls_names = args.dev_tls_names;
-    config.public_origin = args.public_origin;
-    config.limits = ferrolink::ConnectionLimits {
-        total: args.max_connections.max(1),
-        per_address: args.max_connections_per_address.max(1),
-        per_key: args.max_connections_per_key.max(1),
-        per_browser: args.max_sessions_per_browser.max(1),
-    };
-    config.trusted_proxies = args.trusted_proxies;
-    config.allowed_hosts = args.allowed_hosts;
-    config.admin_listen = args.admin_listen.0;
-    config.tls = match (args.tls_cert, args.tls_key, args.dev_tls, args.acme) {
-        (Some(cert), Some(key), _, _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
-        (_, _, true, _) => Some(ferrolink::tls::TlsSetting::Dev),
-        (_, _, _, Some(domain)) => Some(ferrolink::tls::TlsSetting::Acme(
-            ferrolink::acme::AcmeSetting {
-                domain,
-                directory_url: args.acme_directory,
-                directory_root: args.acme_directory_root,
-                renew_before: Duration::from_secs(args.acme_renew_before_days * 86_400),
-            },
-        )),
-        _ => None,
-    };
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let config = server_config(data, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -873,11 +1005,12 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
         } else {
             None
         };
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")?;
-        eprintln!("shutting down");
-        server.shutdown().await;
+        stop_signal().await?;
+        eprintln!(
+            "shutting down: calls in flight have {} s to finish",
+            grace.as_secs_f64()
+        );
+        server.shutdown_gracefully(grace).await;
         Ok(())
     })
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use ferrolink_proto::Instant;
+use ferrolink_proto::message::Privilege;
 
 use crate::activity::Monitor;
 use crate::calls::peer::Peer;
@@ -91,6 +92,10 @@ pub(crate) struct ServerState {
     refusal_log: crate::logs::Shared,
     /// The call log and live activity feed.
     pub(crate) monitor: Arc<Monitor>,
+    /// Counters for `/_/metrics`.
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Set when the server is shutting down: `/_/ready` then says so.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// The protocol clock.
     pub(crate) clock: Clock,
     /// Public origin answered to `anvil.private.get_app_origin`.
@@ -101,8 +106,11 @@ pub(crate) struct ServerState {
     /// The newest published trust bundle, as devices fetch it.
     trust_bundle: RwLock<Option<Arc<PublishedBundle>>>,
     /// The dashboard console's caller, per app.
-    consoles: Mutex<HashMap<String, Arc<crate::calls::console::Console>>>,
+    consoles: Mutex<HashMap<CallerKind, Arc<crate::calls::console::Console>>>,
 }
+
+/// A connection-less caller's app, privilege and label.
+type CallerKind = (String, Privilege, &'static str);
 
 /// A published trust bundle and the reply that carries it.
 #[derive(Debug)]
@@ -165,6 +173,8 @@ impl ServerState {
             browsers: Arc::default(),
             hash_gate: crate::auth::HashGate::new(HASHES_WAITING),
             monitor: Arc::new(Monitor::new(clock)),
+            metrics: crate::metrics::Metrics::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             clock,
             origin,
             admin_https,
@@ -175,10 +185,22 @@ impl ServerState {
 
     /// The dashboard console's caller for `app`, started on first use.
     pub(crate) fn console(&self, app: &str) -> Arc<crate::calls::console::Console> {
+        self.caller(app, Privilege::Server, "dashboard")
+    }
+
+    /// A connection-less caller for `app` with `privilege`, labelled
+    /// `label` in logs (the dashboard console, the HTTP API), started on
+    /// first use: its calls go through `forward` like any uplink's.
+    pub(crate) fn caller(
+        &self,
+        app: &str,
+        privilege: Privilege,
+        label: &'static str,
+    ) -> Arc<crate::calls::console::Console> {
         let mut consoles = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
         consoles
-            .entry(app.to_owned())
-            .or_insert_with(|| crate::calls::console::Console::start(self, app))
+            .entry((app.to_owned(), privilege, label))
+            .or_insert_with(|| crate::calls::console::Console::start(self, app, privilege, label))
             .clone()
     }
 
@@ -232,6 +254,13 @@ impl ServerState {
             Ok(record) => return Ok(record),
             Err(e) => e,
         };
+        use crate::metrics::AuthFailure;
+        self.metrics.auth_failed(match &error {
+            AuthError::Incorrect => AuthFailure::Incorrect,
+            AuthError::Revoked { .. } => AuthFailure::Revoked,
+            AuthError::Limit(_) => AuthFailure::Limit,
+            AuthError::Store(_) => AuthFailure::Unavailable,
+        });
         let delay = match error {
             AuthError::Incorrect | AuthError::Revoked { .. } => {
                 let window = self.throttle.failed(&ip, now).min(MAX_FAILURE_DELAY);
@@ -292,6 +321,46 @@ impl ServerState {
             return Err(AuthError::Revoked { id, at });
         }
         Ok(record)
+    }
+
+    /// Records a call that ended after it was forwarded: metrics (every
+    /// call) and the dashboard's call log (sampled).
+    pub(crate) fn call_finished(
+        &self,
+        app: &Arc<str>,
+        caller: &Arc<str>,
+        function: &str,
+        took: std::time::Duration,
+        outcome: &str,
+    ) {
+        self.metrics
+            .call_finished(crate::metrics::Outcome::of(outcome), Some(took));
+        self.monitor
+            .call(app, caller, function, took.as_millis() as u64, outcome);
+    }
+
+    /// Calls uplinks, browser sessions and the server's own callers have
+    /// in flight (forwarded, not yet answered).
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        let uplinks: usize = self
+            .live_uplinks()
+            .iter()
+            .map(|p| p.in_flight.load(Ordering::Relaxed))
+            .sum();
+        let browsers: usize = self
+            .app_runtimes()
+            .iter()
+            .flat_map(|(_, app)| app.browsers_for(&crate::calls::registry::Target::Channel("*")))
+            .map(|p| p.in_flight.load(Ordering::Relaxed))
+            .sum();
+        let consoles: usize = self
+            .consoles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|c| c.in_flight())
+            .sum();
+        uplinks + browsers + consoles
     }
 
     /// The runtime of app `name`, created on first use.

@@ -1,5 +1,6 @@
-//! The dashboard console as a caller: one connection-less [`Peer`] per app
-//! (server privilege, labelled `dashboard`) whose calls go through the
+//! Callers without a connection — the dashboard console (server privilege,
+//! labelled `dashboard`) and the HTTP API (the key's privilege, labelled
+//! `http`): one [`Peer`] per app and kind whose calls go through the
 //! same `forward` as every uplink's — admission, routing, the in-flight
 //! bound — and whose answers a small task hands to the waiting requests.
 
@@ -25,17 +26,23 @@ pub(crate) struct Console {
 }
 
 impl Console {
-    /// A console for `app`, with the task that delivers its answers.
-    pub(crate) fn start(state: &ServerState, app: &str) -> Arc<Self> {
+    /// A caller for `app` with `privilege`, labelled `label` (as a
+    /// device name is), with the task that delivers its answers.
+    pub(crate) fn start(
+        state: &ServerState,
+        app: &str,
+        privilege: Privilege,
+        label: &str,
+    ) -> Arc<Self> {
         let peer = Arc::new(Peer::new(
             state.next_conn_id(),
             PeerSetup {
                 key_id: KeyId(String::new()),
-                device: Some("dashboard".to_owned()),
-                privilege: Privilege::Server,
+                device: Some(label.to_owned()),
+                privilege,
                 library: None,
                 protocol_version: 8,
-                ip: "dashboard".to_owned(),
+                ip: label.to_owned(),
                 app: app.to_owned(),
                 browser: None,
             },
@@ -84,6 +91,11 @@ impl Console {
         console
     }
 
+    /// Calls forwarded and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Calls `function` (possibly `name@device`) with raw JSON `args` and
     /// `kwargs`, and waits for the answer until the call's deadline:
     /// `{"response": …}` or `{"error": {…}}`.
@@ -95,6 +107,7 @@ impl Console {
         kwargs: &str,
     ) -> serde_json::Value {
         let app = state.app(&self.peer.app);
+        let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         let forwarded = {
             // Held across `forward` so the answer cannot come before its
@@ -124,11 +137,11 @@ impl Console {
         };
         match tokio::time::timeout_at(state.to_tokio(f.deadline), rx).await {
             Ok(Ok(answer)) => {
-                state.monitor.call(
+                state.call_finished(
                     &self.peer.app,
                     &self.peer.label,
                     function,
-                    0,
+                    started.elapsed(),
                     answer.outcome.as_str(),
                 );
                 serde_json::from_str(&format!("{{{}", answer.body))
@@ -139,6 +152,13 @@ impl Console {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&f.call);
+                state.call_finished(
+                    &self.peer.app,
+                    &self.peer.label,
+                    function,
+                    started.elapsed(),
+                    error_type::TIMEOUT,
+                );
                 error_json(
                     error_type::TIMEOUT,
                     &format!(

@@ -112,7 +112,14 @@ pub(crate) async fn serve_uplink(
     addr: SocketAddr,
     held: Held,
 ) {
-    let span = tracing::debug_span!("uplink", peer = %addr);
+    // Every log line of the connection carries its address, and once
+    // authenticated its connection number and key id (never the secret).
+    let span = tracing::info_span!(
+        "uplink",
+        peer = %addr,
+        conn = tracing::field::Empty,
+        key = tracing::field::Empty
+    );
     run_uplink(state, io, first, addr, held)
         .instrument(span)
         .await;
@@ -183,9 +190,10 @@ async fn run_uplink(
         close(&mut io, &mut input, &mut out, ending).await;
         return;
     }
+    let span = tracing::Span::current();
+    span.record("conn", peer.id);
+    span.record("key", tracing::field::display(&record.id));
     tracing::info!(
-        conn = peer.id,
-        key = %record.id,
         app = %record.app,
         device = record.device.as_deref().unwrap_or("-"),
         peer = %addr,
@@ -213,7 +221,7 @@ pub(crate) async fn serve_browser(
     browser: BrowserSession,
     held: Held,
 ) {
-    let span = tracing::debug_span!("browser", peer = %addr, app = %app);
+    let span = tracing::info_span!("browser", peer = %addr, app = %app);
     async move {
         let session = ServerSession::pre_authenticated(
             state.config.session.clone(),
@@ -556,7 +564,7 @@ impl Driver {
                         }
                         Ok(None) => match self.input.poll_fill(&mut self.io, cx) {
                             Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ending::PeerGone),
-                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Ok(n)) => core.state.metrics.read(n),
                             Poll::Pending => break,
                         },
                         Err(e) => {
@@ -586,6 +594,7 @@ impl Driver {
                         core.stalled_since.get_or_insert(now);
                     }
                 }
+                core.state.metrics.wrote(before - core.out.len());
                 core.peer.set_unsent(core.out.len());
             }
             let next = core.next_deadline();
@@ -859,8 +868,8 @@ impl Core {
                     };
                     self.out
                         .text_parts(&["{\"id\":", made.id(), ",", &answer.body]);
-                    let took = now.saturating_duration_since(made.started).as_millis() as u64;
-                    self.state.monitor.call(
+                    let took = now.saturating_duration_since(made.started);
+                    self.state.call_finished(
                         &self.peer.app,
                         &self.peer.label,
                         made.command(),
@@ -902,8 +911,8 @@ impl Core {
                 timeout.as_secs_f64()
             );
             self.reply_error(made.id(), error_type::TIMEOUT, &msg);
-            let took = now.saturating_duration_since(made.started).as_millis() as u64;
-            self.state.monitor.call(
+            let took = now.saturating_duration_since(made.started);
+            self.state.call_finished(
                 &self.peer.app,
                 &self.peer.label,
                 made.command(),

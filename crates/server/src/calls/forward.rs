@@ -58,6 +58,33 @@ pub(crate) fn forward(
     request: Request<'_>,
     now: Instant,
 ) -> Result<Forwarded, Refused> {
+    let result = if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        Err(Refused {
+            error_type: error_type::UPLINK_DISCONNECTED,
+            message:
+                "the server is shutting down and takes no new calls; call again once it is back"
+                    .to_owned(),
+        })
+    } else {
+        route_and_send(state, app, caller, in_flight, request, now)
+    };
+    match &result {
+        Ok(_) => state.metrics.call_started(),
+        Err(refused) => state
+            .metrics
+            .call_finished(crate::metrics::Outcome::of(refused.error_type), None),
+    }
+    result
+}
+
+fn route_and_send(
+    state: &ServerState,
+    app: &AppRuntime,
+    caller: &Arc<Peer>,
+    in_flight: usize,
+    request: Request<'_>,
+    now: Instant,
+) -> Result<Forwarded, Refused> {
     let (name, device) = split_device(request.command);
     let facts = Caller {
         privilege: caller.privilege,

@@ -42,6 +42,9 @@ pub(crate) struct Counter {
     limits: ConnectionLimits,
     inner: Mutex<Counts>,
     log: logs::Shared,
+    /// Websocket connections not yet finished (closing handshake
+    /// included), so a shutdown can wait for their close frames.
+    websockets: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +85,20 @@ impl Counter {
             limits,
             inner: Mutex::default(),
             log: logs::Shared::default(),
+            websockets: Arc::default(),
         })
+    }
+
+    /// Counts a websocket connection until the returned guard is dropped.
+    pub(crate) fn websocket(&self) -> Socket {
+        self.websockets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Socket(self.websockets.clone())
+    }
+
+    /// Websocket connections still running.
+    pub(crate) fn websockets(&self) -> usize {
+        self.websockets.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn limits(&self) -> &ConnectionLimits {
@@ -219,6 +235,16 @@ impl Drop for NamedSlot {
     }
 }
 
+/// A running websocket connection, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct Socket(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Everything a connection holds against the limits, kept by its driver
 /// for as long as it runs.
 #[derive(Debug, Default)]
@@ -226,10 +252,14 @@ pub(crate) struct Held {
     /// The TCP connection's place.
     pub(crate) tcp: Option<Arc<Slot>>,
     /// The client's place behind a trusted proxy.
-    pub(crate) forwarded: Option<Slot>,
+    /// (Boxed, as is the browser's place: few connections have them, and
+    /// every idle connection's task carries this struct.)
+    pub(crate) forwarded: Option<Box<Slot>>,
     /// The browser session's place.
     #[expect(dead_code, reason = "held for its Drop, which gives the place back")]
-    pub(crate) browser: Option<NamedSlot>,
+    pub(crate) browser: Option<Box<NamedSlot>>,
+    /// The count of running websockets (held for its Drop).
+    pub(crate) socket: Option<Socket>,
 }
 
 #[cfg(test)]

@@ -153,6 +153,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A copy of the database failed SQLite's integrity check.
+    #[error("the copy {} failed SQLite's integrity check: {detail}", path.display())]
+    Corrupt {
+        /// The copy.
+        path: PathBuf,
+        /// What `PRAGMA integrity_check` said.
+        detail: String,
+    },
     /// SQLite failed.
     #[error("database error in {}", path.display())]
     Sqlite {
@@ -259,6 +267,48 @@ impl Store {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// Checks that the database answers (a read of its schema version).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("PRAGMA user_version", [], |_| Ok(())))
+    }
+
+    /// Copies the database to `dest` while it stays in use (SQLite's
+    /// online backup: a consistent snapshot of one moment, written in
+    /// steps so writers are held up only briefly). `dest` must not exist.
+    pub fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
+        let sql = |source| StoreError::Sqlite {
+            path: dest.to_owned(),
+            source,
+        };
+        // Its own connection, so the server's (or this process's) other
+        // work is not queued behind the copy.
+        let src =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|source| StoreError::Sqlite {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        src.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql)?;
+        let mut out = Connection::open(dest).map_err(sql)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut out).map_err(sql)?;
+            backup
+                .run_to_completion(256, std::time::Duration::from_millis(5), None)
+                .map_err(sql)?;
+        }
+        let ok: String = out
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(sql)?;
+        if ok != "ok" {
+            return Err(StoreError::Corrupt {
+                path: dest.to_owned(),
+                detail: ok,
+            });
+        }
+        Ok(())
     }
 
     /// Creates an app. Its pages' anonymous visitors may not call device

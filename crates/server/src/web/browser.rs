@@ -109,7 +109,7 @@ pub(crate) async fn session_endpoint(
         ));
     };
     let held = Held {
-        browser: Some(place),
+        browser: Some(Box::new(place)),
         ..Held::default()
     };
     state

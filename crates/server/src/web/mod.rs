@@ -14,6 +14,7 @@ use crate::calls::driver as uplink;
 use crate::edge::limits::Held;
 use crate::state::ServerState;
 
+pub(crate) mod api;
 pub(crate) mod browser;
 pub(crate) mod dashboard;
 pub(crate) mod http;
@@ -34,6 +35,9 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/uplink", get(uplink_endpoint))
         .route("/uplink/{*rest}", get(uplink_endpoint))
         .route("/_/health", get(health))
+        .route("/_/ready", get(ready))
+        .route("/_/api/call/{function}", post(api::call))
+        .route("/_/api/openapi.json", get(api::openapi))
         .route("/_/ferrolink.js", get(web::client_js))
         .route("/_/ferrolink.d.ts", get(web::client_dts))
         .route("/_/session", get(web::session_endpoint))
@@ -68,6 +72,8 @@ pub(crate) fn admin_router(state: Arc<ServerState>) -> Router {
             get(|| async { axum::response::Redirect::to("/_/admin") }),
         )
         .route("/_/health", get(health))
+        .route("/_/ready", get(ready))
+        .route("/_/metrics", get(metrics))
         .route("/_/admin", get(admin::page))
         .route("/_/admin/", get(admin::page))
         .route("/_/admin/login", post(admin::login))
@@ -90,6 +96,56 @@ pub(crate) fn admin_router(state: Arc<ServerState>) -> Router {
             check_host,
         ))
         .with_state(state)
+}
+
+/// A listener of its own for Prometheus (`--metrics-listen`): `/_/metrics`
+/// and the health checks, nothing else.
+pub(crate) fn metrics_router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/_/metrics", get(metrics))
+        .route("/metrics", get(metrics))
+        .route("/_/health", get(health))
+        .route("/_/ready", get(ready))
+        .with_state(state)
+}
+
+/// `GET /_/metrics`: Prometheus text format.
+async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state),
+    )
+}
+
+/// `GET /_/ready`: 200 when the server takes work — its database answers
+/// and it is not shutting down; 503 with the reason otherwise (for load
+/// balancers and orchestrators; `/_/health` only says the process is up).
+async fn ready(State(state): State<Arc<ServerState>>) -> Response {
+    let unready = |why: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "ready": false, "reason": why }).to_string(),
+        )
+            .into_response()
+    };
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return unready("the server is shutting down");
+    }
+    let store = state.store.clone();
+    let check = tokio::task::spawn_blocking(move || store.ping());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), check).await {
+        Ok(Ok(Ok(()))) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            r#"{"ready":true}"#,
+        )
+            .into_response(),
+        Ok(Ok(Err(e))) => unready(&format!("the database does not answer: {e}")),
+        _ => unready("the database did not answer within 2 s"),
+    }
 }
 
 /// Upgrades to an uplink websocket. No Origin check here: the official Pico W

@@ -48,7 +48,7 @@ where
         held.tcp = Some(conn.slot.clone());
         if conn.via_proxy {
             match state.connections.forwarded(client.ip(), state.now()) {
-                Ok(slot) => held.forwarded = Some(slot),
+                Ok(slot) => held.forwarded = Some(Box::new(slot)),
                 Err(refusal) => {
                     return refuse(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -96,6 +96,7 @@ where
             "this connection cannot be upgraded (HTTP/1.1 is needed)",
         );
     };
+    held.socket = Some(state.connections.websocket());
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

@@ -5,9 +5,9 @@ use std::process::{Command, Stdio};
 
 use ferrolink_testkit::RawClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferrolink");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_ferrolink");
 
-fn ferrolink(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn ferrolink(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .arg("--data")
         .arg(data)
@@ -21,7 +21,7 @@ fn ferrolink(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-pub(crate) struct Serve(std::process::Child);
+pub(crate) struct Serve(pub(crate) std::process::Child);
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -38,19 +38,55 @@ pub(crate) fn spawn_serve(
     extra: &[&str],
     until: &str,
 ) -> (Serve, Vec<String>) {
-    let mut child = Command::new(BIN)
+    spawn_serve_env(data, extra, &[], until)
+}
+
+/// [`spawn_serve`] with environment variables set.
+pub(crate) fn spawn_serve_env(
+    data: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    until: &str,
+) -> (Serve, Vec<String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.envs(env.iter().copied()).stderr(Stdio::null());
+    start(cmd, data, extra, until)
+}
+
+/// [`spawn_serve`] with debug logs written to `log`.
+pub(crate) fn spawn_serve_logged(
+    data: &std::path::Path,
+    extra: &[&str],
+    log: &std::path::Path,
+    until: &str,
+) -> (Serve, Vec<String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(log).expect("create the log file"));
+    start(cmd, data, extra, until)
+}
+
+fn start(
+    mut cmd: Command,
+    data: &std::path::Path,
+    extra: &[&str],
+    until: &str,
+) -> (Serve, Vec<String>) {
+    // Settings the tests do not choose come from nowhere else.
+    cmd.env_remove("FERROLINK_CONFIG");
+    let mut child = cmd
         .arg("--data")
         .arg(data)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(
+            if extra.contains(&"--admin-listen") || extra.contains(&"--config") {
+                &[][..]
+            } else {
+                &["--admin-listen", "127.0.0.1:0"][..]
+            },
+        )
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start ferrolink serve");
     let stdout = child.stdout.take().unwrap();

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod hostile;
 mod keys;
+mod operations;
 mod protocol;
 mod python;
 mod routing;
