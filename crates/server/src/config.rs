@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// the real client (for throttling, limits, logs and `client.ip`).
     /// Connections from anywhere else are taken at their TCP address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the trusted proxies write the client's address into.
+    pub trusted_proxy_header: ProxyHeader,
     /// Host names requests may carry in `Host` besides the ones the server
     /// already knows (its certificate names, the public origin, IP
     /// addresses and `localhost`). Anything else is refused, which stops
@@ -71,6 +73,17 @@ pub struct ServerConfig {
     /// A listener of its own for Prometheus metrics and the health checks
     /// (plain http), besides `/_/metrics` on the dashboard's listener.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Which header a trusted reverse proxy names the client in. Only that
+/// one is read (a proxy passes the other through from the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
 }
 
 /// Limits on simultaneous connections. A refusal names the limit and the
@@ -125,6 +138,7 @@ impl ServerConfig {
             public_origin: None,
             limits: ConnectionLimits::default(),
             trusted_proxies: Vec::new(),
+            trusted_proxy_header: ProxyHeader::XForwardedFor,
             allowed_hosts: Vec::new(),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             metrics_listen: None,

@@ -49,7 +49,7 @@ pub use web::sites;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::{ConnectionLimits, ServerConfig};
+pub use config::{ConnectionLimits, ProxyHeader, ServerConfig};
 pub use ferrolink_proto::server_session::SessionConfig;
 
 use crate::state::ServerState;

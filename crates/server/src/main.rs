@@ -203,28 +203,26 @@ struct ServeArgs {
     shutdown_grace_ms: u64,
     /// Serve TLS with this PEM certificate chain (leaf first); reloaded when
     /// it changes.
-    #[arg(
-        long,
-        env = "FERROLINK_TLS_CERT",
-        requires = "tls_key",
-        conflicts_with = "dev_tls"
-    )]
+    /// (--tls-cert/--tls-key, --dev-tls and --acme are three ways to get a
+    /// certificate; where more than one is set, the one from the strongest
+    /// source wins: flags over environment over the config file.)
+    #[arg(long, env = "FERROLINK_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
-    #[arg(long, env = "FERROLINK_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "FERROLINK_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Serve TLS with a development CA generated in the data directory; its
     /// file and fingerprint are printed so devices can pin it.
-    #[arg(long)]
+    #[arg(long, env = "FERROLINK_DEV_TLS", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     dev_tls: bool,
     /// With --dev-tls: also certify this host name or IP address (the one
     /// devices on the LAN use to reach the server). Repeatable.
-    #[arg(long = "dev-tls-name", value_name = "NAME", requires = "dev_tls")]
+    #[arg(long = "dev-tls-name", value_name = "NAME")]
     dev_tls_names: Vec<String>,
     /// Get (and renew) the certificate for this domain over ACME, answering
     /// the tls-alpn-01 challenge on the listen port (which must be reachable
     /// as DOMAIN:443 from the ACME server).
-    #[arg(long, env = "FERROLINK_ACME", conflicts_with_all = ["tls_cert", "dev_tls"])]
+    #[arg(long, env = "FERROLINK_ACME")]
     acme: Option<String>,
     /// ACME directory URL.
     #[arg(
@@ -247,7 +245,7 @@ struct ServeArgs {
     public_origin: Option<String>,
     /// Allow plain ws:// on a non-loopback address (keys cross the network
     /// unencrypted).
-    #[arg(long)]
+    #[arg(long, env = "FERROLINK_INSECURE_PLAIN_WS", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     insecure_plain_ws: bool,
     /// Most connections at once, in all.
     #[arg(long, env = "FERROLINK_MAX_CONNECTIONS", default_value_t = 50_000)]
@@ -270,14 +268,54 @@ struct ServeArgs {
     /// `X-Forwarded-For` header names the real client. Repeatable.
     #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_cidr)]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the trusted proxies write the client's address into;
+    /// only that one is read (a proxy passes the other through from the
+    /// client, who could then name any address).
+    #[arg(long, env = "FERROLINK_TRUSTED_PROXY_HEADER", value_enum, default_value_t = ProxyHeaderArg::XForwardedFor)]
+    trusted_proxy_header: ProxyHeaderArg,
     /// A host name requests may use besides the certificate's names, the
     /// public origin, IP addresses and localhost. Repeatable.
     #[arg(long = "allowed-host", value_name = "NAME")]
     allowed_hosts: Vec<String>,
     /// Also run a simulated device (`device-sim`) on app `demo`, with a fresh
     /// device key named `pico-sim`.
-    #[arg(long)]
+    #[arg(long, env = "FERROLINK_DEMO", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     demo: bool,
+    /// Where each way of getting a certificate was set (filled in after
+    /// parsing, from clap's value sources).
+    #[arg(skip)]
+    tls_sources: TlsSources,
+}
+
+/// The source of each TLS setting: `None` where unset.
+#[derive(Clone, Copy, Debug, Default)]
+struct TlsSources {
+    files: Option<clap::parser::ValueSource>,
+    dev: Option<clap::parser::ValueSource>,
+    acme: Option<clap::parser::ValueSource>,
+}
+
+impl TlsSources {
+    fn from(serve: &clap::ArgMatches, args: &ServeArgs) -> Self {
+        let source = |id: &str| serve.value_source(id);
+        Self {
+            files: args
+                .tls_cert
+                .as_ref()
+                .and(source("tls_cert").max(source("tls_key"))),
+            dev: args.dev_tls.then(|| source("dev_tls")).flatten(),
+            acme: args.acme.as_ref().and(source("acme")),
+        }
+    }
+}
+
+/// `--trusted-proxy-header`.
+#[derive(Clone, Copy, ValueEnum)]
+enum ProxyHeaderArg {
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
 }
 
 /// `--admin-listen`: an address, or `off`.
@@ -485,7 +523,17 @@ fn parse_cli() -> Result<Cli> {
             e.exit()
         }
     };
-    Ok(Cli::from_arg_matches(&matches)?)
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    fill_tls_sources(&mut cli, &matches);
+    Ok(cli)
+}
+
+fn fill_tls_sources(cli: &mut Cli, matches: &clap::ArgMatches) {
+    if let Command::Serve(args) = &mut cli.command
+        && let Some(serve) = matches.subcommand_matches("serve")
+    {
+        args.tls_sources = TlsSources::from(serve, args);
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -509,7 +557,8 @@ fn run(cli: Cli) -> Result<()> {
                         e.render().to_string().trim()
                     ))
                 })?;
-            let cli = Cli::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;
+            let mut cli = Cli::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;
+            fill_tls_sources(&mut cli, &matches);
             let Command::Serve(args) = cli.command else {
                 unreachable!("parsed as serve")
             };
@@ -896,27 +945,67 @@ fn server_config(data: &Path, args: ServeArgs) -> Result<ServerConfig> {
         per_browser: args.max_sessions_per_browser.max(1),
     };
     config.trusted_proxies = args.trusted_proxies;
+    config.trusted_proxy_header = match args.trusted_proxy_header {
+        ProxyHeaderArg::XForwardedFor => ferrolink::ProxyHeader::XForwardedFor,
+        ProxyHeaderArg::Forwarded => ferrolink::ProxyHeader::Forwarded,
+    };
     config.allowed_hosts = args.allowed_hosts;
     config.admin_listen = args.admin_listen.0;
     config.metrics_listen = args.metrics_listen;
-    config.tls = match (args.tls_cert, args.tls_key, args.dev_tls, args.acme) {
-        (Some(cert), Some(key), _, _) => Some(ferrolink::tls::TlsSetting::Files { cert, key }),
-        (_, _, true, _) => Some(ferrolink::tls::TlsSetting::Dev),
-        (_, _, _, Some(domain)) => Some(ferrolink::tls::TlsSetting::Acme(
+    // Of the ways to get a certificate that are set, the one from the
+    // strongest source (flag > environment > file) wins; two from the same
+    // source are a mistake to point out.
+    let sources = args.tls_sources;
+    let strongest = [sources.files, sources.dev, sources.acme]
+        .into_iter()
+        .flatten()
+        .max();
+    let chosen = |s: Option<clap::parser::ValueSource>| s.is_some() && s == strongest;
+    let picked = [
+        chosen(sources.files),
+        chosen(sources.dev),
+        chosen(sources.acme),
+    ];
+    if picked.iter().filter(|p| **p).count() > 1 {
+        return Err(usage(
+            "choose one way to get a certificate: --tls-cert/--tls-key, --dev-tls or --acme"
+                .to_owned(),
+        ));
+    }
+    if !config.dev_tls_names.is_empty() && !picked[1] {
+        return Err(usage("--dev-tls-name needs --dev-tls".to_owned()));
+    }
+    config.tls = if picked[0] {
+        let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) else {
+            return Err(usage(
+                "--tls-cert needs --tls-key (and the other way round)".to_owned(),
+            ));
+        };
+        Some(ferrolink::tls::TlsSetting::Files { cert, key })
+    } else if args.tls_key.is_some() && args.tls_cert.is_none() {
+        return Err(usage("--tls-key needs --tls-cert".to_owned()));
+    } else if picked[1] {
+        Some(ferrolink::tls::TlsSetting::Dev)
+    } else if picked[2] {
+        let domain = args.acme.unwrap_or_default();
+        Some(ferrolink::tls::TlsSetting::Acme(
             ferrolink::acme::AcmeSetting {
                 domain,
                 directory_url: args.acme_directory,
                 directory_root: args.acme_directory_root,
                 renew_before: Duration::from_secs(args.acme_renew_before_days * 86_400),
             },
-        )),
-        _ => None,
+        ))
+    } else {
+        None
     };
     Ok(config)
 }
 
 fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     init_logging(args.log_format);
+    // One server per data directory; `restore` checks the same lock.
+    let _lock = operations::lock_data_dir(data)?;
     let demo_device = args.demo;
     let store = open(data)?;
     let demo = if store.is_fresh() {

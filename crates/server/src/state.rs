@@ -198,10 +198,13 @@ impl ServerState {
         label: &'static str,
     ) -> Arc<crate::calls::console::Console> {
         let mut consoles = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
-        consoles
+        let entry = consoles
             .entry((app.to_owned(), privilege, label))
-            .or_insert_with(|| crate::calls::console::Console::start(self, app, privilege, label))
-            .clone()
+            .or_insert_with(|| crate::calls::console::Console::start(self, app, privilege, label));
+        if !entry.is_open() {
+            *entry = crate::calls::console::Console::start(self, app, privilege, label);
+        }
+        entry.clone()
     }
 
     /// The newest published trust bundle, if any.

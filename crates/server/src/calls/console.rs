@@ -91,6 +91,12 @@ impl Console {
         console
     }
 
+    /// Whether this caller can still receive answers (its peer is closed
+    /// after a burst of answers over its byte bound; a new one replaces it).
+    pub(crate) fn is_open(&self) -> bool {
+        self.peer.close_reason().is_none()
+    }
+
     /// Calls forwarded and not yet answered.
     pub(crate) fn in_flight(&self) -> usize {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -135,6 +141,14 @@ impl Console {
                 message,
             }) => return error_json(error_type, &message),
         };
+        // Whatever ends this wait — the answer, the deadline, or the HTTP
+        // client going away (the handler's future is then dropped) — the
+        // call leaves the waiting table, so abandoned calls never hold the
+        // caller's in-flight budget.
+        let _forget = Forget {
+            waiting: &self.waiting,
+            call: f.call,
+        };
         match tokio::time::timeout_at(state.to_tokio(f.deadline), rx).await {
             Ok(Ok(answer)) => {
                 state.call_finished(
@@ -148,10 +162,6 @@ impl Console {
                     .unwrap_or_else(|_| error_json(error_type::INTERNAL, "the answer was not JSON"))
             }
             _ => {
-                self.waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&f.call);
                 state.call_finished(
                     &self.peer.app,
                     &self.peer.label,
@@ -168,6 +178,21 @@ impl Console {
                 )
             }
         }
+    }
+}
+
+/// Removes a call from the waiting table when dropped.
+struct Forget<'a> {
+    waiting: &'a Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    call: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.call);
     }
 }
 

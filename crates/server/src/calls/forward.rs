@@ -58,7 +58,10 @@ pub(crate) fn forward(
     request: Request<'_>,
     now: Instant,
 ) -> Result<Forwarded, Refused> {
-    let result = if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    // While the server drains, calls made to finish a call already in
+    // flight (nested, depth > 1) still go through; new ones do not.
+    let result = if request.depth <= 1 && state.draining.load(std::sync::atomic::Ordering::Relaxed)
+    {
         Err(Refused {
             error_type: error_type::UPLINK_DISCONNECTED,
             message:

@@ -85,12 +85,13 @@ pub(crate) async fn accept_loop(
         let router = router.clone();
         let tls = tls.clone();
         let proxies = state.config.trusted_proxies.clone();
+        let proxy_header = state.config.trusted_proxy_header;
         let connection = Connection { slot, via_proxy };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let client = if via_proxy {
-                        proxy::client_address(peer, req.headers(), &proxies)
+                        proxy::client_address(peer, req.headers(), &proxies, proxy_header)
                     } else {
                         peer
                     };

@@ -1,5 +1,9 @@
-//! The client address behind a trusted reverse proxy, from `Forwarded`
-//! (RFC 7239) or `X-Forwarded-For`.
+//! The client address behind a trusted reverse proxy, from the one header
+//! the operator says the proxy writes: `X-Forwarded-For` (the default; what
+//! nginx, HAProxy and most load balancers append) or `Forwarded` (RFC 7239).
+//! Only that header is read: a proxy that appends to one passes the other
+//! through from the client untouched, so reading both would let a client
+//! name any address.
 //!
 //! Only a connection whose TCP peer is a trusted proxy may name another
 //! address, and the headers are read from the right: each proxy appends
@@ -10,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
+
+pub(crate) use crate::config::ProxyHeader;
 
 /// Whether `ip` is one of the trusted proxies.
 pub(crate) fn is_trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
@@ -25,33 +31,34 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The address a request comes from: `peer`, unless `peer` is a trusted
-/// proxy and the headers name a client (port 0: proxies do not forward it
+/// proxy and `header` names a client (port 0: proxies do not forward it
 /// reliably).
 pub(crate) fn client_address(
     peer: SocketAddr,
     headers: &HeaderMap,
     proxies: &[IpNet],
+    header: ProxyHeader,
 ) -> SocketAddr {
     if !is_trusted(peer.ip(), proxies) {
         return peer;
     }
-    let forwarded = headers
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(forwarded_for)
-        .collect::<Vec<_>>();
-    let chain = if forwarded.is_empty() {
+    let values = |name: &'static str| {
         headers
-            .get_all("x-forwarded-for")
+            .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
+            .collect::<Vec<_>>()
+    };
+    let chain: Vec<IpAddr> = match header {
+        ProxyHeader::Forwarded => values("forwarded")
+            .into_iter()
+            .filter_map(forwarded_for)
+            .collect(),
+        ProxyHeader::XForwardedFor => values("x-forwarded-for")
+            .into_iter()
             .filter_map(|s| parse_node(s.trim()))
-            .collect()
-    } else {
-        forwarded
+            .collect(),
     };
     chain
         .into_iter()
@@ -110,7 +117,9 @@ mod tests {
             ("x-forwarded-for", "198.51.100.1"),
             ("forwarded", "for=198.51.100.2"),
         ]);
-        assert_eq!(client_address(peer, &h, &proxies()), peer);
+        for which in [ProxyHeader::XForwardedFor, ProxyHeader::Forwarded] {
+            assert_eq!(client_address(peer, &h, &proxies(), which), peer);
+        }
     }
 
     #[test]
@@ -119,13 +128,15 @@ mod tests {
         // The client forged the first entry; the proxy appended the real one.
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.9.9.9")]);
         assert_eq!(
-            client_address(peer, &h, &proxies()).ip().to_string(),
+            client_address(peer, &h, &proxies(), ProxyHeader::XForwardedFor)
+                .ip()
+                .to_string(),
             "198.51.100.7"
         );
     }
 
     #[test]
-    fn forwarded_takes_precedence_and_understands_its_quoting() {
+    fn only_the_configured_header_is_read_and_forwarded_quoting_is_understood() {
         let peer: SocketAddr = PROXY.parse().unwrap();
         let h = headers(&[
             ("x-forwarded-for", "198.51.100.1"),
@@ -135,8 +146,18 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            client_address(peer, &h, &proxies()).ip().to_string(),
+            client_address(peer, &h, &proxies(), ProxyHeader::Forwarded)
+                .ip()
+                .to_string(),
             "2001:db8:cafe::17"
+        );
+        // A client's own Forwarded header, passed through by a proxy that
+        // appends X-Forwarded-For, names nobody.
+        assert_eq!(
+            client_address(peer, &h, &proxies(), ProxyHeader::XForwardedFor)
+                .ip()
+                .to_string(),
+            "198.51.100.1"
         );
     }
 
@@ -149,7 +170,9 @@ mod tests {
             headers(&[("forwarded", "for=unknown")]),
             headers(&[("x-forwarded-for", "10.0.0.5")]),
         ] {
-            assert_eq!(client_address(peer, &h, &proxies()), peer);
+            for which in [ProxyHeader::XForwardedFor, ProxyHeader::Forwarded] {
+                assert_eq!(client_address(peer, &h, &proxies(), which), peer);
+            }
         }
     }
 

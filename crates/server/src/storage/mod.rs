@@ -274,34 +274,36 @@ impl Store {
         self.with(|c| c.query_row("PRAGMA user_version", [], |_| Ok(())))
     }
 
-    /// Copies the database to `dest` while it stays in use (SQLite's
-    /// online backup: a consistent snapshot of one moment, written in
-    /// steps so writers are held up only briefly). `dest` must not exist.
-    pub fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
-        let sql = |source| StoreError::Sqlite {
+    /// Copies the database of `data_dir` to `dest` while a server may be
+    /// using it (SQLite's online backup: a consistent snapshot of one
+    /// moment, copied in steps so writers are held up only briefly), then
+    /// checks the copy with `PRAGMA integrity_check`. The source is opened
+    /// read-only: no migration runs, so a newer binary can back up an
+    /// older server's data as it is. `dest` must not exist.
+    pub fn backup(data_dir: &Path, dest: &Path) -> Result<(), StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let at_source = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let at_dest = |source| StoreError::Sqlite {
             path: dest.to_owned(),
             source,
         };
-        // Its own connection, so the server's (or this process's) other
-        // work is not queued behind the copy.
-        let src =
-            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(|source| StoreError::Sqlite {
-                    path: self.path.clone(),
-                    source,
-                })?;
+        let src = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(at_source)?;
         src.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sql)?;
-        let mut out = Connection::open(dest).map_err(sql)?;
+            .map_err(at_source)?;
+        let mut out = Connection::open(dest).map_err(at_dest)?;
         {
-            let backup = rusqlite::backup::Backup::new(&src, &mut out).map_err(sql)?;
+            let backup = rusqlite::backup::Backup::new(&src, &mut out).map_err(at_dest)?;
             backup
                 .run_to_completion(256, std::time::Duration::from_millis(5), None)
-                .map_err(sql)?;
+                .map_err(at_dest)?;
         }
         let ok: String = out
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(sql)?;
+            .map_err(at_dest)?;
         if ok != "ok" {
             return Err(StoreError::Corrupt {
                 path: dest.to_owned(),

@@ -49,14 +49,18 @@ fn status_of(kind: &str, device: bool) -> StatusCode {
 
 const BAD_REQUEST: &str = "ferrolink.BadRequest";
 
-/// `POST /_/api/call/{function}`.
+/// `POST /_/api/call/{function}`. The key is checked from the headers
+/// before the body is read; the body is then read with a size bound and
+/// within the header timeout, so nobody without a key makes the server
+/// buffer anything.
 pub(crate) async fn call(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(function): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers: &HeaderMap = &parts.headers;
     let Some(key) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -95,6 +99,29 @@ pub(crate) async fn call(
                     e.to_string(),
                 ),
             };
+        }
+    };
+    let limit = state.config.max_frame_bytes;
+    let body: Bytes = match tokio::time::timeout(
+        state.config.header_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                BAD_REQUEST,
+                format!("the body is over {limit} bytes (--max-frame-bytes)"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                BAD_REQUEST,
+                "the body did not arrive in time",
+            );
         }
     };
     let request: Value = if body.iter().all(u8::is_ascii_whitespace) {

@@ -106,6 +106,10 @@ pub(crate) fn metrics_router(state: Arc<ServerState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/_/health", get(health))
         .route("/_/ready", get(ready))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .with_state(state)
 }
 
@@ -143,7 +147,10 @@ async fn ready(State(state): State<Arc<ServerState>>) -> Response {
             r#"{"ready":true}"#,
         )
             .into_response(),
-        Ok(Ok(Err(e))) => unready(&format!("the database does not answer: {e}")),
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "readiness check: the database does not answer");
+            unready("the database does not answer (see the server's log)")
+        }
         _ => unready("the database did not answer within 2 s"),
     }
 }

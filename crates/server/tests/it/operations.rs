@@ -720,3 +720,155 @@ async fn no_secret_reaches_the_logs() {
     assert!(line["span"]["peer"].is_string(), "{line}");
     assert!(line["span"]["key"].as_str().unwrap().len() >= 10, "{line}");
 }
+
+/// HTTP callers that give up (a webhook's client timeout) leave nothing
+/// behind: the app's HTTP in-flight budget is free again at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_http_calls_give_their_in_flight_place_back() {
+    let server = TestServer::start_with(|c| {
+        c.max_pending_calls = 2;
+        c.call_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let (mut provider, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    provider.register("hang").await;
+    provider.register("quick").await;
+    let ck = server.client_key.clone();
+    for _ in 0..2 {
+        // The client hangs up after 200 ms; the provider never answers.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            api_call(&server, Some(&ck), "hang", "{}"),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        let call = provider.recv_json().await;
+        assert_eq!(call["command"], "hang");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let quick = {
+        let server = &server;
+        let ck = ck.clone();
+        async move { api_call(server, Some(&ck), "quick", "{}").await }
+    };
+    let answer = async {
+        let call = provider.recv_json().await;
+        assert_eq!(call["command"], "quick", "{call}");
+        provider
+            .send_json(&json!({"id": call["id"], "response": "done"}))
+            .await;
+    };
+    let ((status, body), ()) = tokio::join!(quick, answer);
+    assert_eq!((status, &body), (200, &json!({"response": "done"})));
+}
+
+/// The key is checked before the body is read: a client without a key
+/// that announces a body and never sends it is answered at once.
+#[tokio::test]
+async fn the_http_api_checks_the_key_before_reading_the_body() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "POST /_/api/call/add HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n",
+        server.addr()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut answer))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+}
+
+/// One server per data directory, and no restore under a running one.
+#[test]
+fn a_data_directory_serves_one_server_and_is_not_restored_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_serve, lines) = spawn_serve(&data, &[], "uplink: ");
+    assert!(!lines.is_empty());
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another `ferrolink serve` is running"),
+        "{err}"
+    );
+    // A backup inside the data directory would copy itself.
+    let inside = data.join("backups");
+    let (ok, _, err) = ferrolink(&data, &["backup", inside.join("today").to_str().unwrap()]);
+    assert!(!ok && err.contains("inside the data directory"), "{err}");
+    let outside = dir.path().join("backup");
+    let (ok, _, err) = ferrolink(&data, &["backup", outside.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = ferrolink(&data, &["restore", "--replace", outside.to_str().unwrap()]);
+    assert!(!ok && err.contains("stop it first"), "{err}");
+    assert!(
+        data.join("ferrolink.db").is_file(),
+        "the data directory was left alone"
+    );
+}
+
+/// A switch set in the config file can be turned off from the
+/// environment, and the strongest source picks the certificate.
+#[test]
+fn switches_in_the_config_file_yield_to_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = write(
+        dir.path(),
+        "tls.toml",
+        "dev-tls = true\nadmin-listen = \"off\"\n",
+    );
+    let (_s, lines) = spawn_serve(&data, &["--config", file.to_str().unwrap()], "uplink: ");
+    assert!(field(&lines, "uplink: ").starts_with("wss://"), "{lines:?}");
+    drop(_s);
+    let (_s, lines) = crate::cli::spawn_serve_env(
+        &data,
+        &["--config", file.to_str().unwrap()],
+        &[("FERROLINK_DEV_TLS", "false")],
+        "uplink: ",
+    );
+    assert!(field(&lines, "uplink: ").starts_with("ws://"), "{lines:?}");
+    drop(_s);
+    // Files in the config file, ACME from a flag: the flag wins, no conflict.
+    let both = write(
+        dir.path(),
+        "both.toml",
+        "tls-cert = \"/nonexistent/cert.pem\"\ntls-key = \"/nonexistent/key.pem\"\n",
+    );
+    let (ok, out, err) = ferrolink(
+        &data,
+        &[
+            "--config",
+            both.to_str().unwrap(),
+            "config",
+            "check",
+            both.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--config",
+            both.to_str().unwrap(),
+            "serve",
+            "--dev-tls",
+            "--tls-cert",
+            "/x.pem",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose one way to get a certificate"), "{err}");
+}
