@@ -66,6 +66,9 @@ enum Command {
     /// Manage uplink keys (works while the server runs).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage an app's data tables (works while the server runs).
+    #[command(subcommand)]
+    Table(TableCommand),
     /// Manage dashboard operators.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -97,6 +100,69 @@ enum Command {
     /// read_temperature() and set_led(on), and logs a reading to the app's
     /// `log_reading` function every few seconds if the app has one.
     DeviceSim(SimArgs),
+}
+
+#[derive(Subcommand)]
+enum TableCommand {
+    /// Create a table.
+    Create {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table's name (letters, digits and '_').
+        table: String,
+        /// A column, NAME:TYPE with TYPE one of text, number, bool, date,
+        /// datetime, simpleObject, link:TABLE, links:TABLE. Repeatable.
+        #[arg(long = "column", value_name = "NAME:TYPE")]
+        columns: Vec<String>,
+    },
+    /// Add a column to a table.
+    AddColumn {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// NAME:TYPE.
+        column: String,
+    },
+    /// List an app's tables with their columns and row counts.
+    List {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Add a row: a JSON object of column values.
+    AddRow {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// The values, e.g. '{"t": "2026-12-02T14:00:00Z", "celsius": 21.5}'.
+        values: String,
+    },
+    /// Print rows as JSON lines, `{"id": N, "values": {...}}`.
+    Rows {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// Only rows whose column equals a JSON value: COLUMN=JSON. Repeatable.
+        #[arg(long = "where", value_name = "COLUMN=JSON")]
+        filters: Vec<String>,
+        /// Order by this column (prefix with - for descending:
+        /// `--order-by=-t`).
+        #[arg(long, allow_hyphen_values = true)]
+        order_by: Option<String>,
+        /// Most rows to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Rows to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -567,6 +633,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
+        Command::Table(cmd) => table_command(&open(&cli.data)?, cmd),
         Command::Backup { dest } => operations::backup(&cli.data, &dest),
         Command::Restore { src, replace } => operations::restore(&src, &cli.data, replace),
         Command::App(cmd) => {
@@ -609,7 +676,7 @@ fn run(cli: Cli) -> Result<()> {
                 } => {
                     let a = store.set_app(&app, anonymous_calls, signup)?;
                     println!(
-                        "app \"{}\": anonymous-calls={} signup={} (open browser sessions keep the old setting until they reconnect)",
+                        "app \"{}\": anonymous-calls={} signup={} (a running server applies it within a second, to open browser sessions too)",
                         a.name, a.anonymous_calls, a.signup
                     );
                 }
@@ -811,6 +878,96 @@ fn usage(message: String) -> anyhow::Error {
 
 fn open(data: &Path) -> Result<Store> {
     Store::open(data).with_context(|| format!("cannot open data directory {}", data.display()))
+}
+
+fn table_command(store: &Store, cmd: TableCommand) -> Result<()> {
+    use ferrolink::storage::tables::{Column, Page};
+    let column = |s: &str| s.parse::<Column>().map_err(usage);
+    let object = |s: &str, what: &str| -> Result<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::from_str(s) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Err(usage(format!(
+                "{what} must be a JSON object, e.g. '{{\"celsius\": 21.5}}'"
+            ))),
+        }
+    };
+    match cmd {
+        TableCommand::Create {
+            app,
+            table,
+            columns,
+        } => {
+            let columns = columns
+                .iter()
+                .map(|c| column(c))
+                .collect::<Result<Vec<_>>>()?;
+            store.create_table(&app, &table, &columns)?;
+            println!(
+                "created table \"{table}\" in app \"{app}\" with {} column(s)",
+                columns.len()
+            );
+        }
+        TableCommand::AddColumn {
+            app,
+            table,
+            column: c,
+        } => {
+            let c = column(&c)?;
+            store.add_column(&app, &table, &c)?;
+            println!(
+                "added column \"{}\" ({}) to table \"{table}\"",
+                c.name, c.kind
+            );
+        }
+        TableCommand::List { app } => {
+            for t in store.tables(&app)? {
+                let columns: Vec<String> = t
+                    .columns
+                    .iter()
+                    .map(|c| format!("{}:{}", c.name, c.kind))
+                    .collect();
+                println!("{}\trows={}\t{}", t.name, t.rows, columns.join(" "));
+            }
+        }
+        TableCommand::AddRow { app, table, values } => {
+            let values = object(&values, "the row")?;
+            let ids = store.add_rows(&app, &table, &[values])?;
+            println!("{}", ids[0]);
+        }
+        TableCommand::Rows {
+            app,
+            table,
+            filters,
+            order_by,
+            limit,
+            offset,
+        } => {
+            let mut wanted = serde_json::Map::new();
+            for f in &filters {
+                let (name, json) = f
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("--where is COLUMN=JSON, not \"{f}\"")))?;
+                let value = serde_json::from_str(json).map_err(|e| {
+                    usage(format!(
+                        "--where {name}=...: not JSON ({e}); a string needs quotes: {name}='\"x\"'"
+                    ))
+                })?;
+                wanted.insert(name.to_owned(), value);
+            }
+            let page = Page {
+                order_by: order_by.map(|o| match o.strip_prefix('-') {
+                    Some(name) => (name.to_owned(), false),
+                    None => (o, true),
+                }),
+                offset,
+                limit,
+            };
+            for (id, values) in store.search(&app, &table, &wanted, &page)? {
+                println!("{}", serde_json::json!({ "id": id, "values": values }));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn key_command(store: &Store, cmd: KeyCommand) -> Result<()> {

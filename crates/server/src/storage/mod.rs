@@ -13,6 +13,7 @@ use ferrolink_proto::message::Privilege;
 
 mod accounts;
 pub(crate) mod files;
+pub mod tables;
 pub use accounts::{OperatorSession, UserRecord};
 
 /// The database file name inside the data directory.
@@ -77,6 +78,23 @@ const MIGRATIONS: &[&str] = &[
 "#,
     r#"
     ALTER TABLE keys ADD COLUMN functions TEXT;
+"#,
+    r#"
+    CREATE TABLE data_tables (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        app         TEXT NOT NULL REFERENCES apps(name),
+        name        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        UNIQUE (app, name)
+    );
+    CREATE TABLE data_columns (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        table_id    INTEGER NOT NULL REFERENCES data_tables(id),
+        name        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        linked      TEXT,
+        UNIQUE (table_id, name)
+    );
 "#,
 ];
 
@@ -153,6 +171,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A data table, column or value that cannot be used (the message
+    /// says which and why).
+    #[error("{0}")]
+    BadTable(String),
     /// A copy of the database failed SQLite's integrity check.
     #[error("the copy {} failed SQLite's integrity check: {detail}", path.display())]
     Corrupt {

@@ -459,3 +459,87 @@ fn trust_bundles_are_signed_published_and_shown_from_the_cli() {
     let (ok, _, err) = ferrolink(&data, &["trust", "publish", pem.to_str().unwrap()]);
     assert!(!ok && err.contains("not a ferrolink trust bundle"), "{err}");
 }
+
+#[test]
+fn table_commands_create_fill_and_read_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (ok, _, err) = ferrolink(data, &["app", "create", "greenhouse"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "create",
+            "--app",
+            "greenhouse",
+            "readings",
+            "--column",
+            "t:datetime",
+            "--column",
+            "celsius:number",
+        ],
+    );
+    assert!(ok && out.contains("2 column(s)"), "{out}{err}");
+    for (t, c) in [
+        ("2026-12-02T10:00:00Z", 20.5),
+        ("2026-12-02T11:00:00Z", 22.0),
+    ] {
+        let row = format!(r#"{{"t": "{t}", "celsius": {c}}}"#);
+        let (ok, _, err) = ferrolink(
+            data,
+            &["table", "add-row", "--app", "greenhouse", "readings", &row],
+        );
+        assert!(ok, "{err}");
+    }
+    let (ok, out, _) = ferrolink(data, &["table", "list", "--app", "greenhouse"]);
+    assert!(
+        ok && out.contains("readings\trows=2\tt:datetime celsius:number"),
+        "{out}"
+    );
+    let (ok, out, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "rows",
+            "--app",
+            "greenhouse",
+            "readings",
+            "--order-by",
+            "-celsius",
+            "--limit",
+            "1",
+        ],
+    );
+    assert!(ok, "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["values"]["celsius"], 22.0);
+    // Bad input: a clear error, exit code 1, nothing written.
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "add-row",
+            "--app",
+            "greenhouse",
+            "readings",
+            r#"{"celsius": "hot"}"#,
+        ],
+    );
+    assert!(!ok && err.contains("column \"celsius\" is number"), "{err}");
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "create",
+            "--app",
+            "greenhouse",
+            "x; DROP TABLE apps",
+            "--column",
+            "a:text",
+        ],
+    );
+    assert!(!ok && err.contains("invalid table name"), "{err}");
+    let (_, out, _) = ferrolink(data, &["table", "list", "--app", "greenhouse"]);
+    assert!(out.contains("rows=2"), "{out}");
+}

@@ -1,0 +1,997 @@
+//! Per-app data tables in the embedded database.
+//!
+//! Each app table is a real SQLite table, `tbl_<id>`, with an integer row
+//! id and one typed column per app column, `c_<id>`: the names apps and
+//! users choose never appear in SQL (no quoting to get wrong, no
+//! injection), and a numeric or time column is a plain SQLite column that
+//! can be indexed and scanned without parsing JSON. The catalogue
+//! (`data_tables`, `data_columns`) maps names to ids.
+//!
+//! Values cross this layer as JSON: text as strings, numbers, booleans,
+//! dates as `YYYY-MM-DD`, datetimes as RFC 3339, simple objects as any
+//! JSON, links as the row id of the linked table (a list of ids for
+//! `links:TABLE`). Every value is checked against its column's type before
+//! anything is written; a row is written in one statement, so a bad value
+//! leaves nothing behind.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{OptionalExtension as _, params, types::Value as Sql};
+use serde_json::{Map, Value};
+
+use super::{Store, StoreError};
+
+/// Longest text or simple-object value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most columns one table may have.
+pub const MAX_COLUMNS: usize = 256;
+/// Most rows one search answers at once (page through the rest).
+pub const MAX_PAGE: usize = 10_000;
+
+/// A column's type, as `table create --column NAME:TYPE` spells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    /// A string.
+    Text,
+    /// A number (64-bit float).
+    Number,
+    /// `true` or `false`.
+    Bool,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+    /// A point in time, RFC 3339 (`2026-12-02T14:30:00Z`).
+    DateTime,
+    /// Any JSON value.
+    SimpleObject,
+    /// A link to one row of another table of the same app.
+    Link(String),
+    /// Links to rows of another table of the same app.
+    Links(String),
+}
+
+impl ColumnType {
+    fn sql(&self) -> &'static str {
+        match self {
+            Self::Text | Self::Date | Self::DateTime | Self::SimpleObject | Self::Links(_) => {
+                "TEXT"
+            }
+            Self::Number => "REAL",
+            Self::Bool | Self::Link(_) => "INTEGER",
+        }
+    }
+
+    fn linked(&self) -> Option<&str> {
+        match self {
+            Self::Link(t) | Self::Links(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text => f.write_str("text"),
+            Self::Number => f.write_str("number"),
+            Self::Bool => f.write_str("bool"),
+            Self::Date => f.write_str("date"),
+            Self::DateTime => f.write_str("datetime"),
+            Self::SimpleObject => f.write_str("simpleObject"),
+            Self::Link(t) => write!(f, "link:{t}"),
+            Self::Links(t) => write!(f, "links:{t}"),
+        }
+    }
+}
+
+impl FromStr for ColumnType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "text" | "string" => Self::Text,
+            "number" => Self::Number,
+            "bool" => Self::Bool,
+            "date" => Self::Date,
+            "datetime" => Self::DateTime,
+            "simpleObject" => Self::SimpleObject,
+            _ => match s.split_once(':') {
+                Some(("link", t)) => Self::Link(t.to_owned()),
+                Some(("links", t)) => Self::Links(t.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "unknown column type \"{s}\"; use text, number, bool, date, datetime, simpleObject, link:TABLE or links:TABLE"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// A column of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    pub kind: ColumnType,
+}
+
+impl FromStr for Column {
+    type Err = String;
+
+    /// `NAME:TYPE`, e.g. `t:datetime` or `device:link:devices`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, kind) = s.split_once(':').ok_or_else(|| {
+            format!("a column is NAME:TYPE (e.g. temperature:number), not \"{s}\"")
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            kind: kind.parse()?,
+        })
+    }
+}
+
+/// A table and its columns.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// Its columns, in creation order.
+    pub columns: Vec<Column>,
+    /// How many rows it holds.
+    pub rows: u64,
+}
+
+/// One row: its id and its values by column name (`null` where unset).
+pub type Row = (i64, Map<String, Value>);
+
+/// How a search is ordered and paged.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Column to order by (row id when `None`), and whether ascending.
+    pub order_by: Option<(String, bool)>,
+    /// Rows to skip.
+    pub offset: usize,
+    /// Most rows to answer (at most [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+/// Table names: what Python accepts after `app_tables.`.
+pub fn validate_table_name(name: &str) -> Result<(), StoreError> {
+    let mut bytes = name.bytes();
+    let ok = name.len() <= 64
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadTable(format!(
+            "invalid table name \"{}\": use 1-64 letters, digits and '_', not starting with a digit",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// Column names: 1-64 characters, none of them control characters (they
+/// are data, never SQL).
+pub fn validate_column_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(StoreError::BadTable(format!(
+            "invalid column name \"{}\": use 1-64 characters, no control characters",
+            name.chars()
+                .filter(|c| !c.is_control())
+                .take(80)
+                .collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+fn bad(message: String) -> StoreError {
+    StoreError::BadTable(message)
+}
+
+/// A table's catalogue entry, as the queries need it.
+struct Catalogue {
+    id: i64,
+    columns: Vec<(i64, Column, Option<i64>)>,
+}
+
+impl Catalogue {
+    fn column(&self, table: &str, name: &str) -> Result<&(i64, Column, Option<i64>), StoreError> {
+        self.columns
+            .iter()
+            .find(|(_, c, _)| c.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.columns.iter().map(|(_, c, _)| c.name.as_str()).collect();
+                bad(format!(
+                    "table \"{table}\" has no column \"{}\" (its columns: {}); add it with `ferrolink table add-column`",
+                    name.chars().take(80).collect::<String>(),
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+/// Checks `value` against `kind` and converts it to what SQLite stores.
+fn to_sql(
+    conn: &rusqlite::Connection,
+    column: &Column,
+    linked: Option<i64>,
+    value: &Value,
+) -> Result<Sql, StoreError> {
+    let wrong = |what: &str| {
+        bad(format!(
+            "column \"{}\" is {}: {what}, not {}",
+            column.name,
+            column.kind,
+            type_name(value)
+        ))
+    };
+    if value.is_null() {
+        return Ok(Sql::Null);
+    }
+    let text_ok = |s: &str| -> Result<(), StoreError> {
+        if s.len() > MAX_VALUE_BYTES {
+            return Err(bad(format!(
+                "the value for \"{}\" is {} bytes; at most {MAX_VALUE_BYTES} are stored",
+                column.name,
+                s.len()
+            )));
+        }
+        Ok(())
+    };
+    Ok(match &column.kind {
+        ColumnType::Text => {
+            let s = value.as_str().ok_or_else(|| wrong("a string"))?;
+            text_ok(s)?;
+            Sql::Text(s.to_owned())
+        }
+        ColumnType::Number => Sql::Real(value.as_f64().ok_or_else(|| wrong("a number"))?),
+        ColumnType::Bool => Sql::Integer(i64::from(
+            value.as_bool().ok_or_else(|| wrong("true or false"))?,
+        )),
+        ColumnType::Date => {
+            let s = value
+                .as_str()
+                .ok_or_else(|| wrong("a date string YYYY-MM-DD"))?;
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            time::Date::parse(s, format).map_err(|_| wrong("a date string YYYY-MM-DD"))?;
+            Sql::Text(s.to_owned())
+        }
+        ColumnType::DateTime => {
+            let s = value
+                .as_str()
+                .ok_or_else(|| wrong("an RFC 3339 datetime string"))?;
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| wrong("an RFC 3339 datetime string (e.g. 2026-12-02T14:30:00Z)"))?;
+            // Stored in UTC with a fixed width, so text order is time order.
+            let utc = t.to_offset(time::UtcOffset::UTC);
+            let format = time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+            );
+            Sql::Text(utc.format(format).map_err(|e| bad(e.to_string()))?)
+        }
+        ColumnType::SimpleObject => {
+            let s = value.to_string();
+            text_ok(&s)?;
+            Sql::Text(s)
+        }
+        ColumnType::Link(target) => {
+            let id = value.as_i64().ok_or_else(|| wrong("the id of a row"))?;
+            check_row(conn, target, linked, id)?;
+            Sql::Integer(id)
+        }
+        ColumnType::Links(target) => {
+            let ids: Vec<i64> = value
+                .as_array()
+                .ok_or_else(|| wrong("a list of row ids"))?
+                .iter()
+                .map(|v| v.as_i64().ok_or_else(|| wrong("a list of row ids")))
+                .collect::<Result<_, _>>()?;
+            for &id in &ids {
+                check_row(conn, target, linked, id)?;
+            }
+            Sql::Text(serde_json::to_string(&ids).map_err(|e| bad(e.to_string()))?)
+        }
+    })
+}
+
+fn check_row(
+    conn: &rusqlite::Connection,
+    target: &str,
+    linked: Option<i64>,
+    id: i64,
+) -> Result<(), StoreError> {
+    let table = linked.ok_or_else(|| bad(format!("the linked table \"{target}\" is gone")))?;
+    let found: Option<i64> = conn
+        .query_row(
+            &format!("SELECT _id FROM tbl_{table} WHERE _id = ?1"),
+            [id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| bad(e.to_string()))?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| bad(format!("table \"{target}\" has no row {id}")))
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A stored value back as JSON.
+fn from_sql(kind: &ColumnType, v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match (kind, v) {
+        (_, ValueRef::Null) => Value::Null,
+        (ColumnType::Bool, ValueRef::Integer(i)) => Value::Bool(i != 0),
+        (ColumnType::Number, ValueRef::Real(f)) => {
+            serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+        }
+        (ColumnType::Number, ValueRef::Integer(i)) => Value::from(i),
+        (ColumnType::Link(_), ValueRef::Integer(i)) => Value::from(i),
+        (ColumnType::SimpleObject | ColumnType::Links(_), ValueRef::Text(t)) => {
+            serde_json::from_slice(t).unwrap_or(Value::Null)
+        }
+        (_, ValueRef::Text(t)) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        _ => Value::Null,
+    }
+}
+
+impl Store {
+    /// Runs `f` in an immediate transaction, committed when it answers
+    /// `Ok(Ok(_))` and rolled back otherwise (a refused value leaves
+    /// nothing written).
+    fn transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+    ) -> Result<Result<T, StoreError>, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let sql = |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let result = f(&tx).map_err(sql)?;
+        if result.is_ok() {
+            tx.commit().map_err(sql)?;
+        }
+        Ok(result)
+    }
+
+    fn catalogue(
+        conn: &rusqlite::Connection,
+        app: &str,
+        table: &str,
+    ) -> Result<Catalogue, StoreError> {
+        let id: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
+                params![app, table],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| bad(e.to_string()))?;
+        let id = id.ok_or_else(|| {
+            bad(format!(
+                "app \"{app}\" has no table \"{}\"; create it with `ferrolink table create --app {app} NAME --column NAME:TYPE ...`",
+                table.chars().take(80).collect::<String>()
+            ))
+        })?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT c.id, c.name, c.kind, t.id FROM data_columns c
+                 LEFT JOIN data_tables t ON t.app = ?2 AND t.name = c.linked
+                 WHERE c.table_id = ?1 ORDER BY c.id",
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        let columns = stmt
+            .query_map(params![id, app], |r| {
+                let kind: String = r.get(2)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    kind,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })
+            .map_err(|e| bad(e.to_string()))?
+            .map(|r| {
+                let (cid, name, kind, linked) = r.map_err(|e| bad(e.to_string()))?;
+                let kind = kind.parse::<ColumnType>().map_err(bad)?;
+                Ok((cid, Column { name, kind }, linked))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Catalogue { id, columns })
+    }
+
+    /// Creates table `name` in `app` with `columns`. Linked tables must
+    /// exist (or be this table).
+    pub fn create_table(
+        &self,
+        app: &str,
+        name: &str,
+        columns: &[Column],
+    ) -> Result<(), StoreError> {
+        validate_table_name(name)?;
+        if columns.len() > MAX_COLUMNS {
+            return Err(bad(format!("at most {MAX_COLUMNS} columns per table")));
+        }
+        for (i, c) in columns.iter().enumerate() {
+            validate_column_name(&c.name)?;
+            if columns[..i].iter().any(|o| o.name == c.name) {
+                return Err(bad(format!("column \"{}\" is named twice", c.name)));
+            }
+            if let Some(t) = c.kind.linked() {
+                validate_table_name(t)?;
+            }
+        }
+        self.app(app)?;
+        self.transaction(|tx| {
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
+                    params![app, name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_some() {
+                return Ok(Err(bad(format!("app \"{app}\" already has a table \"{name}\""))));
+            }
+            for c in columns {
+                if let Some(t) = c.kind.linked()
+                    && t != name
+                {
+                    let found: Option<i64> = tx
+                        .query_row(
+                            "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
+                            params![app, t],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if found.is_none() {
+                        return Ok(Err(bad(format!(
+                            "column \"{}\" links to table \"{t}\", which app \"{app}\" does not have; create it first",
+                            c.name
+                        ))));
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO data_tables (app, name, created_at) VALUES (?1, ?2, ?3)",
+                params![app, name, super::now_secs()],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute_batch(&format!(
+                "CREATE TABLE tbl_{id} (_id INTEGER PRIMARY KEY AUTOINCREMENT)"
+            ))?;
+            for c in columns {
+                Self::insert_column(tx, id, c)?;
+            }
+            Ok(Ok(()))
+        })?
+    }
+
+    fn insert_column(
+        tx: &rusqlite::Transaction<'_>,
+        table: i64,
+        c: &Column,
+    ) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT INTO data_columns (table_id, name, kind, linked) VALUES (?1, ?2, ?3, ?4)",
+            params![table, c.name, c.kind.to_string(), c.kind.linked()],
+        )?;
+        let cid = tx.last_insert_rowid();
+        tx.execute_batch(&format!(
+            "ALTER TABLE tbl_{table} ADD COLUMN c_{cid} {}",
+            c.kind.sql()
+        ))?;
+        // Time and number columns are what series are searched and ordered by.
+        if matches!(
+            c.kind,
+            ColumnType::DateTime | ColumnType::Date | ColumnType::Number
+        ) {
+            tx.execute_batch(&format!(
+                "CREATE INDEX tbl_{table}_c_{cid} ON tbl_{table}(c_{cid})"
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a column to a table.
+    pub fn add_column(&self, app: &str, table: &str, column: &Column) -> Result<(), StoreError> {
+        validate_column_name(&column.name)?;
+        self.transaction(|tx| {
+            let cat = match Self::catalogue(tx, app, table) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            if cat.columns.iter().any(|(_, c, _)| c.name == column.name) {
+                return Ok(Err(bad(format!(
+                    "table \"{table}\" already has a column \"{}\"",
+                    column.name
+                ))));
+            }
+            if cat.columns.len() >= MAX_COLUMNS {
+                return Ok(Err(bad(format!("at most {MAX_COLUMNS} columns per table"))));
+            }
+            if let Some(t) = column.kind.linked()
+                && t != table
+                && Self::catalogue(tx, app, t).is_err()
+            {
+                return Ok(Err(bad(format!(
+                    "app \"{app}\" has no table \"{t}\" to link to"
+                ))));
+            }
+            Self::insert_column(tx, cat.id, column)?;
+            Ok(Ok(()))
+        })?
+    }
+
+    /// The tables of `app`, with their columns and row counts.
+    pub fn tables(&self, app: &str) -> Result<Vec<TableInfo>, StoreError> {
+        self.app(app)?;
+        let names: Vec<String> = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT name FROM data_tables WHERE app = ?1 ORDER BY name")?;
+            stmt.query_map([app], |r| r.get(0))?.collect()
+        })?;
+        names
+            .into_iter()
+            .map(|name| {
+                self.with(|c| Ok(Self::catalogue(c, app, &name)))?
+                    .and_then(|cat| {
+                        let rows: i64 = self.with(|c| {
+                            c.query_row(&format!("SELECT count(*) FROM tbl_{}", cat.id), [], |r| {
+                                r.get(0)
+                            })
+                        })?;
+                        Ok(TableInfo {
+                            name,
+                            columns: cat.columns.into_iter().map(|(_, c, _)| c).collect(),
+                            rows: rows as u64,
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// Adds rows to a table in one transaction: all of them or none.
+    /// Answers their ids.
+    pub fn add_rows(
+        &self,
+        app: &str,
+        table: &str,
+        rows: &[Map<String, Value>],
+    ) -> Result<Vec<i64>, StoreError> {
+        self.transaction(|tx| {
+            let cat = match Self::catalogue(tx, app, table) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut ids = Vec::with_capacity(rows.len());
+            for values in rows {
+                let mut cols = Vec::with_capacity(values.len());
+                let mut vals = Vec::with_capacity(values.len());
+                for (name, value) in values {
+                    let (cid, column, linked) = match cat.column(table, name) {
+                        Ok(c) => c,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    match to_sql(tx, column, *linked, value) {
+                        Ok(v) => vals.push(v),
+                        Err(e) => return Ok(Err(e)),
+                    }
+                    cols.push(format!("c_{cid}"));
+                }
+                let sql = if cols.is_empty() {
+                    format!("INSERT INTO tbl_{} DEFAULT VALUES", cat.id)
+                } else {
+                    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+                    format!(
+                        "INSERT INTO tbl_{} ({}) VALUES ({})",
+                        cat.id,
+                        cols.join(", "),
+                        marks.join(", ")
+                    )
+                };
+                tx.prepare_cached(&sql)?
+                    .execute(rusqlite::params_from_iter(vals.iter()))?;
+                ids.push(tx.last_insert_rowid());
+            }
+            Ok(Ok(ids))
+        })?
+    }
+
+    /// Changes some values of row `id`.
+    pub fn update_row(
+        &self,
+        app: &str,
+        table: &str,
+        id: i64,
+        values: &Map<String, Value>,
+    ) -> Result<(), StoreError> {
+        self.transaction(|tx| {
+            let cat = match Self::catalogue(tx, app, table) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut sets = Vec::new();
+            let mut vals = Vec::new();
+            for (name, value) in values {
+                let (cid, column, linked) = match cat.column(table, name) {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Err(e)),
+                };
+                match to_sql(tx, column, *linked, value) {
+                    Ok(v) => vals.push(v),
+                    Err(e) => return Ok(Err(e)),
+                }
+                sets.push(format!("c_{cid} = ?{}", vals.len()));
+            }
+            if sets.is_empty() {
+                return Ok(Ok(()));
+            }
+            vals.push(Sql::Integer(id));
+            let changed = tx.execute(
+                &format!(
+                    "UPDATE tbl_{} SET {} WHERE _id = ?{}",
+                    cat.id,
+                    sets.join(", "),
+                    vals.len()
+                ),
+                rusqlite::params_from_iter(vals.iter()),
+            )?;
+            if changed == 0 {
+                return Ok(Err(bad(format!("table \"{table}\" has no row {id}"))));
+            }
+            Ok(Ok(()))
+        })?
+    }
+
+    /// Deletes row `id`; answers whether it existed.
+    pub fn delete_row(&self, app: &str, table: &str, id: i64) -> Result<bool, StoreError> {
+        let cat = self.with(|c| Ok(Self::catalogue(c, app, table)))??;
+        self.with(|c| c.execute(&format!("DELETE FROM tbl_{} WHERE _id = ?1", cat.id), [id]))
+            .map(|n| n > 0)
+    }
+
+    /// Rows whose columns equal `filters` (all of them), ordered and paged.
+    pub fn search(
+        &self,
+        app: &str,
+        table: &str,
+        filters: &Map<String, Value>,
+        page: &Page,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.with(|c| Ok(Self::search_in(c, app, table, filters, page, None)))?
+    }
+
+    fn search_in(
+        c: &rusqlite::Connection,
+        app: &str,
+        table: &str,
+        filters: &Map<String, Value>,
+        page: &Page,
+        only: Option<i64>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let cat = Self::catalogue(c, app, table)?;
+        let mut conditions = Vec::new();
+        let mut vals = Vec::new();
+        if let Some(id) = only {
+            vals.push(Sql::Integer(id));
+            conditions.push("_id = ?1".to_owned());
+        }
+        for (name, value) in filters {
+            let (cid, column, linked) = cat.column(table, name)?;
+            if value.is_null() {
+                conditions.push(format!("c_{cid} IS NULL"));
+                continue;
+            }
+            vals.push(to_sql(c, column, *linked, value)?);
+            conditions.push(format!("c_{cid} = ?{}", vals.len()));
+        }
+        let order = match &page.order_by {
+            None => "_id".to_owned(),
+            Some((name, ascending)) => {
+                let (cid, _, _) = cat.column(table, name)?;
+                format!("c_{cid} {}, _id", if *ascending { "ASC" } else { "DESC" })
+            }
+        };
+        let selected: Vec<String> = cat
+            .columns
+            .iter()
+            .map(|(cid, _, _)| format!("c_{cid}"))
+            .collect();
+        let sql = format!(
+            "SELECT _id{}{} FROM tbl_{} {} ORDER BY {order} LIMIT {} OFFSET {}",
+            if selected.is_empty() { "" } else { ", " },
+            selected.join(", "),
+            cat.id,
+            if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            },
+            page.limit.min(MAX_PAGE),
+            page.offset
+        );
+        let sqlerr = |e: rusqlite::Error| bad(e.to_string());
+        let mut stmt = c.prepare(&sql).map_err(sqlerr)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(vals.iter()))
+            .map_err(sqlerr)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sqlerr)? {
+            let id: i64 = r.get(0).map_err(sqlerr)?;
+            let mut values = Map::new();
+            for (i, (_, column, _)) in cat.columns.iter().enumerate() {
+                let v = r.get_ref(i + 1).map_err(sqlerr)?;
+                values.insert(column.name.clone(), from_sql(&column.kind, v));
+            }
+            out.push((id, values));
+        }
+        Ok(out)
+    }
+
+    /// Row `id`, if it exists.
+    pub fn get_row(&self, app: &str, table: &str, id: i64) -> Result<Option<Row>, StoreError> {
+        let page = Page {
+            order_by: None,
+            offset: 0,
+            limit: 1,
+        };
+        self.with(|c| Ok(Self::search_in(c, app, table, &Map::new(), &page, Some(id))))?
+            .map(|rows| rows.into_iter().next())
+    }
+
+    /// Rows in a table.
+    pub fn count_rows(&self, app: &str, table: &str) -> Result<u64, StoreError> {
+        let cat = self.with(|c| Ok(Self::catalogue(c, app, table)))??;
+        self.with(|c| {
+            c.query_row(&format!("SELECT count(*) FROM tbl_{}", cat.id), [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .map(|n| n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_app("greenhouse").unwrap();
+        store
+            .create_table(
+                "greenhouse",
+                "devices",
+                &["name:text".parse().unwrap(), "active:bool".parse().unwrap()],
+            )
+            .unwrap();
+        store
+            .create_table(
+                "greenhouse",
+                "readings",
+                &[
+                    "t:datetime".parse().unwrap(),
+                    "celsius:number".parse().unwrap(),
+                    "device:link:devices".parse().unwrap(),
+                    "extra:simpleObject".parse().unwrap(),
+                    "day:date".parse().unwrap(),
+                ],
+            )
+            .unwrap();
+        (dir, store)
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn all() -> Page {
+        Page {
+            order_by: None,
+            offset: 0,
+            limit: 1000,
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_with_their_types() {
+        let (_d, s) = store();
+        let dev = s
+            .add_rows(
+                "greenhouse",
+                "devices",
+                &[obj(json!({"name": "pico-1", "active": true}))],
+            )
+            .unwrap()[0];
+        let id = s
+            .add_rows(
+                "greenhouse",
+                "readings",
+                &[obj(json!({
+                    "t": "2026-12-02T15:30:00+01:00",
+                    "celsius": 21.5,
+                    "device": dev,
+                    "extra": {"battery": [3.7, "ok"]},
+                    "day": "2026-12-02"
+                }))],
+            )
+            .unwrap()[0];
+        let (rid, row) = s.get_row("greenhouse", "readings", id).unwrap().unwrap();
+        assert_eq!(rid, id);
+        // Datetimes are kept in UTC, fixed width, so text order is time order.
+        assert_eq!(row["t"], "2026-12-02T14:30:00.000000Z");
+        assert_eq!(row["celsius"], 21.5);
+        assert_eq!(row["device"], dev);
+        assert_eq!(row["extra"], json!({"battery": [3.7, "ok"]}));
+        assert_eq!(row["day"], "2026-12-02");
+        let found = s
+            .search(
+                "greenhouse",
+                "devices",
+                &obj(json!({"active": true})),
+                &all(),
+            )
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1["name"], "pico-1");
+        assert!(
+            s.get_row("greenhouse", "readings", id + 100)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_and_nothing_of_the_batch_is_written() {
+        let (_d, s) = store();
+        for (values, says) in [
+            (json!({"celsius": "warm"}), "column \"celsius\" is number"),
+            (json!({"t": "yesterday"}), "RFC 3339"),
+            (json!({"day": "2026-13-45"}), "YYYY-MM-DD"),
+            (json!({"device": 99}), "has no row 99"),
+            (json!({"humidity": 40}), "has no column \"humidity\""),
+            (
+                json!({"extra": "x".repeat(MAX_VALUE_BYTES + 10)}),
+                "at most",
+            ),
+        ] {
+            // A good row first: the bad one must take it down with it.
+            let batch = [obj(json!({"celsius": 20.0})), obj(values.clone())];
+            let err = s
+                .add_rows("greenhouse", "readings", &batch)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{values}: {err}");
+        }
+        assert_eq!(s.count_rows("greenhouse", "readings").unwrap(), 0);
+    }
+
+    #[test]
+    fn hostile_names_are_data_never_sql() {
+        let (_d, s) = store();
+        for name in [
+            "x; DROP TABLE apps",
+            "readings--",
+            "1abc",
+            "",
+            "a\"b",
+            &"n".repeat(65),
+        ] {
+            assert!(s.create_table("greenhouse", name, &[]).is_err(), "{name}");
+        }
+        // Column names may hold quotes and SQL: they are never in a query.
+        let evil: Column = "x\"); DROP TABLE data_tables; --:text".parse().unwrap();
+        s.add_column("greenhouse", "devices", &evil).unwrap();
+        let id = s
+            .add_rows(
+                "greenhouse",
+                "devices",
+                &[obj(
+                    json!({"x\"); DROP TABLE data_tables; --": "still data"}),
+                )],
+            )
+            .unwrap()[0];
+        let (_, row) = s.get_row("greenhouse", "devices", id).unwrap().unwrap();
+        assert_eq!(row["x\"); DROP TABLE data_tables; --"], "still data");
+        assert_eq!(s.tables("greenhouse").unwrap().len(), 2);
+        assert!(
+            s.search("greenhouse", "devices'--", &Map::new(), &all())
+                .is_err()
+        );
+        // Nothing crosses apps.
+        s.create_app("other").unwrap();
+        let err = s
+            .search("other", "devices", &Map::new(), &all())
+            .unwrap_err();
+        assert!(err.to_string().contains("no table \"devices\""), "{err}");
+    }
+
+    #[test]
+    fn searches_order_and_page() {
+        let (_d, s) = store();
+        let rows: Vec<Map<String, Value>> = (0..25)
+            .map(|i| obj(json!({"celsius": f64::from((i * 7) % 25), "t": format!("2026-12-02T10:{i:02}:00Z")})))
+            .collect();
+        s.add_rows("greenhouse", "readings", &rows).unwrap();
+        let page = |offset, asc| Page {
+            order_by: Some(("celsius".to_owned(), asc)),
+            offset,
+            limit: 10,
+        };
+        let first = s
+            .search("greenhouse", "readings", &Map::new(), &page(0, true))
+            .unwrap();
+        let third = s
+            .search("greenhouse", "readings", &Map::new(), &page(20, true))
+            .unwrap();
+        assert_eq!(first.len(), 10);
+        assert_eq!(third.len(), 5);
+        assert_eq!(first[0].1["celsius"], 0.0);
+        assert_eq!(third[4].1["celsius"], 24.0);
+        let desc = s
+            .search("greenhouse", "readings", &Map::new(), &page(0, false))
+            .unwrap();
+        assert_eq!(desc[0].1["celsius"], 24.0);
+        assert_eq!(s.count_rows("greenhouse", "readings").unwrap(), 25);
+    }
+
+    #[test]
+    fn rows_update_and_delete() {
+        let (_d, s) = store();
+        let id = s
+            .add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
+            .unwrap()[0];
+        s.update_row("greenhouse", "devices", id, &obj(json!({"active": false})))
+            .unwrap();
+        let (_, row) = s.get_row("greenhouse", "devices", id).unwrap().unwrap();
+        assert_eq!(row["active"], false);
+        assert_eq!(row["name"], "pico-1");
+        assert!(
+            s.update_row("greenhouse", "devices", id, &obj(json!({"active": "no"})))
+                .is_err()
+        );
+        assert!(s.delete_row("greenhouse", "devices", id).unwrap());
+        assert!(!s.delete_row("greenhouse", "devices", id).unwrap());
+        assert!(
+            s.update_row("greenhouse", "devices", id, &obj(json!({"name": "x"})))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn links_must_name_an_existing_table_of_the_app() {
+        let (_d, s) = store();
+        let err = s
+            .create_table(
+                "greenhouse",
+                "alerts",
+                &["reading:link:nowhere".parse().unwrap()],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("create it first"), "{err}");
+        assert!("x:blob".parse::<Column>().is_err());
+        assert!("nocolon".parse::<Column>().is_err());
+    }
+}
