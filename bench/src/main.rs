@@ -16,7 +16,7 @@
 //!    before and after opening N connections (default 10,000).
 //!
 //! With `--hostile` it measures the server under attack instead (see
-//! `hostile.rs`).
+//! `hostile.rs`); with `--tables` the data-table storage (`tables.rs`).
 //!
 //! The load generator runs on one thread of this process; the server runs
 //! with its default runtime. Figures are printed as a Markdown report.
@@ -41,6 +41,7 @@ use ferrolink_proto::codec::{DecodeLimits, decode};
 use ferrolink_proto::message::Outcome;
 
 mod hostile;
+mod tables;
 
 /// ferrolink benchmarks (see the crate docs for what is measured).
 #[derive(Parser)]
@@ -84,6 +85,10 @@ struct Args {
     /// reading, concurrent wrong passwords, wrong keys next to devices).
     #[arg(long)]
     hostile: bool,
+    /// Measure the data-table storage instead (inserts against plain
+    /// SQLite, chart queries), with this many rows.
+    #[arg(long, value_name = "ROWS", num_args = 0..=1, default_missing_value = "1000000")]
+    tables: Option<usize>,
 }
 
 const IN_FLIGHT: [usize; 3] = [1, 16, 256];
@@ -808,6 +813,9 @@ fn main() -> Result<()> {
         .worker_threads(args.load_threads)
         .enable_all()
         .build()?;
+    if let Some(rows) = args.tables {
+        return tables::run(rows.max(1000));
+    }
     rt.block_on(async move {
         if args.hostile {
             return hostile::run(&args.server).await;

@@ -163,6 +163,30 @@ enum TableCommand {
         #[arg(long, default_value_t = 0)]
         offset: usize,
     },
+    /// Downsample a number column over a datetime column: one JSON line
+    /// per time bucket with min, max, mean and count.
+    Chart {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// The datetime column.
+        #[arg(long)]
+        time: String,
+        /// The number column.
+        #[arg(long)]
+        value: String,
+        /// Start of the range (RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// End of the range (RFC 3339, excluded).
+        #[arg(long)]
+        to: String,
+        /// Most buckets.
+        #[arg(long, default_value_t = 100)]
+        buckets: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -964,6 +988,30 @@ fn table_command(store: &Store, cmd: TableCommand) -> Result<()> {
             };
             for (id, values) in store.search(&app, &table, &wanted, &page)? {
                 println!("{}", serde_json::json!({ "id": id, "values": values }));
+            }
+        }
+        TableCommand::Chart {
+            app,
+            table,
+            time,
+            value,
+            from,
+            to,
+            buckets,
+        } => {
+            let series = ferrolink::storage::tables::Series {
+                table: &table,
+                time: &time,
+                value: &value,
+                from: &from,
+                to: &to,
+                buckets,
+            };
+            for b in store.downsample(&app, &series)? {
+                println!(
+                    "{}",
+                    serde_json::json!({"start": b.start, "min": b.min, "max": b.max, "mean": b.mean, "count": b.count})
+                );
             }
         }
     }

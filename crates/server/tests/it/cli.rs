@@ -514,6 +514,36 @@ fn table_commands_create_fill_and_read_a_table() {
     assert!(ok, "{err}");
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(line["values"]["celsius"], 22.0);
+    let (ok, out, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "chart",
+            "--app",
+            "greenhouse",
+            "readings",
+            "--time",
+            "t",
+            "--value",
+            "celsius",
+            "--from",
+            "2026-12-02T10:00:00Z",
+            "--to",
+            "2026-12-02T12:00:00Z",
+            "--buckets",
+            "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    let buckets: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 2, "{out}");
+    assert_eq!(
+        (buckets[0]["mean"].clone(), buckets[1]["max"].clone()),
+        (serde_json::json!(20.5), serde_json::json!(22.0))
+    );
     // Bad input: a clear error, exit code 1, nothing written.
     let (ok, _, err) = ferrolink(
         data,
