@@ -85,14 +85,17 @@ pub(crate) async fn call(
                     error_type::INTERNAL,
                     refusal.error.to_string(),
                 ),
-                _ if !refusal.delay.is_zero() => error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "ferrolink.TooManyWrongKeys",
-                    format!(
-                        "too many wrong keys from your address; try again in {:.0} s",
-                        refusal.delay.as_secs_f64().ceil().max(1.0)
-                    ),
-                ),
+                _ if !refusal.delay.is_zero() => {
+                    let secs = refusal.delay.as_secs_f64().ceil().max(1.0) as u64;
+                    retry_after(
+                        error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "ferrolink.TooManyWrongKeys",
+                            format!("too many wrong keys from your address; try again in {secs} s"),
+                        ),
+                        secs,
+                    )
+                }
                 e => error(
                     StatusCode::UNAUTHORIZED,
                     "ferrolink.Unauthorized",
@@ -215,7 +218,20 @@ pub(crate) async fn call(
         .as_str()
         .unwrap_or(error_type::INTERNAL);
     let status = status_of(kind, device.is_some());
-    (status, axum::Json(answer)).into_response()
+    let res = (status, axum::Json(answer)).into_response();
+    match status {
+        // Calls in flight free up within a call's time; a device or
+        // provider may be back after its reconnect backoff.
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => retry_after(res, 1),
+        _ => res,
+    }
+}
+
+/// Adds `Retry-After: secs`.
+fn retry_after(mut res: Response, secs: u64) -> Response {
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    res
 }
 
 /// `GET /_/api/openapi.json`.

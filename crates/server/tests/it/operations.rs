@@ -160,6 +160,18 @@ async fn the_http_api_calls_real_uplink_functions_and_says_what_happened() {
         last = api_call(&server, Some(&wrong), "add", "{}").await.0;
     }
     assert_eq!(last, 429);
+    let auth = format!("Bearer {wrong}");
+    let throttled = request(
+        server.addr(),
+        "POST",
+        "/_/api/call/add",
+        &[("authorization", &auth)],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(throttled.status, 429);
+    let wait: u64 = throttled.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=10).contains(&wait), "{wait}");
     // A correct key is still served at once from that address.
     let (status, _) = api_call(&server, Some(&ck), "add", r#"{"args": [1, 1]}"#).await;
     assert_eq!(status, 200);
@@ -434,6 +446,8 @@ async fn sigterm_lets_calls_in_flight_finish_and_hangs_nobody() {
     let (sk, ck) = (field(&lines, "server key: "), field(&lines, "client key: "));
     let (mut provider, _) = RawClient::authenticated(&url, &sk).await;
     provider.register("slow").await;
+    let (mut helper, _) = RawClient::authenticated(&url, &sk).await;
+    helper.register("lookup").await;
     let (mut caller, _) = RawClient::authenticated(&url, &ck).await;
     for i in 0..100 {
         caller
@@ -471,6 +485,21 @@ async fn sigterm_lets_calls_in_flight_finish_and_hangs_nobody() {
             .contains("shutting down"),
         "{late}"
     );
+    // To finish a call it holds, the provider may still call out: a
+    // nested call (it carries the call's call-stack-id) goes through.
+    provider
+        .send_json(
+            &json!({"type": "CALL", "id": "nested", "command": "lookup", "args": [], "kwargs": {},
+            "call-stack-id": received[0]["call-stack-id"]}),
+        )
+        .await;
+    let asked = helper.recv_json().await;
+    assert_eq!(asked["command"], "lookup", "{asked}");
+    helper
+        .send_json(&json!({"id": asked["id"], "response": "found"}))
+        .await;
+    let nested = provider.recv_json().await;
+    assert_eq!(nested["response"], "found", "{nested}");
     // The provider answers what it holds, a second after the signal.
     tokio::time::sleep(Duration::from_millis(700)).await;
     for call in &received {
