@@ -469,14 +469,17 @@ pub(crate) async fn supervise(
             }
             End::Fatal(text) => {
                 let e = ConnectError::from_fatal(&text);
-                tracing::error!(error = %e, "the server closed the uplink");
                 if !e.is_retryable() && e.kind() != ConnectErrorKind::Refused {
+                    tracing::error!(error = %e, "the server closed the uplink");
                     status.send_replace(Status::Failed {
                         kind: e.kind(),
                         reason: e.to_string(),
                     });
                     break;
                 }
+                // Shutting down, a connection limit, a restart: the
+                // server's words, and then the reconnect loop.
+                tracing::warn!(reason = %text, "the server closed the uplink");
                 if !settings.reconnect.enabled {
                     status.send_replace(Status::Closed);
                     break;
