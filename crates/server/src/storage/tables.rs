@@ -328,6 +328,16 @@ fn to_sql(
     })
 }
 
+/// The id of table `name` of `app`, if it exists.
+fn table_id(conn: &rusqlite::Connection, app: &str, name: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
+        params![app, name],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 fn check_row(
     conn: &rusqlite::Connection,
     target: &str,
@@ -419,15 +429,9 @@ impl Store {
         app: &str,
         table: &str,
     ) -> Result<Catalogue, StoreError> {
-        let id: Option<i64> = conn
-            .query_row(
-                "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
-                params![app, table],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| bad(e.to_string()))?;
-        let id = id.ok_or_else(|| {
+        let id = table_id(conn, app, table)
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| {
             bad(format!(
                 "app \"{app}\" has no table \"{}\"; create it with `ferrolink table create --app {app} NAME --column NAME:TYPE ...`",
                 table.chars().take(80).collect::<String>()
@@ -483,33 +487,18 @@ impl Store {
         }
         self.app(app)?;
         self.transaction(|tx| {
-            let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
-                    params![app, name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if exists.is_some() {
+            if table_id(tx, app, name)?.is_some() {
                 return Ok(Err(bad(format!("app \"{app}\" already has a table \"{name}\""))));
             }
             for c in columns {
                 if let Some(t) = c.kind.linked()
                     && t != name
+                    && table_id(tx, app, t)?.is_none()
                 {
-                    let found: Option<i64> = tx
-                        .query_row(
-                            "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
-                            params![app, t],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    if found.is_none() {
-                        return Ok(Err(bad(format!(
-                            "column \"{}\" links to table \"{t}\", which app \"{app}\" does not have; create it first",
-                            c.name
-                        ))));
-                    }
+                    return Ok(Err(bad(format!(
+                        "column \"{}\" links to table \"{t}\", which app \"{app}\" does not have; create it first",
+                        c.name
+                    ))));
                 }
             }
             tx.execute(

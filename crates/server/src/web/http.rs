@@ -92,23 +92,23 @@ pub(crate) fn set_cookie(
     .expect("cookie names and token values are header-safe")
 }
 
-/// Checks that a browser request comes from a page of this server: the
-/// `Origin` header must be the server's public origin, or the scheme and
-/// `Host` this request was sent to. This stops other sites from opening
-/// session websockets or posting forms with a visitor's cookies.
-pub(crate) fn check_origin(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks a browser request's `Origin`: it must be `scheme://Host` of
+/// the listener the request came to, or one of `also`. `missing` and
+/// `foreign` say what the endpoint is for when it is not.
+fn check_origin_is(
+    headers: &HeaderMap,
+    scheme: &str,
+    also: Option<&str>,
+    missing: &str,
+    foreign: &str,
+) -> Result<(), ApiError> {
     let refuse = |what: String| Err(ApiError(StatusCode::FORBIDDEN, what));
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return refuse("requests from browsers must carry an Origin header; this endpoint is for pages served by this server".to_owned());
+        return refuse(missing.to_owned());
     };
-    if origin == state.origin {
+    if also == Some(origin) {
         return Ok(());
     }
-    let scheme = if state.config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if host.is_some_and(|h| {
         origin
@@ -119,9 +119,26 @@ pub(crate) fn check_origin(state: &ServerState, headers: &HeaderMap) -> Result<(
         return Ok(());
     }
     let shown: String = origin.chars().take(100).collect();
-    refuse(format!(
-        "origin {shown} may not use this server's sessions: only pages served by this server may"
-    ))
+    refuse(format!("origin {shown} {foreign}"))
+}
+
+/// Checks that a browser request comes from a page of this server: the
+/// `Origin` header must be the server's public origin, or the scheme and
+/// `Host` this request was sent to. This stops other sites from opening
+/// session websockets or posting forms with a visitor's cookies.
+pub(crate) fn check_origin(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let scheme = if state.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    check_origin_is(
+        headers,
+        scheme,
+        Some(&state.origin),
+        "requests from browsers must carry an Origin header; this endpoint is for pages served by this server",
+        "may not use this server's sessions: only pages served by this server may",
+    )
 }
 
 /// Checks that a dashboard request comes from a dashboard page: `Origin`
@@ -130,25 +147,11 @@ pub(crate) fn check_origin(state: &ServerState, headers: &HeaderMap) -> Result<(
 /// script cannot drive the dashboard with an operator's cookie (cookies
 /// are shared between ports of one host; origins are not).
 pub(crate) fn check_admin_origin(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let refuse = |what: String| Err(ApiError(StatusCode::FORBIDDEN, what));
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return refuse(
-            "dashboard requests must carry an Origin header; use the dashboard page itself"
-                .to_owned(),
-        );
-    };
-    let scheme = if state.admin_https { "https" } else { "http" };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if host.is_some_and(|h| {
-        origin
-            .strip_prefix(scheme)
-            .and_then(|r| r.strip_prefix("://"))
-            == Some(h)
-    }) {
-        return Ok(());
-    }
-    let shown: String = origin.chars().take(100).collect();
-    refuse(format!(
-        "origin {shown} may not use the dashboard: only the dashboard's own pages may"
-    ))
+    check_origin_is(
+        headers,
+        if state.admin_https { "https" } else { "http" },
+        None,
+        "dashboard requests must carry an Origin header; use the dashboard page itself",
+        "may not use the dashboard: only the dashboard's own pages may",
+    )
 }

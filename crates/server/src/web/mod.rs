@@ -29,7 +29,7 @@ use dashboard as admin;
 /// The dashboard is not here (see [`admin_router`]).
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
     use axum::routing::post;
-    Router::new()
+    let routes = Router::new()
         .route("/_/uplink", get(uplink_endpoint))
         .route("/_/uplink/{*rest}", get(uplink_endpoint))
         .route("/uplink", get(uplink_endpoint))
@@ -48,16 +48,8 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/app/{name}", get(web::app_root))
         .route("/app/{name}/", get(web::app_index))
         .route("/app/{name}/{*rest}", get(web::app_file))
-        .fallback(web::fallback)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            web::security_headers,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            check_host,
-        ))
-        .with_state(state)
+        .fallback(web::fallback);
+    served(routes, state)
 }
 
 /// The dashboard's own listener: the dashboard and its API at `/_/admin`,
@@ -66,7 +58,7 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
 /// send it requests it accepts.
 pub(crate) fn admin_router(state: Arc<ServerState>) -> Router {
     use axum::routing::post;
-    Router::new()
+    let routes = Router::new()
         .route(
             "/",
             get(|| async { axum::response::Redirect::to("/_/admin") }),
@@ -86,31 +78,19 @@ pub(crate) fn admin_router(state: Arc<ServerState>) -> Router {
         .route("/_/admin/api/keys/revoke", post(admin::revoke_key))
         .route("/_/admin/api/apps", post(admin::create_app))
         .route("/_/admin/api/apps/settings", post(admin::app_settings))
-        .route("/_/admin/api/call", post(admin::call))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            web::security_headers,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            check_host,
-        ))
-        .with_state(state)
+        .route("/_/admin/api/call", post(admin::call));
+    served(routes, state)
 }
 
 /// A listener of its own for Prometheus (`--metrics-listen`): `/_/metrics`
 /// and the health checks, nothing else.
 pub(crate) fn metrics_router(state: Arc<ServerState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/_/metrics", get(metrics))
         .route("/metrics", get(metrics))
         .route("/_/health", get(health))
-        .route("/_/ready", get(ready))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            check_host,
-        ))
-        .with_state(state)
+        .route("/_/ready", get(ready));
+    served(routes, state)
 }
 
 /// `GET /_/metrics`: Prometheus text format.
@@ -153,6 +133,21 @@ async fn ready(State(state): State<Arc<ServerState>>) -> Response {
         }
         _ => unready("the database did not answer within 2 s"),
     }
+}
+
+/// What every listener's routes get: security headers on the answers and
+/// the `Host` check on the requests (the layer added last runs first).
+fn served(routes: Router<Arc<ServerState>>, state: Arc<ServerState>) -> Router {
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::security_headers,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
+        .with_state(state)
 }
 
 /// Upgrades to an uplink websocket. No Origin check here: the official Pico W
