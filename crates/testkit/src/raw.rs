@@ -54,21 +54,9 @@ impl RawClient {
     /// Connects from a chosen local address (any 127.x.y.z works on
     /// loopback), to test per-address behaviour.
     pub async fn connect_from(url: &str, local: std::net::IpAddr) -> Self {
-        let host = url
-            .trim_start_matches("ws://")
-            .split('/')
-            .next()
-            .expect("host:port");
-        let remote: std::net::SocketAddr = host.parse().expect("a ws://IP:PORT url");
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind((local, 0).into())
-            .expect("bind the local address");
-        let tcp = socket.connect(remote).await.expect("connect");
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+        Self::try_connect_from(url, local)
             .await
-            .expect("websocket upgrade");
-        Self { ws }
+            .unwrap_or_else(|(status, body)| panic!("websocket upgrade refused: {status} {body}"))
     }
 
     /// Connects from a chosen local address, or returns the HTTP status and

@@ -232,6 +232,23 @@ struct Catalogue {
 }
 
 impl Catalogue {
+    /// Each of `values` checked against its column and converted: the
+    /// column's id and what SQLite stores.
+    fn convert(
+        &self,
+        conn: &rusqlite::Connection,
+        table: &str,
+        values: &Map<String, Value>,
+    ) -> Result<Vec<(i64, Sql)>, StoreError> {
+        values
+            .iter()
+            .map(|(name, value)| {
+                let (cid, column, linked) = self.column(table, name)?;
+                Ok((*cid, to_sql(conn, column, *linked, value)?))
+            })
+            .collect()
+    }
+
     fn column(&self, table: &str, name: &str) -> Result<&(i64, Column, Option<i64>), StoreError> {
         self.columns
             .iter()
@@ -615,19 +632,14 @@ impl Store {
             };
             let mut ids = Vec::with_capacity(rows.len());
             for values in rows {
-                let mut cols = Vec::with_capacity(values.len());
-                let mut vals = Vec::with_capacity(values.len());
-                for (name, value) in values {
-                    let (cid, column, linked) = match cat.column(table, name) {
-                        Ok(c) => c,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    match to_sql(tx, column, *linked, value) {
-                        Ok(v) => vals.push(v),
-                        Err(e) => return Ok(Err(e)),
-                    }
-                    cols.push(format!("c_{cid}"));
-                }
+                let converted = match cat.convert(tx, table, values) {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let (cols, vals): (Vec<String>, Vec<Sql>) = converted
+                    .into_iter()
+                    .map(|(cid, v)| (format!("c_{cid}"), v))
+                    .unzip();
                 let sql = if cols.is_empty() {
                     format!("INSERT INTO tbl_{} DEFAULT VALUES", cat.id)
                 } else {
@@ -660,19 +672,15 @@ impl Store {
                 Ok(c) => c,
                 Err(e) => return Ok(Err(e)),
             };
-            let mut sets = Vec::new();
-            let mut vals = Vec::new();
-            for (name, value) in values {
-                let (cid, column, linked) = match cat.column(table, name) {
-                    Ok(c) => c,
-                    Err(e) => return Ok(Err(e)),
-                };
-                match to_sql(tx, column, *linked, value) {
-                    Ok(v) => vals.push(v),
-                    Err(e) => return Ok(Err(e)),
-                }
-                sets.push(format!("c_{cid} = ?{}", vals.len()));
-            }
+            let converted = match cat.convert(tx, table, values) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            let (sets, mut vals): (Vec<String>, Vec<Sql>) = converted
+                .into_iter()
+                .enumerate()
+                .map(|(i, (cid, v))| (format!("c_{cid} = ?{}", i + 1), v))
+                .unzip();
             if sets.is_empty() {
                 return Ok(Ok(()));
             }
