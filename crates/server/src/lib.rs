@@ -38,6 +38,7 @@ mod metrics;
 mod names;
 mod state;
 pub mod storage;
+mod tables;
 mod throttle;
 pub mod trust;
 mod web;

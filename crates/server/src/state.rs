@@ -64,6 +64,8 @@ pub(crate) fn format_date(secs: i64) -> String {
 pub(crate) struct ServerState {
     pub(crate) config: ServerConfig,
     pub(crate) store: Arc<Store>,
+    /// The app's data tables over the uplink.
+    pub(crate) tables: crate::tables::Service,
     keys: RwLock<HashMap<KeyId, KeyRecord>>,
     apps: Mutex<HashMap<String, Arc<AppRuntime>>>,
     live: Mutex<HashMap<KeyId, Vec<Weak<Peer>>>>,
@@ -155,6 +157,7 @@ impl ServerState {
         let hosts = host_names(&config, &origin);
         Ok(Self {
             config,
+            tables: crate::tables::Service::new(&store)?,
             store,
             keys: RwLock::new(keys),
             apps: Mutex::default(),

@@ -47,6 +47,9 @@ pub(crate) fn answer(cx: &Context<'_>, call: &Call<'_>) -> Option<BuiltinResult>
             Ok(args) => Err(("TypeError", wrong_arity(args.len(), wire::ECHO_COMMAND))),
             Err(_) => Err(("TypeError", wrong_arity(0, wire::ECHO_COMMAND))),
         },
+        "anvil.private.get_client_config" => {
+            Ok(crate::tables::client_config(call.args.get())?.to_owned())
+        }
         "anvil.private.get_app_origin" => Ok(string(&cx.state.origin)),
         "anvil.private.get_api_origin" => Ok(string(&format!("{}/_/api", cx.state.origin))),
         // The user of the browser session the call acts for (directly, or

@@ -758,6 +758,10 @@ impl Core {
             app: &self.app,
             origin: origin.clone(),
         };
+        if crate::tables::handles(&call.command) {
+            crate::tables::Service::submit(&self.state, &self.peer, call);
+            return;
+        }
         if let Some(result) = builtins::answer(&cx, call) {
             let mut frame = String::new();
             match result {
@@ -843,6 +847,13 @@ impl Core {
         for item in inbox.drain(..) {
             match item {
                 Outbound::Frame(frame) => self.out.text(&frame),
+                Outbound::Media(frame, chunks) => {
+                    self.out.text(&frame);
+                    for (header, bytes) in chunks {
+                        self.out.text(&header);
+                        self.out.binary(&bytes);
+                    }
+                }
                 Outbound::Call(call) => {
                     if call.deadline <= now {
                         // Its caller has been answered `TimeoutError` already.
@@ -958,6 +969,7 @@ impl Core {
         }
         fail_queued_calls(self.peer.shut(&lost), &lost);
         fail_queued_calls(std::mem::take(&mut self.inbox), &lost);
+        self.state.tables.closed(self.peer.id);
         let failed = self.serving.len();
         for (_, s) in self.serving.drain() {
             s.reply.fail(error_type::UPLINK_DISCONNECTED, &lost);

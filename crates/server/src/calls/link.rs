@@ -369,6 +369,12 @@ impl Output {
         }
     }
 
+    /// Queues a binary frame.
+    pub(crate) fn binary(&mut self, bytes: &[u8]) {
+        self.header(Opcode::Binary, bytes.len());
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Queues a pong echoing `payload`.
     pub(crate) fn pong(&mut self, payload: &[u8]) {
         self.header(Opcode::Pong, payload.len());

@@ -24,8 +24,11 @@ use crate::keys::KeyId;
 
 /// A message for a connection's driver.
 pub(crate) enum Outbound {
-    /// A finished text frame to write (events).
+    /// A finished text frame to write (events, data table answers).
     Frame(String),
+    /// An answer that carries media: its text frame, then each chunk as a
+    /// `CHUNK_HEADER` text frame and the binary frame right after it.
+    Media(String, Vec<(String, Vec<u8>)>),
     /// A call for this connection to serve; it becomes pending on it.
     Call(ForwardedCall),
     /// The answer to a call this connection made.
@@ -37,6 +40,9 @@ impl Outbound {
     fn weight(&self) -> usize {
         match self {
             Self::Frame(f) => f.len(),
+            Self::Media(f, chunks) => {
+                f.len() + chunks.iter().map(|(h, b)| h.len() + b.len()).sum::<usize>()
+            }
             Self::Call(c) => c.frame.len(),
             Self::Answer(a) => a.body.len(),
         }
@@ -226,6 +232,8 @@ pub(crate) struct Peer {
     /// Calls this connection made that await an answer (kept by its driver,
     /// published for the dashboard and for callers without a driver).
     pub(crate) in_flight: AtomicUsize,
+    /// Data table calls it made that are running or waiting.
+    pub(crate) table_calls: AtomicU64,
     /// Bytes its driver took from the queue but has not written yet.
     unsent: AtomicUsize,
     max_queued_bytes: usize,
@@ -285,6 +293,7 @@ impl Peer {
             last_seen: AtomicU64::new(now.as_millis()),
             registered: Mutex::default(),
             in_flight: AtomicUsize::new(0),
+            table_calls: AtomicU64::new(0),
             unsent: AtomicUsize::new(0),
             max_queued_bytes,
             queue: Mutex::new(Queue {

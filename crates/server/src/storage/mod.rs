@@ -96,6 +96,14 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (table_id, name)
     );
 "#,
+    r#"
+    ALTER TABLE data_tables ADD COLUMN client_access TEXT NOT NULL DEFAULT 'none';
+    ALTER TABLE data_tables ADD COLUMN client_login INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE secrets (
+        name        TEXT PRIMARY KEY,
+        value       BLOB NOT NULL
+    );
+"#,
 ];
 
 /// A storage failure, with what to do about it.
@@ -175,6 +183,12 @@ pub enum StoreError {
     /// says which and why).
     #[error("{0}")]
     BadTable(String),
+    /// A column a table does not have (the message lists those it has).
+    #[error("{0}")]
+    NoSuchColumn(String),
+    /// Another transaction changed the database first; try again.
+    #[error("another transaction changed these rows first; try again")]
+    Conflict,
     /// A copy of the database failed SQLite's integrity check.
     #[error("the copy {} failed SQLite's integrity check: {detail}", path.display())]
     Corrupt {

@@ -59,7 +59,8 @@ impl ColumnType {
         }
     }
 
-    fn linked(&self) -> Option<&str> {
+    /// The table a link column points to.
+    pub fn linked(&self) -> Option<&str> {
         match self {
             Self::Link(t) | Self::Links(t) => Some(t),
             _ => None,
@@ -224,44 +225,263 @@ pub fn validate_column_name(name: &str) -> Result<(), StoreError> {
 fn bad(message: String) -> StoreError {
     StoreError::BadTable(message)
 }
-
-/// A table's catalogue entry, as the queries need it.
-struct Catalogue {
-    id: i64,
-    columns: Vec<(i64, Column, Option<i64>)>,
+/// A column of a stored table, as the queries need it.
+#[derive(Debug, Clone)]
+pub struct ColumnMeta {
+    /// The column's id (its SQL column is `c_<id>`).
+    pub id: i64,
+    /// Its name and type.
+    pub column: Column,
+    /// The id of the table a link column points to (`None` if that table
+    /// is gone, or for other columns).
+    pub linked: Option<i64>,
 }
 
-impl Catalogue {
+/// What client keys and browser pages may do with a table (server keys may
+/// do everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClientAccess {
+    /// Nothing: the table is not even listed.
+    None,
+    /// Add rows, nothing else (what a logging device needs).
+    Add,
+    /// Search and read rows.
+    Read,
+    /// Read, add, change and delete rows.
+    Write,
+}
+
+impl ClientAccess {
+    /// As `table set --client` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Add => "add",
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+impl FromStr for ClientAccess {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "none" => Self::None,
+            "add" => Self::Add,
+            "read" => Self::Read,
+            "write" => Self::Write,
+            _ => {
+                return Err(format!(
+                    "unknown client access \"{s}\"; use none, add, read or write"
+                ));
+            }
+        })
+    }
+}
+
+/// A table's catalogue entry.
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    /// The table's id (its SQL table is `tbl_<id>`; the id the wire uses).
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Its columns, in creation order.
+    pub columns: Vec<ColumnMeta>,
+    /// What client keys and browser pages may do with it.
+    pub client_access: ClientAccess,
+    /// Whether browser pages need a logged-in user for that access.
+    pub client_login: bool,
+}
+
+impl TableMeta {
     /// Each of `values` checked against its column and converted: the
     /// column's id and what SQLite stores.
     fn convert(
         &self,
         conn: &rusqlite::Connection,
-        table: &str,
         values: &Map<String, Value>,
     ) -> Result<Vec<(i64, Sql)>, StoreError> {
         values
             .iter()
             .map(|(name, value)| {
-                let (cid, column, linked) = self.column(table, name)?;
-                Ok((*cid, to_sql(conn, column, *linked, value)?))
+                let c = self.column(name)?;
+                Ok((c.id, to_sql(conn, &c.column, c.linked, value)?))
             })
             .collect()
     }
 
-    fn column(&self, table: &str, name: &str) -> Result<&(i64, Column, Option<i64>), StoreError> {
+    /// The column called `name`, or an error that lists the columns there are.
+    pub fn column(&self, name: &str) -> Result<&ColumnMeta, StoreError> {
         self.columns
             .iter()
-            .find(|(_, c, _)| c.name == name)
+            .find(|c| c.column.name == name)
             .ok_or_else(|| {
-                let known: Vec<&str> = self.columns.iter().map(|(_, c, _)| c.name.as_str()).collect();
-                bad(format!(
-                    "table \"{table}\" has no column \"{}\" (its columns: {}); add it with `ferrolink table add-column`",
+                let known: Vec<&str> = self.columns.iter().map(|c| c.column.name.as_str()).collect();
+                StoreError::NoSuchColumn(format!(
+                    "table \"{}\" has no column \"{}\" (its columns: {}); add it with `ferrolink table add-column`",
+                    self.name,
                     name.chars().take(80).collect::<String>(),
                     known.join(", ")
                 ))
             })
     }
+}
+
+/// How a column is compared with a value, in [`Filter::Compare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cmp {
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+}
+
+/// A condition on rows. Values are in this layer's JSON form (see the
+/// module docs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Filter {
+    /// The column equals the value (`null`: is unset). For a `links`
+    /// column, the value is a list of row ids the column must all contain.
+    Eq {
+        /// The column.
+        column: String,
+        /// The value.
+        value: Value,
+    },
+    /// The column compares so with the value (text, number, date and
+    /// datetime columns).
+    Compare {
+        /// The column.
+        column: String,
+        /// How.
+        cmp: Cmp,
+        /// The value.
+        value: Value,
+    },
+    /// The text column matches an SQL `LIKE` pattern (`%` any run, `_` one
+    /// character).
+    Like {
+        /// The column.
+        column: String,
+        /// The pattern.
+        pattern: String,
+        /// Whether case is ignored (ASCII letters).
+        ignore_case: bool,
+    },
+    /// The text column contains every word of the query, ignoring case.
+    Words {
+        /// The column.
+        column: String,
+        /// The words, separated by white space.
+        query: String,
+    },
+    /// Every one of the conditions holds (true when empty).
+    All {
+        /// The conditions.
+        of: Vec<Self>,
+    },
+    /// At least one of the conditions holds (false when empty).
+    Any {
+        /// The conditions.
+        of: Vec<Self>,
+    },
+    /// None of the conditions holds.
+    NoneOf {
+        /// The conditions.
+        of: Vec<Self>,
+    },
+}
+
+/// A search: conditions that must all hold, and an order.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Query {
+    /// Conditions, all of which must hold.
+    pub filters: Vec<Filter>,
+    /// Columns to order by, each ascending or not; the row id breaks ties.
+    pub order: Vec<(String, bool)>,
+}
+
+/// Most conditions one query may hold, nested ones included.
+pub const MAX_CONDITIONS: usize = 1000;
+
+/// Rows as CSV (RFC 4180): a header of the column names, then one line
+/// per row. Text as is, numbers and booleans as JSON writes them, dates and
+/// datetimes as stored, simple objects and links as JSON, unset as empty.
+/// With `escape_for_excel`, a cell that a spreadsheet would run as a
+/// formula (starting with `=`, `+`, `-` or `@`) gets a leading `'`.
+pub fn csv(columns: &[Column], rows: &[Row], escape_for_excel: bool) -> String {
+    fn cell(out: &mut String, text: &str, escape_for_excel: bool) {
+        let guard = escape_for_excel && text.starts_with(['=', '+', '-', '@']);
+        if guard || text.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            if guard {
+                out.push('\'');
+            }
+            out.push_str(&text.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(text);
+        }
+    }
+    let mut out = String::new();
+    for (i, c) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        cell(&mut out, &c.name, escape_for_excel);
+    }
+    out.push_str("\r\n");
+    for (_, values) in rows {
+        for (i, c) in columns.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match values.get(&c.name) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => cell(&mut out, s, escape_for_excel),
+                Some(v) => cell(&mut out, &v.to_string(), false),
+            }
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// An SQL `LIKE` pattern as a `GLOB` pattern, which is case-sensitive.
+fn like_to_glob(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        match c {
+            '%' => out.push('*'),
+            '_' => out.push('?'),
+            '*' => out.push_str("[*]"),
+            '?' => out.push_str("[?]"),
+            '[' => out.push_str("[[]"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Checks `value` against `kind` and converts it to what SQLite stores.
@@ -417,6 +637,67 @@ fn from_sql(kind: &ColumnType, v: rusqlite::types::ValueRef<'_>) -> Value {
         _ => Value::Null,
     }
 }
+/// Maps a failure inside a table operation: a lost race with another
+/// transaction is a [`StoreError::Conflict`], anything else names the file.
+fn sql_error(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Conflict
+        }
+        _ => StoreError::Sqlite {
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}
+
+/// Table operations of one app on one connection, inside a transaction the
+/// caller opened ([`Store::read`], [`Store::write`], [`TableTransaction::run`]).
+pub struct Tables<'c> {
+    conn: &'c rusqlite::Connection,
+    app: &'c str,
+    path: &'c std::path::Path,
+}
+
+/// A transaction that spans several calls (Anvil's `in_transaction`), on a
+/// connection of its own. It sees one snapshot of the database; its first
+/// write takes SQLite's write lock, and a write that finds the lock taken
+/// or the snapshot stale fails at once with [`StoreError::Conflict`] (the
+/// caller retries the whole transaction). Dropping it rolls it back.
+pub struct TableTransaction {
+    conn: rusqlite::Connection,
+    path: std::path::PathBuf,
+}
+
+impl TableTransaction {
+    /// Runs `f` within the transaction: if it fails, what it wrote is undone
+    /// and the transaction goes on.
+    pub fn run<T, E: From<StoreError>>(
+        &mut self,
+        app: &str,
+        f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let path = self.path.clone();
+        let sp = self
+            .conn
+            .savepoint()
+            .map_err(|e| E::from(sql_error(&path, e)))?;
+        let out = f(&Tables {
+            conn: &sp,
+            app,
+            path: &path,
+        })?;
+        sp.commit().map_err(|e| E::from(sql_error(&path, e)))?;
+        Ok(out)
+    }
+
+    /// Commits; [`StoreError::Conflict`] if another writer got in first.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| sql_error(&self.path, e))
+    }
+}
 
 impl Store {
     /// Runs `f` in an immediate transaction, committed when it answers
@@ -441,44 +722,88 @@ impl Store {
         Ok(result)
     }
 
-    fn catalogue(
-        conn: &rusqlite::Connection,
+    /// Runs `f` on the tables of `app`, reading only.
+    pub fn read<T, E: From<StoreError>>(
+        &self,
+        app: &str,
+        f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&Tables {
+            conn: &conn,
+            app,
+            path: &self.path,
+        })
+    }
+
+    /// Runs `f` on the tables of `app` in one write transaction: committed
+    /// if `f` succeeds, and nothing written if it fails.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        app: &str,
+        f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| E::from(sql_error(&self.path, e)))?;
+        let out = f(&Tables {
+            conn: &tx,
+            app,
+            path: &self.path,
+        })?;
+        tx.commit().map_err(|e| E::from(sql_error(&self.path, e)))?;
+        Ok(out)
+    }
+
+    /// Opens a transaction that spans several calls, on its own
+    /// connection (see [`TableTransaction`]).
+    pub fn begin(&self) -> Result<TableTransaction, StoreError> {
+        let path = self.path.clone();
+        let conn = rusqlite::Connection::open(&path).map_err(|e| sql_error(&path, e))?;
+        // No waiting for the write lock: a transaction that finds it taken
+        // has lost the race, and its caller retries.
+        conn.busy_timeout(std::time::Duration::ZERO)
+            .map_err(|e| sql_error(&path, e))?;
+        conn.execute_batch("PRAGMA foreign_keys = ON; BEGIN DEFERRED")
+            .map_err(|e| sql_error(&path, e))?;
+        Ok(TableTransaction { conn, path })
+    }
+
+    /// A secret of 32 random bytes kept in the database under `name`,
+    /// made on first use (backups and restores carry it along).
+    pub fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let fresh: [u8; 32] = rand::random();
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                params![name, fresh],
+            )?;
+            c.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+        })
+    }
+
+    /// Sets what client keys and browser pages may do with a table, and
+    /// whether browser pages need a logged-in user for it.
+    pub fn set_client_access(
+        &self,
         app: &str,
         table: &str,
-    ) -> Result<Catalogue, StoreError> {
-        let id = table_id(conn, app, table)
-            .map_err(|e| bad(e.to_string()))?
-            .ok_or_else(|| {
-            bad(format!(
-                "app \"{app}\" has no table \"{}\"; create it with `ferrolink table create --app {app} NAME --column NAME:TYPE ...`",
-                table.chars().take(80).collect::<String>()
-            ))
-        })?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT c.id, c.name, c.kind, t.id FROM data_columns c
-                 LEFT JOIN data_tables t ON t.app = ?2 AND t.name = c.linked
-                 WHERE c.table_id = ?1 ORDER BY c.id",
-            )
-            .map_err(|e| bad(e.to_string()))?;
-        let columns = stmt
-            .query_map(params![id, app], |r| {
-                let kind: String = r.get(2)?;
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    kind,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            })
-            .map_err(|e| bad(e.to_string()))?
-            .map(|r| {
-                let (cid, name, kind, linked) = r.map_err(|e| bad(e.to_string()))?;
-                let kind = kind.parse::<ColumnType>().map_err(bad)?;
-                Ok((cid, Column { name, kind }, linked))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Catalogue { id, columns })
+        access: ClientAccess,
+        login: bool,
+    ) -> Result<(), StoreError> {
+        self.write(app, |t| {
+            let meta = t.table(table)?;
+            t.conn
+                .execute(
+                    "UPDATE data_tables SET client_access = ?1, client_login = ?2 WHERE id = ?3",
+                    params![access.as_str(), login, meta.id],
+                )
+                .map_err(|e| t.err(e))?;
+            Ok(())
+        })
     }
 
     /// Creates table `name` in `app` with `columns`. Linked tables must
@@ -533,11 +858,7 @@ impl Store {
         })?
     }
 
-    fn insert_column(
-        tx: &rusqlite::Transaction<'_>,
-        table: i64,
-        c: &Column,
-    ) -> rusqlite::Result<()> {
+    fn insert_column(tx: &rusqlite::Connection, table: i64, c: &Column) -> rusqlite::Result<()> {
         tx.execute(
             "INSERT INTO data_columns (table_id, name, kind, linked) VALUES (?1, ?2, ?3, ?4)",
             params![table, c.name, c.kind.to_string(), c.kind.linked()],
@@ -562,59 +883,42 @@ impl Store {
     /// Adds a column to a table.
     pub fn add_column(&self, app: &str, table: &str, column: &Column) -> Result<(), StoreError> {
         validate_column_name(&column.name)?;
-        self.transaction(|tx| {
-            let cat = match Self::catalogue(tx, app, table) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
-            if cat.columns.iter().any(|(_, c, _)| c.name == column.name) {
-                return Ok(Err(bad(format!(
+        self.write(app, |t| {
+            let meta = t.table(table)?;
+            if meta.columns.iter().any(|c| c.column.name == column.name) {
+                return Err(bad(format!(
                     "table \"{table}\" already has a column \"{}\"",
                     column.name
-                ))));
+                )));
             }
-            if cat.columns.len() >= MAX_COLUMNS {
-                return Ok(Err(bad(format!("at most {MAX_COLUMNS} columns per table"))));
+            if meta.columns.len() >= MAX_COLUMNS {
+                return Err(bad(format!("at most {MAX_COLUMNS} columns per table")));
             }
-            if let Some(t) = column.kind.linked()
-                && t != table
-                && Self::catalogue(tx, app, t).is_err()
+            if let Some(linked) = column.kind.linked()
+                && linked != table
             {
-                return Ok(Err(bad(format!(
-                    "app \"{app}\" has no table \"{t}\" to link to"
-                ))));
+                t.table(linked)?;
             }
-            Self::insert_column(tx, cat.id, column)?;
-            Ok(Ok(()))
-        })?
+            Self::insert_column(t.conn, meta.id, column).map_err(|e| t.err(e))
+        })
     }
 
     /// The tables of `app`, with their columns and row counts.
     pub fn tables(&self, app: &str) -> Result<Vec<TableInfo>, StoreError> {
         self.app(app)?;
-        let names: Vec<String> = self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT name FROM data_tables WHERE app = ?1 ORDER BY name")?;
-            stmt.query_map([app], |r| r.get(0))?.collect()
-        })?;
-        names
-            .into_iter()
-            .map(|name| {
-                self.with(|c| Ok(Self::catalogue(c, app, &name)))?
-                    .and_then(|cat| {
-                        let rows: i64 = self.with(|c| {
-                            c.query_row(&format!("SELECT count(*) FROM tbl_{}", cat.id), [], |r| {
-                                r.get(0)
-                            })
-                        })?;
-                        Ok(TableInfo {
-                            name,
-                            columns: cat.columns.into_iter().map(|(_, c, _)| c).collect(),
-                            rows: rows as u64,
-                        })
+        self.read(app, |t| {
+            t.all()?
+                .into_iter()
+                .map(|meta| {
+                    let rows = t.count(&meta, &Query::default())?;
+                    Ok(TableInfo {
+                        name: meta.name,
+                        columns: meta.columns.into_iter().map(|c| c.column).collect(),
+                        rows,
                     })
-            })
-            .collect()
+                })
+                .collect()
+        })
     }
 
     /// Adds rows to a table in one transaction: all of them or none.
@@ -625,38 +929,7 @@ impl Store {
         table: &str,
         rows: &[Map<String, Value>],
     ) -> Result<Vec<i64>, StoreError> {
-        self.transaction(|tx| {
-            let cat = match Self::catalogue(tx, app, table) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
-            let mut ids = Vec::with_capacity(rows.len());
-            for values in rows {
-                let converted = match cat.convert(tx, table, values) {
-                    Ok(c) => c,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let (cols, vals): (Vec<String>, Vec<Sql>) = converted
-                    .into_iter()
-                    .map(|(cid, v)| (format!("c_{cid}"), v))
-                    .unzip();
-                let sql = if cols.is_empty() {
-                    format!("INSERT INTO tbl_{} DEFAULT VALUES", cat.id)
-                } else {
-                    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-                    format!(
-                        "INSERT INTO tbl_{} ({}) VALUES ({})",
-                        cat.id,
-                        cols.join(", "),
-                        marks.join(", ")
-                    )
-                };
-                tx.prepare_cached(&sql)?
-                    .execute(rusqlite::params_from_iter(vals.iter()))?;
-                ids.push(tx.last_insert_rowid());
-            }
-            Ok(Ok(ids))
-        })?
+        self.write(app, |t| t.add_rows(&t.table(table)?, rows))
     }
 
     /// Changes some values of row `id`.
@@ -667,45 +940,18 @@ impl Store {
         id: i64,
         values: &Map<String, Value>,
     ) -> Result<(), StoreError> {
-        self.transaction(|tx| {
-            let cat = match Self::catalogue(tx, app, table) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
-            let converted = match cat.convert(tx, table, values) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
-            let (sets, mut vals): (Vec<String>, Vec<Sql>) = converted
-                .into_iter()
-                .enumerate()
-                .map(|(i, (cid, v))| (format!("c_{cid} = ?{}", i + 1), v))
-                .unzip();
-            if sets.is_empty() {
-                return Ok(Ok(()));
+        self.write(app, |t| {
+            if t.update_row(&t.table(table)?, id, values)? {
+                Ok(())
+            } else {
+                Err(bad(format!("table \"{table}\" has no row {id}")))
             }
-            vals.push(Sql::Integer(id));
-            let changed = tx.execute(
-                &format!(
-                    "UPDATE tbl_{} SET {} WHERE _id = ?{}",
-                    cat.id,
-                    sets.join(", "),
-                    vals.len()
-                ),
-                rusqlite::params_from_iter(vals.iter()),
-            )?;
-            if changed == 0 {
-                return Ok(Err(bad(format!("table \"{table}\" has no row {id}"))));
-            }
-            Ok(Ok(()))
-        })?
+        })
     }
 
     /// Deletes row `id`; answers whether it existed.
     pub fn delete_row(&self, app: &str, table: &str, id: i64) -> Result<bool, StoreError> {
-        let cat = self.with(|c| Ok(Self::catalogue(c, app, table)))??;
-        self.with(|c| c.execute(&format!("DELETE FROM tbl_{} WHERE _id = ?1", cat.id), [id]))
-            .map(|n| n > 0)
+        self.write(app, |t| t.delete_row(&t.table(table)?, id))
     }
 
     /// Rows whose columns equal `filters` (all of them), ordered and paged.
@@ -716,85 +962,29 @@ impl Store {
         filters: &Map<String, Value>,
         page: &Page,
     ) -> Result<Vec<Row>, StoreError> {
-        self.with(|c| Ok(Self::search_in(c, app, table, filters, page, None)))?
-    }
-
-    fn search_in(
-        c: &rusqlite::Connection,
-        app: &str,
-        table: &str,
-        filters: &Map<String, Value>,
-        page: &Page,
-        only: Option<i64>,
-    ) -> Result<Vec<Row>, StoreError> {
-        let cat = Self::catalogue(c, app, table)?;
-        let mut conditions = Vec::new();
-        let mut vals = Vec::new();
-        if let Some(id) = only {
-            vals.push(Sql::Integer(id));
-            conditions.push("_id = ?1".to_owned());
-        }
-        for (name, value) in filters {
-            let (cid, column, linked) = cat.column(table, name)?;
-            if value.is_null() {
-                conditions.push(format!("c_{cid} IS NULL"));
-                continue;
-            }
-            vals.push(to_sql(c, column, *linked, value)?);
-            conditions.push(format!("c_{cid} = ?{}", vals.len()));
-        }
-        let order = match &page.order_by {
-            None => "_id".to_owned(),
-            Some((name, ascending)) => {
-                let (cid, _, _) = cat.column(table, name)?;
-                format!("c_{cid} {}, _id", if *ascending { "ASC" } else { "DESC" })
-            }
+        let query = Query {
+            filters: filters
+                .iter()
+                .map(|(column, value)| Filter::Eq {
+                    column: column.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            order: page.order_by.iter().cloned().collect(),
         };
-        let selected: Vec<String> = cat
-            .columns
-            .iter()
-            .map(|(cid, _, _)| format!("c_{cid}"))
-            .collect();
-        let sql = format!(
-            "SELECT _id{}{} FROM tbl_{} {} ORDER BY {order} LIMIT {} OFFSET {}",
-            if selected.is_empty() { "" } else { ", " },
-            selected.join(", "),
-            cat.id,
-            if conditions.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conditions.join(" AND "))
-            },
-            page.limit.min(MAX_PAGE),
-            page.offset
-        );
-        let sqlerr = |e: rusqlite::Error| bad(e.to_string());
-        let mut stmt = c.prepare(&sql).map_err(sqlerr)?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(vals.iter()))
-            .map_err(sqlerr)?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(sqlerr)? {
-            let id: i64 = r.get(0).map_err(sqlerr)?;
-            let mut values = Map::new();
-            for (i, (_, column, _)) in cat.columns.iter().enumerate() {
-                let v = r.get_ref(i + 1).map_err(sqlerr)?;
-                values.insert(column.name.clone(), from_sql(&column.kind, v));
-            }
-            out.push((id, values));
-        }
-        Ok(out)
+        self.read(app, |t| {
+            t.search(&t.table(table)?, &query, page.offset, page.limit)
+        })
     }
 
     /// Row `id`, if it exists.
     pub fn get_row(&self, app: &str, table: &str, id: i64) -> Result<Option<Row>, StoreError> {
-        let page = Page {
-            order_by: None,
-            offset: 0,
-            limit: 1,
-        };
-        self.with(|c| Ok(Self::search_in(c, app, table, &Map::new(), &page, Some(id))))?
-            .map(|rows| rows.into_iter().next())
+        self.read(app, |t| t.get(&t.table(table)?, id))
+    }
+
+    /// Rows in a table.
+    pub fn count_rows(&self, app: &str, table: &str) -> Result<u64, StoreError> {
+        self.read(app, |t| t.count(&t.table(table)?, &Query::default()))
     }
 
     /// A numeric column over a datetime column between `from` and `to`
@@ -822,11 +1012,18 @@ impl Store {
             ));
         }
         let buckets = buckets.clamp(1, 10_000);
-        self.with(|c| {
-            Ok((|| {
-                let cat = Self::catalogue(c, app, table)?;
-                let (tid, tcol, _) = cat.column(table, time_column)?;
-                let (vid, vcol, _) = cat.column(table, value_column)?;
+        self.read(app, |t| {
+            let c = t.conn;
+            {
+                let cat = t.table(table)?;
+                let (tid, tcol) = {
+                    let m = cat.column(time_column)?;
+                    (m.id, &m.column)
+                };
+                let (vid, vcol) = {
+                    let m = cat.column(value_column)?;
+                    (m.id, &m.column)
+                };
                 if tcol.kind != ColumnType::DateTime {
                     return Err(bad(format!(
                         "column \"{time_column}\" is {}, not datetime",
@@ -900,19 +1097,428 @@ impl Store {
                     last.mean = sum / last.count as f64;
                 }
                 Ok(out)
-            })())
-        })?
+            }
+        })
+    }
+}
+
+impl Tables<'_> {
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        sql_error(self.path, e)
     }
 
-    /// Rows in a table.
-    pub fn count_rows(&self, app: &str, table: &str) -> Result<u64, StoreError> {
-        let cat = self.with(|c| Ok(Self::catalogue(c, app, table)))??;
-        self.with(|c| {
-            c.query_row(&format!("SELECT count(*) FROM tbl_{}", cat.id), [], |r| {
-                r.get::<_, i64>(0)
+    fn meta(
+        &self,
+        found: Option<(i64, String, String, bool)>,
+    ) -> Result<Option<TableMeta>, StoreError> {
+        let Some((id, name, access, login)) = found else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.id, c.name, c.kind, t.id FROM data_columns c
+                 LEFT JOIN data_tables t ON t.app = ?2 AND t.name = c.linked
+                 WHERE c.table_id = ?1 ORDER BY c.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let columns = stmt
+            .query_map(params![id, self.app], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
             })
+            .map_err(|e| self.err(e))?
+            .map(|r| {
+                let (id, name, kind, linked) = r.map_err(|e| self.err(e))?;
+                let kind = kind.parse::<ColumnType>().map_err(bad)?;
+                Ok(ColumnMeta {
+                    id,
+                    column: Column { name, kind },
+                    linked,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(TableMeta {
+            id,
+            name,
+            columns,
+            client_access: access.parse().unwrap_or(ClientAccess::None),
+            client_login: login,
+        }))
+    }
+
+    fn lookup(&self, by: &str, key: &dyn rusqlite::ToSql) -> Result<Option<TableMeta>, StoreError> {
+        let found = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT id, name, client_access, client_login FROM data_tables WHERE app = ?1 AND {by} = ?2"
+                ),
+                params![self.app, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        self.meta(found)
+    }
+
+    /// Table `name` of the app, or an error that says how to create it.
+    pub fn table(&self, name: &str) -> Result<TableMeta, StoreError> {
+        self.lookup("name", &name)?.ok_or_else(|| {
+            bad(format!(
+                "app \"{app}\" has no table \"{}\"; create it with `ferrolink table create --app {app} NAME --column NAME:TYPE ...`",
+                name.chars().take(80).collect::<String>(),
+                app = self.app,
+            ))
         })
-        .map(|n| n as u64)
+    }
+
+    /// The app's table with id `id`, if it has one.
+    pub fn table_by_id(&self, id: i64) -> Result<Option<TableMeta>, StoreError> {
+        self.lookup("id", &id)
+    }
+
+    /// All the app's tables, by name.
+    pub fn all(&self) -> Result<Vec<TableMeta>, StoreError> {
+        let names: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT name FROM data_tables WHERE app = ?1 ORDER BY name")
+                .map_err(|e| self.err(e))?;
+            stmt.query_map([self.app], |r| r.get(0))
+                .map_err(|e| self.err(e))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.err(e))?
+        };
+        names.iter().map(|n| self.table(n)).collect()
+    }
+
+    /// Adds rows: all of them or none. Answers their ids.
+    pub fn add_rows(
+        &self,
+        meta: &TableMeta,
+        rows: &[Map<String, Value>],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::with_capacity(rows.len());
+        for values in rows {
+            let (cols, vals): (Vec<String>, Vec<Sql>) = meta
+                .convert(self.conn, values)?
+                .into_iter()
+                .map(|(cid, v)| (format!("c_{cid}"), v))
+                .unzip();
+            let sql = if cols.is_empty() {
+                format!("INSERT INTO tbl_{} DEFAULT VALUES", meta.id)
+            } else {
+                let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+                format!(
+                    "INSERT INTO tbl_{} ({}) VALUES ({})",
+                    meta.id,
+                    cols.join(", "),
+                    marks.join(", ")
+                )
+            };
+            self.conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals.iter())))
+                .map_err(|e| self.err(e))?;
+            ids.push(self.conn.last_insert_rowid());
+        }
+        Ok(ids)
+    }
+
+    /// Changes some values of row `id`; answers whether the row exists.
+    pub fn update_row(
+        &self,
+        meta: &TableMeta,
+        id: i64,
+        values: &Map<String, Value>,
+    ) -> Result<bool, StoreError> {
+        let (sets, mut vals): (Vec<String>, Vec<Sql>) = meta
+            .convert(self.conn, values)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (cid, v))| (format!("c_{cid} = ?{}", i + 1), v))
+            .unzip();
+        if sets.is_empty() {
+            return Ok(self.get(meta, id)?.is_some());
+        }
+        vals.push(Sql::Integer(id));
+        let changed = self
+            .conn
+            .execute(
+                &format!(
+                    "UPDATE tbl_{} SET {} WHERE _id = ?{}",
+                    meta.id,
+                    sets.join(", "),
+                    vals.len()
+                ),
+                rusqlite::params_from_iter(vals.iter()),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed > 0)
+    }
+
+    /// Deletes row `id`; answers whether it existed.
+    pub fn delete_row(&self, meta: &TableMeta, id: i64) -> Result<bool, StoreError> {
+        self.conn
+            .execute(&format!("DELETE FROM tbl_{} WHERE _id = ?1", meta.id), [id])
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes the rows `query` finds; answers how many.
+    pub fn delete_where(&self, meta: &TableMeta, query: &Query) -> Result<u64, StoreError> {
+        let mut vals = Vec::new();
+        let cond = self.conditions(meta, &query.filters, &mut vals)?;
+        self.conn
+            .execute(
+                &format!("DELETE FROM tbl_{} WHERE {cond}", meta.id),
+                rusqlite::params_from_iter(vals.iter()),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// How many rows `query` finds.
+    pub fn count(&self, meta: &TableMeta, query: &Query) -> Result<u64, StoreError> {
+        let mut vals = Vec::new();
+        let cond = self.conditions(meta, &query.filters, &mut vals)?;
+        self.conn
+            .query_row(
+                &format!("SELECT count(*) FROM tbl_{} WHERE {cond}", meta.id),
+                rusqlite::params_from_iter(vals.iter()),
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Row `id`, if it exists.
+    pub fn get(&self, meta: &TableMeta, id: i64) -> Result<Option<Row>, StoreError> {
+        Ok(self
+            .select(meta, &format!("_id = {id}"), &[], "_id", 1, 0)?
+            .into_iter()
+            .next())
+    }
+
+    /// The rows `query` finds, in its order, skipping `offset` and
+    /// answering at most `limit` (and at most [`MAX_PAGE`]).
+    pub fn search(
+        &self,
+        meta: &TableMeta,
+        query: &Query,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut vals = Vec::new();
+        let cond = self.conditions(meta, &query.filters, &mut vals)?;
+        let mut order = String::new();
+        for (name, ascending) in &query.order {
+            let c = meta.column(name)?;
+            order.push_str(&format!(
+                "c_{} {}, ",
+                c.id,
+                if *ascending { "ASC" } else { "DESC" }
+            ));
+        }
+        order.push_str("_id");
+        self.select(meta, &cond, &vals, &order, limit.min(MAX_PAGE), offset)
+    }
+
+    fn select(
+        &self,
+        meta: &TableMeta,
+        cond: &str,
+        vals: &[Sql],
+        order: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut selected = String::from("_id");
+        for c in &meta.columns {
+            selected.push_str(&format!(", c_{}", c.id));
+        }
+        let sql = format!(
+            "SELECT {selected} FROM tbl_{} WHERE {cond} ORDER BY {order} LIMIT {limit} OFFSET {offset}",
+            meta.id
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(vals.iter()))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let id: i64 = r.get(0).map_err(|e| self.err(e))?;
+            let mut values = Map::new();
+            for (i, c) in meta.columns.iter().enumerate() {
+                let v = r.get_ref(i + 1).map_err(|e| self.err(e))?;
+                values.insert(c.column.name.clone(), from_sql(&c.column.kind, v));
+            }
+            out.push((id, values));
+        }
+        Ok(out)
+    }
+
+    /// `filters` as one SQL condition (`1` when empty), their values
+    /// pushed onto `vals`.
+    fn conditions(
+        &self,
+        meta: &TableMeta,
+        filters: &[Filter],
+        vals: &mut Vec<Sql>,
+    ) -> Result<String, StoreError> {
+        let mut budget = MAX_CONDITIONS;
+        self.join(meta, filters, " AND ", "1", vals, &mut budget)
+    }
+
+    fn join(
+        &self,
+        meta: &TableMeta,
+        filters: &[Filter],
+        sep: &str,
+        empty: &str,
+        vals: &mut Vec<Sql>,
+        budget: &mut usize,
+    ) -> Result<String, StoreError> {
+        if filters.is_empty() {
+            return Ok(empty.to_owned());
+        }
+        let parts = filters
+            .iter()
+            .map(|f| self.condition(meta, f, vals, budget))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(format!("({})", parts.join(sep)))
+    }
+
+    fn condition(
+        &self,
+        meta: &TableMeta,
+        filter: &Filter,
+        vals: &mut Vec<Sql>,
+        budget: &mut usize,
+    ) -> Result<String, StoreError> {
+        *budget = budget.checked_sub(1).ok_or_else(|| {
+            bad(format!(
+                "a query may hold at most {MAX_CONDITIONS} conditions; split it"
+            ))
+        })?;
+        let push = |vals: &mut Vec<Sql>, v: Sql| {
+            vals.push(v);
+            format!("?{}", vals.len())
+        };
+        let wrong = |c: &ColumnMeta, what: &str| {
+            bad(format!(
+                "column \"{}\" is {}: {what}",
+                c.column.name, c.column.kind
+            ))
+        };
+        Ok(match filter {
+            Filter::Eq { column, value } => {
+                let c = meta.column(column)?;
+                if value.is_null() {
+                    return Ok(format!("c_{} IS NULL", c.id));
+                }
+                match &c.column.kind {
+                    ColumnType::Links(_) => {
+                        let ids = match value {
+                            Value::Array(a) => a.clone(),
+                            v => vec![v.clone()],
+                        };
+                        let mut parts = vec![format!("c_{} IS NOT NULL", c.id)];
+                        for id in ids {
+                            let id = id.as_i64().ok_or_else(|| {
+                                wrong(c, "search it with rows of the linked table")
+                            })?;
+                            let mark = push(vals, Sql::Integer(id));
+                            parts.push(format!(
+                                "EXISTS (SELECT 1 FROM json_each(c_{}) WHERE value = {mark})",
+                                c.id
+                            ));
+                        }
+                        format!("({})", parts.join(" AND "))
+                    }
+                    ColumnType::Link(_) => {
+                        let id = value
+                            .as_i64()
+                            .ok_or_else(|| wrong(c, "search it with a row of the linked table"))?;
+                        format!("c_{} = {}", c.id, push(vals, Sql::Integer(id)))
+                    }
+                    _ => {
+                        let v = to_sql(self.conn, &c.column, c.linked, value)?;
+                        format!("c_{} = {}", c.id, push(vals, v))
+                    }
+                }
+            }
+            Filter::Compare { column, cmp, value } => {
+                let c = meta.column(column)?;
+                if !matches!(
+                    c.column.kind,
+                    ColumnType::Text | ColumnType::Number | ColumnType::Date | ColumnType::DateTime
+                ) {
+                    return Err(wrong(
+                        c,
+                        "only text, number, date and datetime columns are compared",
+                    ));
+                }
+                if value.is_null() {
+                    return Err(wrong(c, "compare it with a value, not None"));
+                }
+                let v = to_sql(self.conn, &c.column, c.linked, value)?;
+                let op = match cmp {
+                    Cmp::Gt => ">",
+                    Cmp::Ge => ">=",
+                    Cmp::Lt => "<",
+                    Cmp::Le => "<=",
+                };
+                format!("c_{} {op} {}", c.id, push(vals, v))
+            }
+            Filter::Like {
+                column,
+                pattern,
+                ignore_case,
+            } => {
+                let c = meta.column(column)?;
+                if c.column.kind != ColumnType::Text {
+                    return Err(wrong(c, "only text columns match patterns"));
+                }
+                if *ignore_case {
+                    format!("c_{} LIKE {}", c.id, push(vals, Sql::Text(pattern.clone())))
+                } else {
+                    format!(
+                        "c_{} GLOB {}",
+                        c.id,
+                        push(vals, Sql::Text(like_to_glob(pattern)))
+                    )
+                }
+            }
+            Filter::Words { column, query } => {
+                let c = meta.column(column)?;
+                if c.column.kind != ColumnType::Text {
+                    return Err(wrong(c, "only text columns are searched for words"));
+                }
+                let parts: Vec<String> = query
+                    .split_whitespace()
+                    .map(|w| {
+                        let mark = push(vals, Sql::Text(format!("%{}%", like_literal(w))));
+                        format!("c_{} LIKE {mark} ESCAPE '\\'", c.id)
+                    })
+                    .collect();
+                if parts.is_empty() {
+                    "1".to_owned()
+                } else {
+                    format!("({})", parts.join(" AND "))
+                }
+            }
+            Filter::All { of } => self.join(meta, of, " AND ", "1", vals, budget)?,
+            Filter::Any { of } => self.join(meta, of, " OR ", "0", vals, budget)?,
+            Filter::NoneOf { of } => {
+                format!("NOT {}", self.join(meta, of, " OR ", "(0)", vals, budget)?)
+            }
+        })
     }
 }
 

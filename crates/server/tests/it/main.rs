@@ -10,4 +10,5 @@ mod operations;
 mod protocol;
 mod python;
 mod routing;
+mod tables;
 mod web;

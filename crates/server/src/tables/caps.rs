@@ -1,0 +1,227 @@
+//! Capabilities: the unforgeable handles the official client holds for a
+//! table, a row or a search, and sends back on every table call.
+//!
+//! A capability is a scope (a JSON list the server chooses; see
+//! docs/tables-protocol.md §4) and a MAC: HMAC-SHA256, keyed with a secret
+//! kept in the database, over the app's name and the scope's canonical
+//! JSON. The client never looks inside; the server verifies the MAC of
+//! every capability it is handed, so a scope cannot be widened (another
+//! row, another table, another query) or carried to another app.
+
+use hmac::{Hmac, Mac as _};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Mints and verifies capabilities.
+pub(crate) struct Caps {
+    key: Vec<u8>,
+}
+
+/// What a verified capability grants.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scope {
+    /// A whole table.
+    Table(i64),
+    /// One row of a table.
+    Row(i64, i64),
+    /// A search of a table: its query (this module does not read it), and
+    /// where the page starts (`None`: the search itself, page one).
+    Search {
+        table: i64,
+        query: String,
+        page_size: usize,
+        offset: Option<usize>,
+    },
+}
+
+impl Scope {
+    fn to_json(&self) -> Value {
+        let view = |t: i64| serde_json::json!({ "id": t });
+        match self {
+            Self::Table(t) => serde_json::json!(["_", "t", view(*t)]),
+            Self::Row(t, r) => serde_json::json!(["_", "t", view(*t), { "r": r }]),
+            Self::Search {
+                table,
+                query,
+                page_size,
+                offset,
+            } => {
+                serde_json::json!(["_", "t", view(*table), { "q": query, "n": page_size }, offset])
+            }
+        }
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let a = v.as_array()?;
+        if a.first()?.as_str()? != "_" || a.get(1)?.as_str()? != "t" {
+            return None;
+        }
+        let view = a.get(2)?.as_object()?;
+        // Views other than the whole table (read-only, restricted) are not
+        // minted yet; refuse any that are not exactly `{"id": T}`.
+        if view.len() != 1 {
+            return None;
+        }
+        let t = view.get("id")?.as_i64()?;
+        match a.len() {
+            3 => Some(Self::Table(t)),
+            4 => {
+                let r = a[3].as_object()?;
+                (r.len() == 1).then_some(())?;
+                Some(Self::Row(t, r.get("r")?.as_i64()?))
+            }
+            5 => {
+                let s = a[3].as_object()?;
+                Some(Self::Search {
+                    table: t,
+                    query: s.get("q")?.as_str()?.to_owned(),
+                    page_size: usize::try_from(s.get("n")?.as_u64()?).ok()?,
+                    offset: match &a[4] {
+                        Value::Null => None,
+                        o => Some(usize::try_from(o.as_u64()?).ok()?),
+                    },
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why a capability was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Not a capability entry, or a scope this server never mints.
+    Malformed,
+    /// The MAC does not match: forged, changed, or from another app.
+    BadMac,
+}
+
+impl Caps {
+    pub(crate) fn new(key: Vec<u8>) -> Self {
+        Self { key }
+    }
+
+    fn mac(&self, app: &str, scope: &Value) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(app.as_bytes());
+        mac.update(&[0]);
+        // serde_json's maps are sorted, so this is the canonical form
+        // whatever order the client wrote the keys in.
+        mac.update(scope.to_string().as_bytes());
+        mac
+    }
+
+    /// The `objects` entry for `scope` at `path`.
+    pub(crate) fn entry(&self, app: &str, scope: &Scope, path: Value) -> Value {
+        let scope = scope.to_json();
+        let mac = hex(&self.mac(app, &scope).finalize().into_bytes());
+        serde_json::json!({
+            "type": ["Capability"],
+            "path": path,
+            "scope": scope,
+            "mac": mac,
+        })
+    }
+
+    /// Verifies a `Capability` entry of `objects` sent by a connection of
+    /// `app`.
+    pub(crate) fn verify(&self, app: &str, entry: &Value) -> Result<Scope, Refused> {
+        let e = entry.as_object().ok_or(Refused::Malformed)?;
+        // A narrowed capability is never minted here, and narrowing could
+        // turn a table into a row: refuse it rather than interpret it.
+        if e.contains_key("narrow") {
+            return Err(Refused::Malformed);
+        }
+        let scope = e.get("scope").ok_or(Refused::Malformed)?;
+        let mac = e
+            .get("mac")
+            .and_then(Value::as_str)
+            .and_then(unhex)
+            .ok_or(Refused::Malformed)?;
+        self.mac(app, scope)
+            .verify_slice(&mac)
+            .map_err(|_| Refused::BadMac)?;
+        Scope::from_json(scope).ok_or(Refused::Malformed)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps() -> Caps {
+        Caps::new(vec![7; 32])
+    }
+
+    #[test]
+    fn a_minted_capability_verifies_and_round_trips_its_scope() {
+        let c = caps();
+        for scope in [
+            Scope::Table(3),
+            Scope::Row(3, 99),
+            Scope::Search {
+                table: 3,
+                query: "{\"filters\":[]}".into(),
+                page_size: 100,
+                offset: None,
+            },
+            Scope::Search {
+                table: 3,
+                query: "{}".into(),
+                page_size: 2,
+                offset: Some(40),
+            },
+        ] {
+            let e = c.entry("greenhouse", &scope, serde_json::json!(["response", 0]));
+            assert_eq!(c.verify("greenhouse", &e), Ok(scope));
+        }
+    }
+
+    #[test]
+    fn forged_widened_or_foreign_capabilities_are_refused() {
+        let c = caps();
+        let e = c.entry("greenhouse", &Scope::Row(3, 1), serde_json::json!([]));
+        // Another app's connection.
+        assert_eq!(c.verify("other", &e), Err(Refused::BadMac));
+        // Another row, same MAC.
+        let mut widened = e.clone();
+        widened["scope"][3]["r"] = 2.into();
+        assert_eq!(c.verify("greenhouse", &widened), Err(Refused::BadMac));
+        // A row capability cut down to its table.
+        let mut table = e.clone();
+        table["scope"].as_array_mut().unwrap().pop();
+        assert_eq!(c.verify("greenhouse", &table), Err(Refused::BadMac));
+        // A server with another secret.
+        assert_eq!(
+            Caps::new(vec![8; 32]).verify("greenhouse", &e),
+            Err(Refused::BadMac)
+        );
+        // Narrowing, missing or malformed MACs.
+        let mut narrowed = e.clone();
+        narrowed["narrow"] = serde_json::json!([{"r": 2}]);
+        assert_eq!(c.verify("greenhouse", &narrowed), Err(Refused::Malformed));
+        let mut no_mac = e.clone();
+        no_mac["mac"] = "zz".into();
+        assert_eq!(c.verify("greenhouse", &no_mac), Err(Refused::Malformed));
+        // Key order in the scope does not matter, content does.
+        let view_first = serde_json::json!({
+            "scope": ["_", "t", {"id": 3}, {"r": 1}],
+            "mac": e["mac"],
+        });
+        assert_eq!(c.verify("greenhouse", &view_first), Ok(Scope::Row(3, 1)));
+    }
+}

@@ -1,0 +1,864 @@
+//! The `anvil.private.tables.v2.*` functions, one by one
+//! (docs/tables-protocol.md §2).
+
+use serde_json::{Map, Value, json};
+
+use crate::storage::tables::{
+    ClientAccess, Cmp, ColumnMeta, ColumnType, Filter, MAX_PAGE, Query, Row, TableMeta, Tables,
+};
+
+use super::caps::Scope;
+use super::wire::{self, Objects, Slot, TableData, slot};
+use super::{Answer, Failure, Job, ROW_DELETED, Service, Who, table_error};
+
+/// Rows a search answers per page unless `page_size` says otherwise.
+const DEFAULT_PAGE: usize = 100;
+
+/// What a caller needs to be allowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Read,
+    Add,
+    Write,
+}
+
+/// One parsed table call.
+pub(crate) struct Request<'a> {
+    svc: &'a Service,
+    who: &'a Who,
+    name: &'a str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    objects: Objects,
+}
+
+fn arg_path(tail: &[Value]) -> Vec<Value> {
+    let mut p = vec![Value::from("args")];
+    p.extend_from_slice(tail);
+    p
+}
+
+fn row_deleted() -> Failure {
+    Failure {
+        ty: ROW_DELETED,
+        message: "This row has been deleted".to_owned(),
+    }
+}
+
+fn denied(meta: &TableMeta, what: &str) -> Failure {
+    Failure {
+        ty: ferrolink_proto::error_type::PERMISSION_DENIED,
+        message: format!(
+            "this connection may not {what} table \"{}\" (its client access is {}; change it with `ferrolink table set --client`)",
+            meta.name,
+            meta.client_access.as_str()
+        ),
+    }
+}
+
+impl<'a> Request<'a> {
+    pub(crate) fn parse(
+        svc: &'a Service,
+        who: &'a Who,
+        name: &'a str,
+        job: &Job,
+    ) -> Result<Self, Failure> {
+        let args: Vec<Value> = serde_json::from_str(&job.args)
+            .map_err(|_| table_error("the call's arguments are not a list"))?;
+        let kwargs: Map<String, Value> = serde_json::from_str(&job.kwargs)
+            .map_err(|_| table_error("the call's keyword arguments are not an object"))?;
+        Ok(Self {
+            svc,
+            who,
+            name,
+            args,
+            kwargs,
+            objects: Objects::parse(job.objects.as_deref())?,
+        })
+    }
+
+    /// Whether the call writes (and so runs in a write transaction).
+    pub(crate) fn writes(&self) -> bool {
+        matches!(
+            self.name,
+            "table.add_row"
+                | "table.add_rows"
+                | "table.delete_all_rows"
+                | "search.delete_all"
+                | "row.update"
+                | "row.delete"
+                | "row.batch_update"
+                | "row.batch_delete_2"
+        )
+    }
+
+    fn arg(&self, i: usize) -> &Value {
+        self.args.get(i).unwrap_or(&Value::Null)
+    }
+
+    fn access(&self, meta: &TableMeta) -> ClientAccess {
+        if self.who.server {
+            ClientAccess::Write
+        } else if meta.client_login && !self.who.user {
+            ClientAccess::None
+        } else {
+            meta.client_access
+        }
+    }
+
+    fn check(&self, meta: &TableMeta, need: Need) -> Result<(), Failure> {
+        let access = self.access(meta);
+        let ok = match need {
+            Need::Read => access >= ClientAccess::Read,
+            Need::Add => matches!(access, ClientAccess::Add | ClientAccess::Write),
+            Need::Write => access == ClientAccess::Write,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(denied(
+                meta,
+                match need {
+                    Need::Read => "read",
+                    Need::Add => "add rows to",
+                    Need::Write => "change",
+                },
+            ))
+        }
+    }
+
+    /// The verified capability at `path`.
+    fn cap(&self, path: &[Value]) -> Result<Scope, Failure> {
+        let found = self.objects.at(path);
+        let entry = found
+            .iter()
+            .find(|e| e["type"].get(0).and_then(Value::as_str) == Some("Capability"))
+            .ok_or_else(|| {
+                table_error("this call needs a table, row or search handle and got none")
+            })?;
+        self.svc
+            .caps
+            .verify(&self.who.app, entry)
+            .map_err(|_| Failure {
+                ty: ferrolink_proto::error_type::PERMISSION_DENIED,
+                message:
+                    "a table, row or search handle was forged, changed, or made for another app"
+                        .to_owned(),
+            })
+    }
+
+    fn table(&self, t: &Tables<'_>, id: i64) -> Result<TableMeta, Failure> {
+        t.table_by_id(id)?
+            .ok_or_else(|| table_error("this table no longer exists"))
+    }
+
+    /// The table of the capability in argument `i`, checked for `need`.
+    fn table_arg(&self, t: &Tables<'_>, i: usize, need: Need) -> Result<TableMeta, Failure> {
+        let scope = self.cap(&arg_path(&[i.into()]))?;
+        let Scope::Table(id) = scope else {
+            return Err(table_error("expected a table handle"));
+        };
+        let meta = self.table(t, id)?;
+        self.check(&meta, need)?;
+        Ok(meta)
+    }
+
+    /// The table and row of the row capability at `path`.
+    fn row_at(
+        &self,
+        t: &Tables<'_>,
+        path: &[Value],
+        need: Need,
+    ) -> Result<(TableMeta, i64), Failure> {
+        let Scope::Row(table, row) = self.cap(path)? else {
+            return Err(table_error("expected a row"));
+        };
+        let meta = self.table(t, table).map_err(|_| row_deleted())?;
+        self.check(&meta, need)?;
+        Ok((meta, row))
+    }
+
+    /// The search capability in argument 0: table, query, page size and
+    /// where its page starts.
+    fn search_arg(
+        &self,
+        t: &Tables<'_>,
+        need: Need,
+    ) -> Result<(TableMeta, Query, usize, usize), Failure> {
+        let Scope::Search {
+            table,
+            query,
+            page_size,
+            offset,
+        } = self.cap(&arg_path(&[0.into()]))?
+        else {
+            return Err(table_error("expected a search handle"));
+        };
+        let meta = self.table(t, table)?;
+        self.check(&meta, need)?;
+        let query: Query = serde_json::from_str(&query)
+            .map_err(|_| table_error("this search handle is from an older server; search again"))?;
+        Ok((meta, query, page_size, offset.unwrap_or(0)))
+    }
+
+    pub(crate) fn run(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let answer = match self.name {
+            "get_app_tables" => self.get_app_tables(t),
+            "get_table_by_id" => self.get_table_by_id(t),
+            "table.add_row" => self.add_row(t),
+            "table.add_rows" => self.add_rows(t),
+            "table.get_row" => self.get_row(t),
+            "table.get_row_by_id" => self.get_row_by_id(t),
+            "table.has_row" => self.has_row(t),
+            "table.list_columns" => self.list_columns(t),
+            "table.search" => self.search(t),
+            "table.delete_all_rows" => {
+                let meta = self.table_arg(t, 0, Need::Write)?;
+                t.delete_where(&meta, &Query::default())?;
+                Ok(Answer::plain(Value::Null))
+            }
+            "search.next_page" => self.next_page(t),
+            "search.get_length" => {
+                let (meta, query, _, _) = self.search_arg(t, Need::Read)?;
+                Ok(Answer::plain(t.count(&meta, &query)?.into()))
+            }
+            "search.delete_all" => {
+                let (meta, query, _, _) = self.search_arg(t, Need::Write)?;
+                t.delete_where(&meta, &query)?;
+                Ok(Answer::plain(Value::Null))
+            }
+            "row.fetch" => self.fetch(t),
+            "row.update" => {
+                self.update(
+                    t,
+                    &arg_path(&[0.into()]),
+                    self.arg(1),
+                    &arg_path(&[1.into()]),
+                )?;
+                Ok(Answer::plain(Value::Null))
+            }
+            "row.delete" => {
+                let (meta, row) = self.row_at(t, &arg_path(&[0.into()]), Need::Write)?;
+                t.delete_row(&meta, row)?;
+                Ok(Answer::plain(Value::Null))
+            }
+            "row.batch_update" => {
+                let n = self.arg(0).as_array().map_or(0, Vec::len);
+                for i in 0..n {
+                    let updates = &self.arg(0)[i][1];
+                    self.update(
+                        t,
+                        &arg_path(&[0.into(), i.into(), 0.into()]),
+                        updates,
+                        &arg_path(&[0.into(), i.into(), 1.into()]),
+                    )?;
+                }
+                Ok(Answer::plain(Value::Array(vec![Value::Null; n])))
+            }
+            "row.batch_delete_2" => {
+                let n = self.arg(0).as_array().map_or(0, Vec::len);
+                for i in 0..n {
+                    let (meta, row) =
+                        self.row_at(t, &arg_path(&[0.into(), i.into(), 0.into()]), Need::Write)?;
+                    t.delete_row(&meta, row)?;
+                }
+                Ok(Answer::plain(Value::Null))
+            }
+            "row.can_auto_create" => Ok(Answer::plain(false.into())),
+            "table.to_csv" => {
+                let meta = self.table_arg(t, 0, Need::Read)?;
+                self.to_csv(t, &meta, &Query::default())
+            }
+            "search.to_csv" => {
+                let (meta, query, _, _) = self.search_arg(t, Need::Read)?;
+                self.to_csv(t, &meta, &query)
+            }
+            "table.get_view" => Err(table_error(
+                "views (client_readable() and the like) are not supported by ferrolink yet; set a table's client access with `ferrolink table set --client`",
+            )),
+            other => Err(Failure {
+                ty: ferrolink_proto::error_type::NO_SERVER_FUNCTION,
+                message: format!(
+                    "No server function matching \"anvil.private.tables.v2.{}\" has been registered",
+                    other.chars().take(120).collect::<String>()
+                ),
+            }),
+        }?;
+        self.objects.all_used()?;
+        Ok(answer)
+    }
+
+    fn table_triple(&self, meta: &TableMeta, path: Vec<Value>, objects: &mut Vec<Value>) -> Value {
+        objects.push(self.svc.caps.entry(
+            &self.who.app,
+            &Scope::Table(meta.id),
+            Value::Array(path),
+        ));
+        json!([null, wire::view_key(meta.id), meta.id])
+    }
+
+    fn get_app_tables(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let mut out = Map::new();
+        let mut objects = Vec::new();
+        for meta in t.all()? {
+            if self.access(&meta) == ClientAccess::None {
+                continue;
+            }
+            let path = vec!["response".into(), meta.name.clone().into(), 0.into()];
+            out.insert(
+                meta.name.clone(),
+                self.table_triple(&meta, path, &mut objects),
+            );
+        }
+        Ok(Answer::new(Value::Object(out), objects))
+    }
+
+    fn get_table_by_id(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let id = match self.arg(0) {
+            Value::String(s) => s.parse().ok(),
+            v => v.as_i64(),
+        };
+        let meta = match id {
+            Some(id) => t.table_by_id(id)?,
+            None => None,
+        };
+        let mut objects = Vec::new();
+        let response = match meta {
+            Some(m) if self.access(&m) != ClientAccess::None => {
+                self.table_triple(&m, vec!["response".into(), 0.into()], &mut objects)
+            }
+            _ => Value::Null,
+        };
+        Ok(Answer::new(response, objects))
+    }
+
+    /// A value for column `c` from the call, at `path`, in the store's form.
+    fn value(&self, c: &ColumnMeta, v: &Value, path: &[Value]) -> Result<Value, Failure> {
+        let wrong = |what: &str| {
+            table_error(&format!(
+                "column \"{}\" is {}: {what}",
+                c.column.name, c.column.kind
+            ))
+        };
+        let row_ref = |entry: &Value| -> Result<Value, Failure> {
+            let scope = self
+                .svc
+                .caps
+                .verify(&self.who.app, entry)
+                .map_err(|_| Failure {
+                    ty: ferrolink_proto::error_type::PERMISSION_DENIED,
+                    message: "a row handle was forged, changed, or made for another app".to_owned(),
+                })?;
+            match (scope, c.linked) {
+                (Scope::Row(t, r), Some(linked)) if t == linked => Ok(r.into()),
+                _ => Err(wrong("pass a row of the linked table")),
+            }
+        };
+        Ok(match (&c.column.kind, slot(&self.objects, path)) {
+            (ColumnType::Link(_) | ColumnType::Links(_), Slot::RowRef(e)) => row_ref(e)?,
+            (ColumnType::Links(_), Slot::Plain) if v.is_array() => {
+                let items = v.as_array().map_or(&[][..], Vec::as_slice);
+                let mut ids = Vec::with_capacity(items.len());
+                for i in 0..items.len() {
+                    let mut p = path.to_vec();
+                    p.push(i.into());
+                    match slot(&self.objects, &p) {
+                        Slot::RowRef(e) => ids.push(row_ref(e)?),
+                        _ => return Err(wrong("pass a list of rows of the linked table")),
+                    }
+                }
+                Value::Array(ids)
+            }
+            (ColumnType::Link(_) | ColumnType::Links(_), Slot::Plain) if v.is_null() => Value::Null,
+            (ColumnType::Link(_) | ColumnType::Links(_), _) => {
+                return Err(wrong("pass rows of the linked table"));
+            }
+            (_, Slot::Plain) => v.clone(),
+            (_, Slot::Date(d)) => d.into(),
+            (_, Slot::DateTime(d)) => wire::datetime_from_wire(&d)?.into(),
+            (_, Slot::Long(n)) => n
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| wrong("a number"))?,
+            (_, Slot::RowRef(_)) => return Err(wrong("a row goes only into a link column")),
+            (_, Slot::Portable(name)) => {
+                return Err(wrong(&format!("cannot store a {name} object")));
+            }
+            (_, Slot::Other(name)) => return Err(wrong(&format!("cannot store a {name} value"))),
+        })
+    }
+
+    /// A dict of column values from the call (at `path`), in the store's form.
+    fn values(
+        &self,
+        meta: &TableMeta,
+        v: &Value,
+        path: &[Value],
+    ) -> Result<Map<String, Value>, Failure> {
+        let dict = match v {
+            Value::Object(d) => d,
+            Value::Null => return Ok(Map::new()),
+            _ => return Err(table_error("row values must be given by column name")),
+        };
+        let mut out = Map::new();
+        for (name, value) in dict {
+            let c = meta.column(name)?;
+            let mut p = path.to_vec();
+            p.push(name.clone().into());
+            out.insert(name.clone(), self.value(c, value, &p)?);
+        }
+        Ok(out)
+    }
+
+    fn add_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let meta = self.table_arg(t, 0, Need::Add)?;
+        let values = self.values(&meta, self.arg(1), &arg_path(&[1.into()]))?;
+        let id = t.add_rows(&meta, std::slice::from_ref(&values))?[0];
+        let cap = self.svc.caps.entry(
+            &self.who.app,
+            &Scope::Row(meta.id, id),
+            json!(["response", 1]),
+        );
+        Ok(Answer::new(
+            json!([id, null, wire::spec(&meta, false)]),
+            vec![cap],
+        ))
+    }
+
+    fn add_rows(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let meta = self.table_arg(t, 0, Need::Add)?;
+        let rows = self.arg(1).as_array().map_or(&[][..], Vec::as_slice);
+        let mut all = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            all.push(self.values(&meta, r, &arg_path(&[1.into(), i.into()]))?);
+        }
+        let ids = t.add_rows(&meta, &all)?;
+        let mut objects = Vec::with_capacity(ids.len());
+        let mut pairs = Vec::with_capacity(ids.len());
+        for (i, id) in ids.into_iter().enumerate() {
+            objects.push(self.svc.caps.entry(
+                &self.who.app,
+                &Scope::Row(meta.id, id),
+                json!(["response", 0, i, 1]),
+            ));
+            pairs.push(json!([id, null]));
+        }
+        Ok(Answer::new(
+            json!([pairs, wire::spec(&meta, false)]),
+            objects,
+        ))
+    }
+
+    fn update(
+        &self,
+        t: &Tables<'_>,
+        cap_path: &[Value],
+        updates: &Value,
+        path: &[Value],
+    ) -> Result<(), Failure> {
+        let (meta, row) = self.row_at(t, cap_path, Need::Write)?;
+        let values = self.values(&meta, updates, path)?;
+        if t.update_row(&meta, row, &values)? {
+            Ok(())
+        } else {
+            Err(row_deleted())
+        }
+    }
+
+    /// A condition on column `c` from the call: a plain value (equality),
+    /// a row, or a query object, at `path`.
+    fn column_filter(&self, c: &ColumnMeta, v: &Value, path: &[Value]) -> Result<Filter, Failure> {
+        let column = c.column.name.clone();
+        let inner = |key: &str| {
+            let mut p = path.to_vec();
+            p.push(key.into());
+            p
+        };
+        let Slot::Portable(name) = slot(&self.objects, path) else {
+            // Not a query object: equality. `slot` is looked up again by
+            // `value`, which finds the same entries.
+            return Ok(Filter::Eq {
+                column,
+                value: self.value(c, v, path)?,
+            });
+        };
+        let op = name.strip_prefix("anvil.tables.query.").unwrap_or(name);
+        let cmp = match op {
+            "greater_than" => Some(Cmp::Gt),
+            "greater_than_or_equal_to" => Some(Cmp::Ge),
+            "less_than" => Some(Cmp::Lt),
+            "less_than_or_equal_to" => Some(Cmp::Le),
+            _ => None,
+        };
+        if let Some(cmp) = cmp {
+            return Ok(Filter::Compare {
+                column,
+                cmp,
+                value: self.value(c, &v["value"], &inner("value"))?,
+            });
+        }
+        Ok(match op {
+            "like" | "ilike" => Filter::Like {
+                column,
+                pattern: v["pattern"]
+                    .as_str()
+                    .ok_or_else(|| table_error("like() takes a string pattern"))?
+                    .to_owned(),
+                ignore_case: op == "ilike",
+            },
+            "full_text_match" => Filter::Words {
+                column,
+                query: v["query"]
+                    .as_str()
+                    .ok_or_else(|| table_error("full_text_match() takes a string"))?
+                    .to_owned(),
+            },
+            "all_of" | "any_of" | "none_of" => {
+                if v["kwargs"].as_object().is_some_and(|k| !k.is_empty()) {
+                    return Err(table_error(&format!(
+                        "{op}() on a column takes values, not keyword arguments"
+                    )));
+                }
+                let args = v["args"].as_array().map_or(&[][..], Vec::as_slice);
+                let mut of = Vec::with_capacity(args.len());
+                for (j, a) in args.iter().enumerate() {
+                    let mut p = inner("args");
+                    p.push(j.into());
+                    of.push(self.column_filter(c, a, &p)?);
+                }
+                combine(op, of)
+            }
+            _ => {
+                return Err(table_error(&format!("cannot search with a {name} object")));
+            }
+        })
+    }
+
+    /// `all_of`/`any_of`/`none_of` given positionally: nested query
+    /// objects and column conditions.
+    fn combined(
+        &self,
+        meta: &TableMeta,
+        op: &str,
+        v: &Value,
+        path: &[Value],
+    ) -> Result<Filter, Failure> {
+        let mut of = Vec::new();
+        let args = v["args"].as_array().map_or(&[][..], Vec::as_slice);
+        for (j, a) in args.iter().enumerate() {
+            let mut p = path.to_vec();
+            p.extend(["args".into(), j.into()]);
+            match slot(&self.objects, &p) {
+                Slot::Portable(n) => {
+                    let inner = n.strip_prefix("anvil.tables.query.").unwrap_or(n);
+                    if !matches!(inner, "all_of" | "any_of" | "none_of") {
+                        return Err(table_error(&format!(
+                            "{inner}() needs a column: write column={inner}(...)"
+                        )));
+                    }
+                    of.push(self.combined(meta, inner, a, &p)?);
+                }
+                _ => {
+                    return Err(table_error(&format!(
+                        "{op}() takes query objects or column=value"
+                    )));
+                }
+            }
+        }
+        if let Some(kw) = v["kwargs"].as_object() {
+            for (name, value) in kw {
+                let mut p = path.to_vec();
+                p.extend(["kwargs".into(), name.clone().into()]);
+                of.push(self.column_filter(meta.column(name)?, value, &p)?);
+            }
+        }
+        Ok(combine(op, of))
+    }
+
+    /// The query of a search or get: positional arguments in argument 1,
+    /// column conditions in argument 2. Answers the query and the page size.
+    fn query(&self, meta: &TableMeta, options_allowed: bool) -> Result<(Query, usize), Failure> {
+        let mut query = Query::default();
+        let mut page = DEFAULT_PAGE;
+        let positional = self.arg(1).as_array().map_or(&[][..], Vec::as_slice);
+        for (i, v) in positional.iter().enumerate() {
+            let p = arg_path(&[1.into(), i.into()]);
+            let Slot::Portable(name) = slot(&self.objects, &p) else {
+                return Err(table_error(
+                    "search() takes query objects positionally and column=value by keyword",
+                ));
+            };
+            match name {
+                "anvil.tables.order_by" | "anvil.tables.query.page_size" if !options_allowed => {
+                    return Err(table_error("get() takes no order_by or page_size"));
+                }
+                "anvil.tables.order_by" => {
+                    let column = v["column_name"]
+                        .as_str()
+                        .ok_or_else(|| table_error("order_by() takes a column name"))?;
+                    meta.column(column)?;
+                    query
+                        .order
+                        .push((column.to_owned(), v["ascending"].as_bool().unwrap_or(true)));
+                }
+                "anvil.tables.query.page_size" => {
+                    page = v["rows"]
+                        .as_u64()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| table_error("page_size() takes a number of rows above 0"))?
+                        .min(MAX_PAGE as u64) as usize;
+                }
+                // Every column is always sent.
+                "anvil.tables.fetch_only" => {}
+                n => {
+                    let op = n.strip_prefix("anvil.tables.query.").unwrap_or(n);
+                    if !matches!(op, "all_of" | "any_of" | "none_of") {
+                        return Err(table_error(&format!(
+                            "{op}() needs a column: write column={op}(...)"
+                        )));
+                    }
+                    query.filters.push(self.combined(meta, op, v, &p)?);
+                }
+            }
+        }
+        if let Some(kw) = self.arg(2).as_object() {
+            for (name, value) in kw {
+                let p = arg_path(&[2.into(), name.clone().into()]);
+                query
+                    .filters
+                    .push(self.column_filter(meta.column(name)?, value, &p)?);
+            }
+        }
+        Ok((query, page))
+    }
+
+    /// A TD of `rows` of `meta` at `base`, with stubs for the rows they link to.
+    fn table_data(
+        &self,
+        t: &Tables<'_>,
+        meta: &TableMeta,
+        rows: &[Row],
+        base: Vec<Value>,
+    ) -> Result<(Value, Vec<Value>), Failure> {
+        let mut td = TableData::new(&self.svc.caps, &self.who.app, base);
+        td.rows(meta, rows);
+        let mut metas: Vec<TableMeta> = Vec::new();
+        for (table, row) in td.missing_links() {
+            if !metas.iter().any(|m| m.id == table) {
+                if let Some(m) = t.table_by_id(table)? {
+                    metas.push(m);
+                } else {
+                    continue;
+                }
+            }
+            let m = metas.iter().find(|m| m.id == table).expect("pushed above");
+            td.stub(m, row);
+        }
+        Ok(td.finish())
+    }
+
+    /// A page of a search: the row ids, the next page's capability, the TD.
+    fn page(
+        &self,
+        t: &Tables<'_>,
+        meta: &TableMeta,
+        query: &Query,
+        (size, offset): (usize, usize),
+        (next_at, td_at): (Vec<Value>, Vec<Value>),
+        objects: &mut Vec<Value>,
+    ) -> Result<(Value, Value, Value), Failure> {
+        let mut rows = t.search(meta, query, offset, size + 1)?;
+        let more = rows.len() > size;
+        rows.truncate(size);
+        if more {
+            objects.push(self.svc.caps.entry(
+                &self.who.app,
+                &Scope::Search {
+                    table: meta.id,
+                    query: serde_json::to_string(query).expect("a query serialises"),
+                    page_size: size,
+                    offset: Some(offset + size),
+                },
+                Value::Array(next_at),
+            ));
+        }
+        let ids: Vec<Value> = rows.iter().map(|(id, _)| (*id).into()).collect();
+        let (td, more_objects) = self.table_data(t, meta, &rows, td_at)?;
+        objects.extend(more_objects);
+        Ok((Value::Array(ids), Value::Null, td))
+    }
+
+    fn search(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let meta = self.table_arg(t, 0, Need::Read)?;
+        let (query, size) = self.query(&meta, true)?;
+        let mut objects = vec![self.svc.caps.entry(
+            &self.who.app,
+            &Scope::Search {
+                table: meta.id,
+                query: serde_json::to_string(&query).expect("a query serialises"),
+                page_size: size,
+                offset: None,
+            },
+            json!(["response", 1]),
+        )];
+        let (ids, next, td) = self.page(
+            t,
+            &meta,
+            &query,
+            (size, 0),
+            (
+                vec!["response".into(), 2.into()],
+                vec!["response".into(), 3.into()],
+            ),
+            &mut objects,
+        )?;
+        Ok(Answer::new(json!([ids, null, next, td]), objects))
+    }
+
+    fn next_page(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let (meta, query, size, offset) = self.search_arg(t, Need::Read)?;
+        let mut objects = Vec::new();
+        let (ids, next, td) = self.page(
+            t,
+            &meta,
+            &query,
+            (size, offset),
+            (
+                vec!["response".into(), 1.into()],
+                vec!["response".into(), 2.into()],
+            ),
+            &mut objects,
+        )?;
+        Ok(Answer::new(json!([ids, next, td]), objects))
+    }
+
+    fn get_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let meta = self.table_arg(t, 0, Need::Read)?;
+        let (query, _) = self.query(&meta, false)?;
+        let rows = t.search(&meta, &query, 0, 2)?;
+        match rows.len() {
+            0 => Ok(Answer::plain(Value::Null)),
+            1 => {
+                let (td, objects) =
+                    self.table_data(t, &meta, &rows, vec!["response".into(), 1.into()])?;
+                Ok(Answer::new(json!([rows[0].0, td]), objects))
+            }
+            _ => Err(table_error(
+                "More than one row matched this query; use search() to see them all",
+            )),
+        }
+    }
+
+    /// A row id as the client sends it: `5`, `"5"` or `"[table,5]"`.
+    fn row_id(&self, meta: &TableMeta) -> Option<i64> {
+        match self.arg(1) {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => match s.parse() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    let (t, r) = s.strip_prefix('[')?.strip_suffix(']')?.split_once(',')?;
+                    (t.trim().parse::<i64>().ok()? == meta.id).then_some(())?;
+                    r.trim().parse().ok()
+                }
+            },
+            _ => None,
+        }
+    }
+
+    fn get_row_by_id(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let meta = self.table_arg(t, 0, Need::Read)?;
+        let Some(row) = self
+            .row_id(&meta)
+            .map(|id| t.get(&meta, id))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Answer::plain(Value::Null));
+        };
+        let id = row.0;
+        let (td, objects) = self.table_data(t, &meta, &[row], vec!["response".into(), 1.into()])?;
+        Ok(Answer::new(json!([id, td]), objects))
+    }
+
+    fn has_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let meta = self.table_arg(t, 0, Need::Read)?;
+        let found = match self.row_id(&meta) {
+            Some(id) => t.get(&meta, id)?.is_some(),
+            None => false,
+        };
+        Ok(Answer::plain(found.into()))
+    }
+
+    fn list_columns(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let meta = self.table_arg(t, 0, Need::Read)?;
+        let cols: Vec<Value> = meta
+            .columns
+            .iter()
+            .map(|c| {
+                let mut col =
+                    json!({ "name": c.column.name, "type": wire::type_name(&c.column.kind) });
+                if let Some(linked) = c.linked {
+                    col["table_id"] = linked.into();
+                }
+                col
+            })
+            .collect();
+        Ok(Answer::plain(Value::Array(cols)))
+    }
+
+    fn fetch(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        let (meta, row) = self.row_at(t, &arg_path(&[0.into()]), Need::Read)?;
+        let row = t.get(&meta, row)?.ok_or_else(row_deleted)?;
+        let (td, objects) = self.table_data(t, &meta, &[row], vec!["response".into()])?;
+        Ok(Answer::new(td, objects))
+    }
+}
+
+impl Request<'_> {
+    /// The rows `query` finds as a CSV file.
+    fn to_csv(&self, t: &Tables<'_>, meta: &TableMeta, query: &Query) -> Result<Answer, Failure> {
+        let rows = t.count(meta, query)?;
+        if rows > CSV_ROWS {
+            return Err(table_error(&format!(
+                "to_csv() answers at most {CSV_ROWS} rows and this finds {rows}; narrow the search, or export with `ferrolink table rows --csv`"
+            )));
+        }
+        let rows = t.search(meta, query, 0, usize::MAX)?;
+        let columns: Vec<_> = meta.columns.iter().map(|c| c.column.clone()).collect();
+        let escape = self
+            .kwargs
+            .get("escape_for_excel")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let text = crate::storage::tables::csv(&columns, &rows, escape);
+        if text.len() > CSV_BYTES {
+            return Err(table_error(&format!(
+                "the CSV would be over {} MiB; narrow the search, or export with `ferrolink table rows --csv`",
+                CSV_BYTES >> 20
+            )));
+        }
+        Ok(Answer {
+            response: Value::Null,
+            objects: Vec::new(),
+            media: Some(super::Media {
+                name: format!("{}.csv", meta.name),
+                mime: "text/csv",
+                bytes: text.into_bytes(),
+            }),
+        })
+    }
+}
+
+/// Most rows and bytes `to_csv()` answers (the answer is sent whole).
+const CSV_ROWS: u64 = 10 * MAX_PAGE as u64;
+const CSV_BYTES: usize = 8 << 20;
+
+fn combine(op: &str, of: Vec<Filter>) -> Filter {
+    match op {
+        "all_of" => Filter::All { of },
+        "any_of" => Filter::Any { of },
+        _ => Filter::NoneOf { of },
+    }
+}
