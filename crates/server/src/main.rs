@@ -132,6 +132,23 @@ enum TableCommand {
         #[arg(long)]
         app: String,
     },
+    /// Set what client keys and browser pages may do with a table: none
+    /// (the default), add (add rows only: a logging device), read, or
+    /// write. Server keys may always do everything.
+    Set {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// none, add, read or write.
+        #[arg(long, value_name = "ACCESS")]
+        client: String,
+        /// Only for browser pages with a logged-in user (client keys then
+        /// get nothing).
+        #[arg(long)]
+        logged_in: bool,
+    },
     /// Add a row: a JSON object of column values.
     AddRow {
         /// The app.
@@ -142,7 +159,7 @@ enum TableCommand {
         /// The values, e.g. '{"t": "2026-12-02T14:00:00Z", "celsius": 21.5}'.
         values: String,
     },
-    /// Print rows as JSON lines, `{"id": N, "values": {...}}`.
+    /// Print rows as JSON lines, `{"id": N, "values": {...}}`, or as CSV.
     Rows {
         /// The app.
         #[arg(long)]
@@ -156,12 +173,15 @@ enum TableCommand {
         /// `--order-by=-t`).
         #[arg(long, allow_hyphen_values = true)]
         order_by: Option<String>,
-        /// Most rows to print.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// Most rows to print (default 100; with --csv, all).
+        #[arg(long)]
+        limit: Option<usize>,
         /// Rows to skip.
         #[arg(long, default_value_t = 0)]
         offset: usize,
+        /// Print CSV (a header of column names, then a line per row).
+        #[arg(long)]
+        csv: bool,
     },
     /// Downsample a number column over a datetime column: one JSON line
     /// per time bucket with min, max, mean and count.
@@ -950,8 +970,38 @@ fn table_command(store: &Store, cmd: TableCommand) -> Result<()> {
                     .iter()
                     .map(|c| format!("{}:{}", c.name, c.kind))
                     .collect();
-                println!("{}\trows={}\t{}", t.name, t.rows, columns.join(" "));
+                println!(
+                    "{}\trows={}\tclient={}{}\t{}",
+                    t.name,
+                    t.rows,
+                    t.client_access.as_str(),
+                    if t.client_login { ",logged-in" } else { "" },
+                    columns.join(" ")
+                );
             }
+        }
+        TableCommand::Set {
+            app,
+            table,
+            client,
+            logged_in,
+        } => {
+            let access: ferrolink::storage::tables::ClientAccess = client.parse().map_err(usage)?;
+            store.set_client_access(&app, &table, access, logged_in)?;
+            println!(
+                "client keys and browser pages may now {} table \"{table}\"{}",
+                match access {
+                    ferrolink::storage::tables::ClientAccess::None => "not use",
+                    ferrolink::storage::tables::ClientAccess::Add => "add rows to",
+                    ferrolink::storage::tables::ClientAccess::Read => "read",
+                    ferrolink::storage::tables::ClientAccess::Write => "read and change",
+                },
+                if logged_in {
+                    " (browser pages with a logged-in user only)"
+                } else {
+                    ""
+                }
+            );
         }
         TableCommand::AddRow { app, table, values } => {
             let values = object(&values, "the row")?;
@@ -965,6 +1015,7 @@ fn table_command(store: &Store, cmd: TableCommand) -> Result<()> {
             order_by,
             limit,
             offset,
+            csv,
         } => {
             let mut wanted = serde_json::Map::new();
             for f in &filters {
@@ -978,16 +1029,49 @@ fn table_command(store: &Store, cmd: TableCommand) -> Result<()> {
                 })?;
                 wanted.insert(name.to_owned(), value);
             }
-            let page = Page {
-                order_by: order_by.map(|o| match o.strip_prefix('-') {
-                    Some(name) => (name.to_owned(), false),
-                    None => (o, true),
-                }),
+            let order_by = order_by.map(|o| match o.strip_prefix('-') {
+                Some(name) => (name.to_owned(), false),
+                None => (o, true),
+            });
+            let mut left = limit.unwrap_or(if csv { usize::MAX } else { 100 });
+            let mut page = Page {
+                order_by,
                 offset,
-                limit,
+                limit: 0,
             };
-            for (id, values) in store.search(&app, &table, &wanted, &page)? {
-                println!("{}", serde_json::json!({ "id": id, "values": values }));
+            let columns = store
+                .tables(&app)?
+                .into_iter()
+                .find(|t| t.name == table)
+                .map(|t| t.columns)
+                .unwrap_or_default();
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            if csv {
+                // The header alone: the rows follow page by page.
+                write!(
+                    out,
+                    "{}",
+                    ferrolink::storage::tables::csv(&columns, &[], false)
+                )?;
+            }
+            // Page through, so that an export of any size runs in bounded memory.
+            while left > 0 {
+                page.limit = left.min(ferrolink::storage::tables::MAX_PAGE);
+                let rows = store.search(&app, &table, &wanted, &page)?;
+                if csv {
+                    let text = ferrolink::storage::tables::csv(&columns, &rows, false);
+                    write!(out, "{}", text.split_once("\r\n").map_or("", |(_, r)| r))?;
+                } else {
+                    for (id, values) in &rows {
+                        writeln!(out, "{}", serde_json::json!({ "id": id, "values": values }))?;
+                    }
+                }
+                if rows.len() < page.limit {
+                    break;
+                }
+                left -= rows.len();
+                page.offset += rows.len();
             }
         }
         TableCommand::Chart {

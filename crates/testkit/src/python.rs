@@ -153,6 +153,14 @@ impl PyProcess {
         }
     }
 
+    /// The next output line, or `None` if none came within `wait` (or the
+    /// process ended).
+    pub fn next_line(&mut self, wait: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(wait).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
     /// Waits for `RESULT <json>` and parses the JSON.
     pub fn result(&mut self, wait: Duration) -> serde_json::Value {
         let text = self.expect_line("RESULT ", wait);

@@ -140,6 +140,10 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     /// How many rows it holds.
     pub rows: u64,
+    /// What client keys and browser pages may do with it.
+    pub client_access: ClientAccess,
+    /// Whether browser pages need a logged-in user for that access.
+    pub client_login: bool,
 }
 
 /// One row: its id and its values by column name (`null` where unset).
@@ -915,6 +919,8 @@ impl Store {
                         name: meta.name,
                         columns: meta.columns.into_iter().map(|c| c.column).collect(),
                         rows,
+                        client_access: meta.client_access,
+                        client_login: meta.client_login,
                     })
                 })
                 .collect()

@@ -494,8 +494,48 @@ fn table_commands_create_fill_and_read_a_table() {
     }
     let (ok, out, _) = ferrolink(data, &["table", "list", "--app", "greenhouse"]);
     assert!(
-        ok && out.contains("readings\trows=2\tt:datetime celsius:number"),
+        ok && out.contains("readings\trows=2\tclient=none\tt:datetime celsius:number"),
         "{out}"
+    );
+    let (ok, out, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "set",
+            "--app",
+            "greenhouse",
+            "readings",
+            "--client",
+            "add",
+        ],
+    );
+    assert!(
+        ok && out.contains("add rows to table \"readings\""),
+        "{out}{err}"
+    );
+    let (ok, out, _) = ferrolink(data, &["table", "list", "--app", "greenhouse"]);
+    assert!(ok && out.contains("rows=2\tclient=add\t"), "{out}");
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "set",
+            "--app",
+            "greenhouse",
+            "readings",
+            "--client",
+            "all",
+        ],
+    );
+    assert!(!ok && err.contains("use none, add, read or write"), "{err}");
+    let (ok, out, err) = ferrolink(
+        data,
+        &["table", "rows", "--app", "greenhouse", "readings", "--csv"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "t,celsius\r\n2026-12-02T10:00:00.000000Z,20.5\r\n2026-12-02T11:00:00.000000Z,22.0\r\n"
     );
     let (ok, out, err) = ferrolink(
         data,

@@ -404,3 +404,44 @@ async fn client_keys_get_what_each_table_allows() {
     assert_eq!(store.count_rows("demo", "readings").unwrap(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_acknowledged_to_the_client_survive_kill_9_of_the_server() {
+    use crate::cli::{field, spawn_serve};
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let store = Store::open(dir.path()).unwrap();
+        store.create_app("demo").unwrap();
+        make_tables(dir.path());
+        let (_, key) = store
+            .create_key("demo", ferrolink_proto::message::Privilege::Server, None)
+            .unwrap();
+        key.expose().to_owned()
+    };
+    let (mut serve, lines) = spawn_serve(dir.path(), &[], "uplink: ");
+    let url = field(&lines, "uplink: ");
+    let mut py = PyProcess::spawn("tables.py", &[&url, &key, "log", "100000"]);
+    // Let rows stream in, then kill the server mid-stream, without warning.
+    py.expect_line("ACK 300", WAIT);
+    serve.0.kill().unwrap();
+    serve.0.wait().unwrap();
+    // Every row the client saw acknowledged (its last ACK line) is stored.
+    let mut acked = 300;
+    while let Some(line) = py.next_line(Duration::from_secs(2)) {
+        if let Some(n) = line.strip_prefix("ACK ") {
+            acked = n.parse().unwrap();
+        }
+    }
+    drop(py);
+    let (_serve, lines) = spawn_serve(dir.path(), &[], "uplink: ");
+    let url = field(&lines, "uplink: ");
+    let mut counter = PyProcess::spawn("tables.py", &[&url, &key, "count"]);
+    let r = counter.result(WAIT);
+    let count = r["count"].as_u64().unwrap();
+    assert!(
+        count >= acked,
+        "{acked} rows were acknowledged but {count} survived"
+    );
+    // At most the row in flight at the kill was stored unacknowledged.
+    assert!(count <= acked + 1, "{count} rows for {acked} acknowledged");
+}
