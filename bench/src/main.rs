@@ -814,7 +814,16 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     if let Some(rows) = args.tables {
-        return tables::run(rows.max(1000));
+        let floors = tables::run(rows.max(1000))?;
+        let server = start_server(&args.server)?;
+        let made = Command::new(&args.server)
+            .arg("--data")
+            .arg(server._dir.path())
+            .args(["table", "create", "--app", "demo", "readings"])
+            .args(["--column", "t:datetime", "--column", "celsius:number", "--column", "device:text"])
+            .output()?;
+        anyhow::ensure!(made.status.success(), "table create: {}", String::from_utf8_lossy(&made.stderr));
+        return rt.block_on(tables::uplink(&server.url, &server.server_key, &floors));
     }
     rt.block_on(async move {
         if args.hostile {

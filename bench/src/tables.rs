@@ -7,7 +7,12 @@
 //!    through `Store::add_rows` (type checks, catalogue lookup) and through
 //!    a prepared `INSERT` on a plain table (the floor);
 //! 2. the time to downsample 1,000,000 rows into 500 buckets (min, max,
-//!    mean per bucket) over the whole range and over a tenth of it.
+//!    mean per bucket) over the whole range and over a tenth of it;
+//! 3. rows/s added through uplink calls to a running server
+//!    (`anvil.private.tables.v2.table.add_row` / `add_rows`, the calls the
+//!    official client makes, with the datetime as the client sends it), one
+//!    call at a time, 64 in flight, and 1,000 rows per call, against the
+//!    plain-SQLite floors of (1).
 
 use std::time::{Duration, Instant};
 
@@ -42,8 +47,14 @@ fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
+/// Plain SQLite's rows/s, one row per transaction and in batches.
+pub(crate) struct Floors {
+    single: f64,
+    batched: f64,
+}
+
 /// Runs the table benchmark with `rows` rows and prints the report.
-pub(crate) fn run(rows: usize) -> Result<()> {
+pub(crate) fn run(rows: usize) -> Result<Floors> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
     store.create_app("bench")?;
@@ -97,6 +108,7 @@ pub(crate) fn run(rows: usize) -> Result<()> {
         raw_insert(rows + i, 1)?;
     }
     let floor = rate(singles, started.elapsed());
+    let single_floor = floor;
     println!(
         "| one row per transaction ({singles} rows) | {ours:.0} | {floor:.0} | {:.2} |",
         ours / floor
@@ -155,5 +167,117 @@ pub(crate) fn run(rows: usize) -> Result<()> {
             times[2].as_secs_f64() * 1000.0
         );
     }
+    Ok(Floors {
+        single: single_floor,
+        batched: floor,
+    })
+}
+
+/// A reading as the official client sends it to `add_row`: the values at
+/// `["args", 1]`, the datetime as an object entry.
+fn wire_row(i: usize, path: &[Value]) -> (Value, Value) {
+    let r = reading(i);
+    let t = r["t"].as_str().unwrap_or_default();
+    // `2026-12-02T00:00:00.080Z` -> `2026-12-02 00:00:00.080000+0000`
+    let t = format!("{} {}000+0000", &t[..10], &t[11..23]);
+    let mut p = path.to_vec();
+    p.push("t".into());
+    (
+        json!({"t": null, "celsius": r["celsius"], "device": r["device"]}),
+        json!({"type": ["DateTime"], "path": p, "value": t}),
+    )
+}
+
+/// Rows/s through uplink calls to the server at `url` (its `demo` app has
+/// the table `readings`), against the plain-SQLite `floors`.
+pub(crate) async fn uplink(url: &str, key: &str, floors: &Floors) -> Result<()> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = crate::connect(url, key).await?;
+    let mut next = 0u64;
+    let mut send = |ws_frames: &mut Vec<String>, command: &str, args: Value, objects: Vec<Value>| {
+        next += 1;
+        ws_frames.push(
+            json!({"type": "CALL", "id": format!("c{next}"), "command": format!("anvil.private.tables.v2.{command}"),
+                   "args": args, "kwargs": {}, "objects": objects})
+            .to_string(),
+        );
+    };
+    // The table's capability.
+    let mut frames = Vec::new();
+    send(&mut frames, "get_app_tables", json!([]), vec![]);
+    ws.send(Message::text(frames.remove(0))).await?;
+    let reply: Value = match ws.next().await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(&t)?,
+        other => anyhow::bail!("no answer to get_app_tables: {other:?}"),
+    };
+    let mut cap = reply["objects"]
+        .as_array()
+        .and_then(|o| o.iter().find(|e| e["path"][1] == "readings"))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no readings table: {reply}"))?;
+    cap["path"] = json!(["args", 0]);
+
+    // Sends `frames` keeping at most `window` unanswered; answers the time.
+    async fn pump(ws: &mut crate::Ws, frames: Vec<String>, window: usize) -> Result<Duration> {
+        let started = Instant::now();
+        let total = frames.len();
+        let mut frames = frames.into_iter();
+        let (mut sent, mut answered) = (0, 0);
+        while answered < total {
+            while sent < total && sent - answered < window {
+                ws.feed(Message::text(frames.next().unwrap_or_default())).await?;
+                sent += 1;
+            }
+            ws.flush().await?;
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    anyhow::ensure!(!t.contains("\"error\""), "a table call failed: {t}");
+                    answered += 1;
+                }
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("connection lost: {other:?}"),
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    println!("\n| insert through uplink calls | rows | rows/s | ÷ plain SQLite (same transactions) |");
+    println!("|---|---|---|---|");
+    let mut i = 0;
+    for (label, calls, window) in [
+        ("`add_row`, one call at a time", 2_000, 1),
+        ("`add_row`, 64 calls in flight", 10_000, 64),
+    ] {
+        let mut frames = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let (row, t) = wire_row(i, &["args".into(), 1.into()]);
+            i += 1;
+            send(&mut frames, "table.add_row", json!([null, row, null, null]), vec![cap.clone(), t]);
+        }
+        let took = pump(&mut ws, frames, window).await?;
+        let r = rate(calls, took);
+        println!("| {label} | {calls} | {r:.0} | {:.2} |", r / floors.single);
+    }
+    let batches = 50;
+    let mut frames = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        let mut rows = Vec::with_capacity(BATCH);
+        let mut objects = vec![cap.clone()];
+        for j in 0..BATCH {
+            let (row, t) = wire_row(i, &["args".into(), 1.into(), j.into()]);
+            i += 1;
+            rows.push(row);
+            objects.push(t);
+        }
+        send(&mut frames, "table.add_rows", json!([null, rows, null, null]), objects);
+    }
+    let took = pump(&mut ws, frames, 1).await?;
+    let r = rate(batches * BATCH, took);
+    println!(
+        "| `add_rows`, {BATCH} rows per call, one call at a time | {} | {r:.0} | {:.2} |",
+        batches * BATCH,
+        r / floors.batched
+    );
     Ok(())
 }

@@ -17,6 +17,9 @@ use super::{Failure, table_error};
 /// refused rather than silently stored as `null`.
 pub(crate) struct Objects {
     entries: Vec<(Value, Cell<bool>)>,
+    /// Entry indexes by the JSON text of their path: a call adding a
+    /// thousand rows carries thousands of entries.
+    by_path: std::collections::HashMap<String, Vec<usize>>,
 }
 
 impl Objects {
@@ -26,19 +29,27 @@ impl Objects {
             Some(r) => serde_json::from_str(r)
                 .map_err(|_| table_error("the call's objects list is not a list of objects"))?,
         };
+        let mut by_path: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(p) = e.get("path").filter(|p| p.is_array()) {
+                by_path.entry(p.to_string()).or_default().push(i);
+            }
+        }
         Ok(Self {
             entries: entries.into_iter().map(|e| (e, Cell::new(false))).collect(),
+            by_path,
         })
     }
 
     /// Entries at exactly `path`, marked used.
     pub(crate) fn at(&self, path: &[Value]) -> Vec<&Value> {
-        self.entries
-            .iter()
-            .filter(|(e, _)| {
-                e.get("path").and_then(Value::as_array).map(Vec::as_slice) == Some(path)
-            })
-            .map(|(e, used)| {
+        let key = Value::Array(path.to_vec()).to_string();
+        self.by_path
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .map(|&i| {
+                let (e, used) = &self.entries[i];
                 used.set(true);
                 e
             })
