@@ -820,9 +820,20 @@ fn main() -> Result<()> {
             .arg("--data")
             .arg(server._dir.path())
             .args(["table", "create", "--app", "demo", "readings"])
-            .args(["--column", "t:datetime", "--column", "celsius:number", "--column", "device:text"])
+            .args([
+                "--column",
+                "t:datetime",
+                "--column",
+                "celsius:number",
+                "--column",
+                "device:text",
+            ])
             .output()?;
-        anyhow::ensure!(made.status.success(), "table create: {}", String::from_utf8_lossy(&made.stderr));
+        anyhow::ensure!(
+            made.status.success(),
+            "table create: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         return rt.block_on(tables::uplink(&server.url, &server.server_key, &floors));
     }
     rt.block_on(async move {

@@ -195,7 +195,10 @@ pub(crate) async fn uplink(url: &str, key: &str, floors: &Floors) -> Result<()> 
     use tokio_tungstenite::tungstenite::Message;
     let mut ws = crate::connect(url, key).await?;
     let mut next = 0u64;
-    let mut send = |ws_frames: &mut Vec<String>, command: &str, args: Value, objects: Vec<Value>| {
+    let mut send = |ws_frames: &mut Vec<String>,
+                    command: &str,
+                    args: Value,
+                    objects: Vec<Value>| {
         next += 1;
         ws_frames.push(
             json!({"type": "CALL", "id": format!("c{next}"), "command": format!("anvil.private.tables.v2.{command}"),
@@ -226,7 +229,8 @@ pub(crate) async fn uplink(url: &str, key: &str, floors: &Floors) -> Result<()> 
         let (mut sent, mut answered) = (0, 0);
         while answered < total {
             while sent < total && sent - answered < window {
-                ws.feed(Message::text(frames.next().unwrap_or_default())).await?;
+                ws.feed(Message::text(frames.next().unwrap_or_default()))
+                    .await?;
                 sent += 1;
             }
             ws.flush().await?;
@@ -242,7 +246,9 @@ pub(crate) async fn uplink(url: &str, key: &str, floors: &Floors) -> Result<()> 
         Ok(started.elapsed())
     }
 
-    println!("\n| insert through uplink calls | rows | rows/s | ÷ plain SQLite (same transactions) |");
+    println!(
+        "\n| insert through uplink calls | rows | rows/s | ÷ plain SQLite (same transactions) |"
+    );
     println!("|---|---|---|---|");
     let mut i = 0;
     for (label, calls, window) in [
@@ -253,7 +259,12 @@ pub(crate) async fn uplink(url: &str, key: &str, floors: &Floors) -> Result<()> 
         for _ in 0..calls {
             let (row, t) = wire_row(i, &["args".into(), 1.into()]);
             i += 1;
-            send(&mut frames, "table.add_row", json!([null, row, null, null]), vec![cap.clone(), t]);
+            send(
+                &mut frames,
+                "table.add_row",
+                json!([null, row, null, null]),
+                vec![cap.clone(), t],
+            );
         }
         let took = pump(&mut ws, frames, window).await?;
         let r = rate(calls, took);
@@ -270,7 +281,12 @@ pub(crate) async fn uplink(url: &str, key: &str, floors: &Floors) -> Result<()> 
             rows.push(row);
             objects.push(t);
         }
-        send(&mut frames, "table.add_rows", json!([null, rows, null, null]), objects);
+        send(
+            &mut frames,
+            "table.add_rows",
+            json!([null, rows, null, null]),
+            objects,
+        );
     }
     let took = pump(&mut ws, frames, 1).await?;
     let r = rate(batches * BATCH, took);

@@ -50,6 +50,7 @@ mod driver;
 mod error;
 mod handler;
 mod status;
+pub mod tables;
 pub mod time;
 pub mod tls;
 

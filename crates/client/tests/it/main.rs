@@ -3,6 +3,7 @@
 
 mod interop;
 mod lifecycle;
+mod tables;
 mod time;
 mod tls;
 mod trust;

@@ -993,12 +993,20 @@ impl Store {
         self.read(app, |t| t.count(&t.table(table)?, &Query::default()))
     }
 
+    /// A numeric column over a datetime column, downsampled (see
+    /// [`Tables::downsample`]).
+    pub fn downsample(&self, app: &str, series: &Series<'_>) -> Result<Vec<Bucket>, StoreError> {
+        self.read(app, |t| t.downsample(series))
+    }
+}
+
+impl Tables<'_> {
     /// A numeric column over a datetime column between `from` and `to`
     /// (RFC 3339, `to` excluded), in at most `buckets` equal time buckets:
     /// min, max, mean and count of each non-empty one — what a chart of
     /// any range needs, whatever the number of rows. Uses the time
     /// column's index for the range.
-    pub fn downsample(&self, app: &str, series: &Series<'_>) -> Result<Vec<Bucket>, StoreError> {
+    pub fn downsample(&self, series: &Series<'_>) -> Result<Vec<Bucket>, StoreError> {
         let Series {
             table,
             time: time_column,
@@ -1018,8 +1026,9 @@ impl Store {
             ));
         }
         let buckets = buckets.clamp(1, 10_000);
-        self.read(app, |t| {
-            let c = t.conn;
+        let t = self;
+        let c = t.conn;
+        {
             {
                 let cat = t.table(table)?;
                 let (tid, tcol) = {
@@ -1104,11 +1113,9 @@ impl Store {
                 }
                 Ok(out)
             }
-        })
+        }
     }
-}
 
-impl Tables<'_> {
     fn err(&self, e: rusqlite::Error) -> StoreError {
         sql_error(self.path, e)
     }

@@ -11,6 +11,7 @@
 //! docs/tables-protocol.md; what works is in docs/tables.md.
 
 mod caps;
+mod plain;
 mod rpc;
 mod wire;
 
@@ -25,7 +26,7 @@ use ferrolink_proto::message::{Call, Privilege};
 
 use crate::calls::peer::{Outbound, Peer};
 use crate::state::ServerState;
-use crate::storage::tables::TableTransaction;
+use crate::storage::tables::{ClientAccess, TableMeta, TableTransaction};
 use crate::storage::{Store, StoreError};
 
 pub(crate) use caps::Caps;
@@ -124,6 +125,60 @@ pub(crate) struct Who {
     user: bool,
 }
 
+/// What a caller needs to be allowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    Read,
+    Add,
+    Write,
+}
+
+impl Who {
+    /// What this caller may do with `meta`.
+    pub(crate) fn access(&self, meta: &TableMeta) -> ClientAccess {
+        if self.server {
+            ClientAccess::Write
+        } else if meta.client_login && !self.user {
+            ClientAccess::None
+        } else {
+            meta.client_access
+        }
+    }
+
+    /// Refuses unless this caller may do `need` with `meta`.
+    pub(crate) fn check(&self, meta: &TableMeta, need: Need) -> Result<(), Failure> {
+        let access = self.access(meta);
+        let ok = match need {
+            Need::Read => access >= ClientAccess::Read,
+            Need::Add => matches!(access, ClientAccess::Add | ClientAccess::Write),
+            Need::Write => access == ClientAccess::Write,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Failure {
+            ty: error_type::PERMISSION_DENIED,
+            message: format!(
+                "this connection may not {} table \"{}\" (its client access is {}; change it with `ferrolink table set --client`)",
+                match need {
+                    Need::Read => "read",
+                    Need::Add => "add rows to",
+                    Need::Write => "change",
+                },
+                meta.name,
+                meta.client_access.as_str()
+            ),
+        })
+    }
+}
+
+pub(crate) fn row_deleted() -> Failure {
+    Failure {
+        ty: ROW_DELETED,
+        message: "This row has been deleted".to_owned(),
+    }
+}
+
 /// A call, owned, on its way to a blocking thread.
 pub(crate) struct Job {
     pub(crate) command: String,
@@ -210,9 +265,11 @@ impl Answer {
     }
 }
 
-/// Whether `command` is a data tables call.
+/// Whether `command` is a data tables call: the official client's, or
+/// ferrolink's plain-JSON one (`ferrolink.tables.*`, for the Rust and
+/// browser clients and devices that cannot take `objects`).
 pub(crate) fn handles(command: &str) -> bool {
-    command.starts_with("anvil.private.tables.")
+    command.starts_with("anvil.private.tables.") || command.starts_with(plain::PREFIX)
 }
 
 /// The answer to `anvil.private.get_client_config(path)` for the tables
@@ -300,6 +357,10 @@ impl Service {
             "anvil.private.tables.close_transaction" => return self.close(job),
             _ => {}
         }
+        if let Some(name) = job.command.strip_prefix(plain::PREFIX) {
+            let call = plain::Request::parse(who, name, job)?;
+            return self.in_transaction_or(state, who, job, call.writes(), |t| call.run(t));
+        }
         let Some(name) = job.command.strip_prefix("anvil.private.tables.v2.") else {
             return Err(Failure {
                 ty: error_type::NO_SERVER_FUNCTION,
@@ -310,6 +371,19 @@ impl Service {
             });
         };
         let call = rpc::Request::parse(self, who, name, job)?;
+        self.in_transaction_or(state, who, job, call.writes(), |t| call.run(t))
+    }
+
+    /// Runs `f` in the caller's open transaction, or else in a transaction
+    /// of its own (a write transaction if `writes`).
+    fn in_transaction_or(
+        &self,
+        state: &Arc<ServerState>,
+        who: &Who,
+        job: &Job,
+        writes: bool,
+        f: impl FnOnce(&crate::storage::tables::Tables<'_>) -> Result<Answer, Failure>,
+    ) -> Result<Answer, Failure> {
         let txn = self
             .transactions
             .lock()
@@ -317,17 +391,17 @@ impl Service {
             .get(&job.txn)
             .map(|(_, t)| t.clone());
         let Some(txn) = txn else {
-            return if call.writes() {
-                state.store.write(&who.app, |t| call.run(t))
+            return if writes {
+                state.store.write(&who.app, f)
             } else {
-                state.store.read(&who.app, |t| call.run(t))
+                state.store.read(&who.app, f)
             };
         };
         let mut txn = txn.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *txn {
             Txn::Expired => Err(expired()),
             Txn::Open { tx, conflicted } => {
-                let out = tx.run(&who.app, |t| call.run(t));
+                let out = tx.run(&who.app, f);
                 if matches!(&out, Err(f) if f.ty == CONFLICT) {
                     *conflicted = true;
                 }

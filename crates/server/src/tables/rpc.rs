@@ -9,18 +9,10 @@ use crate::storage::tables::{
 
 use super::caps::Scope;
 use super::wire::{self, Objects, Slot, TableData, slot};
-use super::{Answer, Failure, Job, ROW_DELETED, Service, Who, table_error};
+use super::{Answer, Failure, Job, Need, Service, Who, row_deleted, table_error};
 
 /// Rows a search answers per page unless `page_size` says otherwise.
 const DEFAULT_PAGE: usize = 100;
-
-/// What a caller needs to be allowed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Need {
-    Read,
-    Add,
-    Write,
-}
 
 /// One parsed table call.
 pub(crate) struct Request<'a> {
@@ -36,24 +28,6 @@ fn arg_path(tail: &[Value]) -> Vec<Value> {
     let mut p = vec![Value::from("args")];
     p.extend_from_slice(tail);
     p
-}
-
-fn row_deleted() -> Failure {
-    Failure {
-        ty: ROW_DELETED,
-        message: "This row has been deleted".to_owned(),
-    }
-}
-
-fn denied(meta: &TableMeta, what: &str) -> Failure {
-    Failure {
-        ty: ferrolink_proto::error_type::PERMISSION_DENIED,
-        message: format!(
-            "this connection may not {what} table \"{}\" (its client access is {}; change it with `ferrolink table set --client`)",
-            meta.name,
-            meta.client_access.as_str()
-        ),
-    }
 }
 
 impl<'a> Request<'a> {
@@ -97,34 +71,11 @@ impl<'a> Request<'a> {
     }
 
     fn access(&self, meta: &TableMeta) -> ClientAccess {
-        if self.who.server {
-            ClientAccess::Write
-        } else if meta.client_login && !self.who.user {
-            ClientAccess::None
-        } else {
-            meta.client_access
-        }
+        self.who.access(meta)
     }
 
     fn check(&self, meta: &TableMeta, need: Need) -> Result<(), Failure> {
-        let access = self.access(meta);
-        let ok = match need {
-            Need::Read => access >= ClientAccess::Read,
-            Need::Add => matches!(access, ClientAccess::Add | ClientAccess::Write),
-            Need::Write => access == ClientAccess::Write,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(denied(
-                meta,
-                match need {
-                    Need::Read => "read",
-                    Need::Add => "add rows to",
-                    Need::Write => "change",
-                },
-            ))
-        }
+        self.who.check(meta, need)
     }
 
     /// The verified capability at `path`.
