@@ -48,6 +48,8 @@ export class Link {
   ready(): Promise<void>;
   call<T = unknown>(name: string, ...args: unknown[]): Promise<T>;
   callWith<T = unknown>(name: string, args?: unknown[], kwargs?: Record<string, unknown>, options?: CallOptions): Promise<T>;
+  /** The app's data table `name`, as far as its client access allows. */
+  table(name: string): Table;
   on<P = unknown>(name: string, handler: (payload: P, name: string) => void): () => void;
   off(name: string, handler: (payload: any, name: string) => void): void;
   subscribe(channel: string): Promise<void>;
@@ -58,6 +60,63 @@ export class Link {
   logout(): Promise<null>;
   reconnect(): Promise<void>;
   close(): void;
+}
+
+/** A condition on rows (build them with `q`). */
+export type Filter =
+  | { op: "eq"; column: string; value: unknown }
+  | { op: "compare"; column: string; cmp: "gt" | "ge" | "lt" | "le"; value: unknown }
+  | { op: "like"; column: string; pattern: string; ignore_case: boolean }
+  | { op: "words"; column: string; query: string }
+  | { op: "all" | "any" | "none_of"; of: Filter[] };
+
+/** Which rows, in which order (`[column, ascending]`; the row id breaks ties). */
+export interface Query {
+  filters?: Filter[];
+  order?: [string, boolean][];
+}
+
+export const q: {
+  eq(column: string, value: unknown): Filter;
+  gt(column: string, value: unknown): Filter;
+  ge(column: string, value: unknown): Filter;
+  lt(column: string, value: unknown): Filter;
+  le(column: string, value: unknown): Filter;
+  like(column: string, pattern: string): Filter;
+  ilike(column: string, pattern: string): Filter;
+  words(column: string, query: string): Filter;
+  all(...of: Filter[]): Filter;
+  any(...of: Filter[]): Filter;
+  none(...of: Filter[]): Filter;
+};
+
+/** A row: its id and its values by column name. */
+export interface Row {
+  id: number;
+  values: Record<string, unknown>;
+}
+
+/** A downsampled bucket; `start` in seconds since the epoch. */
+export interface Bucket {
+  start: number;
+  min: number;
+  max: number;
+  mean: number;
+  count: number;
+}
+
+/** A data table of the app. */
+export class Table {
+  readonly name: string;
+  addRow(values: Record<string, unknown>): Promise<number>;
+  addRows(rows: Record<string, unknown>[]): Promise<number[]>;
+  get(id: number): Promise<Row | null>;
+  search(query?: Query, page?: { offset?: number; limit?: number }): Promise<{ rows: Row[]; more: boolean }>;
+  rows(query?: Query, pageSize?: number): AsyncIterable<Row>;
+  count(query?: Query): Promise<number>;
+  update(id: number, values: Record<string, unknown>): Promise<null>;
+  delete(id: number): Promise<boolean>;
+  chart(time: string, value: string, from: string, to: string, buckets?: number): Promise<Bucket[]>;
 }
 
 /** Opens a session and resolves once it is ready. */

@@ -186,6 +186,11 @@ export class Link {
     return this._send(target, args, kwargs, options.timeoutMs);
   }
 
+  /** The app's data table `name`, as far as its client access allows (docs/tables.md). */
+  table(name) {
+    return new Table(this, name);
+  }
+
   /** Runs `handler(payload, name)` for each event `name` ("*": every event). Returns an unsubscribe function. */
   on(name, handler) {
     if (!this._handlers.has(name)) this._handlers.set(name, new Set());
@@ -269,6 +274,83 @@ export class Link {
 }
 
 /** Opens a session and resolves once it is ready. */
+/**
+ * Conditions for `Table.search` and `Table.count`: a query is
+ * `{ filters: [q.eq("device", "pico-1"), q.gt("celsius", 30)], order: [["t", false]] }`.
+ * Values are as the server stores them: datetimes as RFC 3339 strings,
+ * dates as "YYYY-MM-DD", links as row ids.
+ */
+export const q = {
+  eq: (column, value) => ({ op: "eq", column, value }),
+  gt: (column, value) => ({ op: "compare", column, cmp: "gt", value }),
+  ge: (column, value) => ({ op: "compare", column, cmp: "ge", value }),
+  lt: (column, value) => ({ op: "compare", column, cmp: "lt", value }),
+  le: (column, value) => ({ op: "compare", column, cmp: "le", value }),
+  like: (column, pattern) => ({ op: "like", column, pattern, ignore_case: false }),
+  ilike: (column, pattern) => ({ op: "like", column, pattern, ignore_case: true }),
+  words: (column, query) => ({ op: "words", column, query }),
+  all: (...of) => ({ op: "all", of }),
+  any: (...of) => ({ op: "any", of }),
+  none: (...of) => ({ op: "none_of", of }),
+};
+
+/** A data table of the app. Get one with `link.table(name)`. */
+export class Table {
+  constructor(link, name) {
+    this.link = link;
+    this.name = name;
+  }
+
+  _call(fn, ...args) {
+    return this.link.callWith(`ferrolink.tables.${fn}`, [this.name, ...args]);
+  }
+
+  /** Adds a row; resolves to its id. */
+  async addRow(values) {
+    return (await this._call("add_rows", [values]))[0];
+  }
+
+  /** Adds rows in one transaction, all or none; resolves to their ids. */
+  addRows(rows) { return this._call("add_rows", rows); }
+
+  /** Row `id` as `{id, values}`, or null. */
+  get(id) { return this._call("get", id); }
+
+  /** One page: `{rows: [{id, values}], more}`. */
+  search(query = {}, { offset = 0, limit = 100 } = {}) {
+    return this._call("search", query, offset, limit);
+  }
+
+  /** Every row `query` finds, a page at a time: `for await (const row of table.rows(query))`. */
+  async *rows(query = {}, pageSize = 100) {
+    let offset = 0;
+    for (;;) {
+      const page = await this.search(query, { offset, limit: pageSize });
+      yield* page.rows;
+      if (!page.more || page.rows.length === 0) return;
+      offset += page.rows.length;
+    }
+  }
+
+  /** How many rows `query` finds. */
+  count(query = {}) { return this._call("count", query); }
+
+  /** Changes some values of row `id`. */
+  update(id, values) { return this._call("update", id, values); }
+
+  /** Deletes row `id`; resolves to whether it existed. */
+  delete(id) { return this._call("delete", id); }
+
+  /**
+   * A number column over a datetime column from `from` to `to` (RFC 3339)
+   * in at most `buckets` buckets: `[{start, min, max, mean, count}]`, start
+   * in seconds since the epoch.
+   */
+  chart(time, value, from, to, buckets = 100) {
+    return this._call("chart", time, value, from, to, buckets);
+  }
+}
+
 export async function connect(options = {}) {
   const link = new Link(options);
   await link.ready();

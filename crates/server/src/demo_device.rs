@@ -183,6 +183,44 @@ pub(crate) async fn run(url: &str, key: &str, options: SimOptions<'_>) -> Result
     Ok(client)
 }
 
+/// The demo app's server code, as an uplink with the app's server key:
+/// `log_reading(celsius)` stores the reading, with the time it arrived, in
+/// the `readings` table (which the demo page charts).
+pub(crate) async fn app_logic(url: &str, key: &str) -> Result<Client> {
+    let client = Client::builder(url, key)
+        .reconnect(ReconnectPolicy::default())
+        .register_raw(
+            "log_reading",
+            |request: ferrolink_client::Request| async move {
+                let celsius = request
+                    .args
+                    .get(0)
+                    .and_then(serde_json::Value::as_f64)
+                    .ok_or_else(|| {
+                        HandlerError::new("TypeError", "log_reading(celsius) takes a number")
+                    })?;
+                let now = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|e| HandlerError::new("ValueError", e.to_string()))?;
+                let id = request
+                    .context
+                    .client()
+                    .table("readings")
+                    .add_row(serde_json::json!({ "t": now, "celsius": celsius }))
+                    .await
+                    .map_err(|e| HandlerError::new("anvil.tables.TableError", e.to_string()))?;
+                Ok(id)
+            },
+        )
+        .connect()
+        .await
+        .with_context(|| format!("the demo app's logic cannot connect to {url}"))?;
+    say(format_args!(
+        "demo app logic connected: log_reading(celsius) stores readings in table \"readings\""
+    ));
+    Ok(client)
+}
+
 /// Prints a line; a closed stdout (the terminal went away) is not an error
 /// for a device that should keep serving.
 fn say(line: std::fmt::Arguments<'_>) {

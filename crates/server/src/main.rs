@@ -391,6 +391,15 @@ struct ServeArgs {
     /// device key named `pico-sim`.
     #[arg(long, env = "FERROLINK_DEMO", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     demo: bool,
+    /// With --demo: seconds between the readings the simulated device logs
+    /// into the demo app's `readings` table.
+    #[arg(
+        long,
+        env = "FERROLINK_DEMO_LOG_EVERY",
+        default_value_t = 5.0,
+        value_name = "SECONDS"
+    )]
+    demo_log_every: f64,
     /// Where each way of getting a certificate was set (filled in after
     /// parsing, from clap's value sources).
     #[arg(skip)]
@@ -1296,6 +1305,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     // One server per data directory; `restore` checks the same lock.
     let _lock = operations::lock_data_dir(data)?;
     let demo_device = args.demo;
+    let demo_log_every = Duration::from_secs_f64(args.demo_log_every.clamp(0.1, 86_400.0));
     let store = open(data)?;
     let demo = if store.is_fresh() {
         store.create_app_with("demo", true)?;
@@ -1315,6 +1325,24 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     if demo_device {
         if store.app("demo").is_err() {
             store.create_app_with("demo", true)?;
+        }
+        // The table the demo's app logic logs readings into, readable by
+        // the demo page (made once; an operator may change it later).
+        if !store.tables("demo")?.iter().any(|t| t.name == "readings") {
+            let columns = ["t:datetime", "celsius:number"]
+                .iter()
+                .map(|c| {
+                    c.parse::<ferrolink::storage::tables::Column>()
+                        .map_err(anyhow::Error::msg)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            store.create_table("demo", "readings", &columns)?;
+            store.set_client_access(
+                "demo",
+                "readings",
+                ferrolink::storage::tables::ClientAccess::Read,
+                false,
+            )?;
         }
         let d = ferrolink::sites::deploy_files(data, "demo", DEMO_SITE)
             .context("cannot deploy the demo app's front end")?;
@@ -1362,13 +1390,17 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
             // A fresh key each start: the previous secret was never stored.
             let _ = store.revoke("pico-sim");
             let (_, key) = store.create_key("demo", Privilege::Server, Some("pico-sim"))?;
+            let _ = store.revoke("demo-app");
+            let (_, app_key) = store.create_key("demo", Privilege::Server, Some("demo-app"))?;
             drop(store);
+            // The app's own server code: log_reading(celsius) stores a row.
+            let app_logic = sim::app_logic(&server.uplink_url(), app_key.expose()).await?;
             let client = sim::run(
                 &server.uplink_url(),
                 key.expose(),
                 sim::SimOptions {
                     name: "pico-sim",
-                    log_every: Duration::from_secs(10),
+                    log_every: demo_log_every,
                     log_function: "log_reading",
                     events_every: Some(Duration::from_secs(2)),
                 },
@@ -1379,7 +1411,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
                 "demo device pico-sim is online; try: ferrolink call --url {} --key <client key> blink_morse '\"SOS\"'",
                 server.uplink_url()
             );
-            Some(client)
+            Some((client, app_logic))
         } else {
             None
         };

@@ -206,7 +206,11 @@ fn bad_cli_input_gets_clear_errors_and_exit_codes() {
 
 /// Starts `ferrolink serve --demo` and returns its lines up to the demo device line.
 pub(crate) fn serve_demo(data: &std::path::Path) -> (Serve, Vec<String>) {
-    spawn_serve(data, &["--demo"], "demo device pico-sim is online")
+    spawn_serve(
+        data,
+        &["--demo", "--demo-log-every", "0.5"],
+        "demo device pico-sim is online",
+    )
 }
 
 #[test]
