@@ -68,7 +68,173 @@ function renderApps() {
   const names = state.apps.map((a) => a.name);
   fillSelect($("#new-key select[name=app]"), names);
   fillSelect($("#call select[name=app]"), names);
+  const before = $("#tables-app").value;
+  fillSelect($("#tables-app"), names);
+  if ($("#tables-app").value !== before) loadTables().catch(showTablesError);
   renderFunctions();
+}
+
+// --- Data tables -----------------------------------------------------
+const PAGE = 50;
+let tables = [];
+let current = null; // { name, columns, offset, query }
+
+function showTablesError(e) { $("#import-result").textContent = e.message; alert(e.message); }
+
+async function loadTables() {
+  const app = $("#tables-app").value;
+  if (!app) return;
+  tables = await api(`tables?app=${encodeURIComponent(app)}`);
+  $("#tables-list tbody").replaceChildren(...tables.map((t) => {
+    const access = document.createElement("select");
+    for (const a of ["none", "add", "read", "write"]) { const o = el("option", a); o.value = a; access.append(o); }
+    access.value = t.client_access;
+    access.addEventListener("change", async () => {
+      try { await api("tables/access", { app, table: t.name, client: access.value, logged_in: t.client_login }); await loadTables(); }
+      catch (e) { showTablesError(e); }
+    });
+    const open = el("button", "Open");
+    open.type = "button";
+    open.addEventListener("click", () => openTable(t.name).catch(showTablesError));
+    const cols = t.columns.map((c) => `${c.name}:${c.type}`).join(" ");
+    return row([t.name, t.rows, cols || "—", access, open], { table: t.name });
+  }));
+  if (current) {
+    const t = tables.find((x) => x.name === current.name);
+    if (t) current.columns = t.columns; else { current = null; $("#table-view").hidden = true; }
+  }
+}
+
+function options(select, names) {
+  select.replaceChildren(...names.map((n) => { const o = el("option", n); o.value = n; return o; }));
+}
+
+async function openTable(name) {
+  const t = tables.find((x) => x.name === name);
+  current = { name, columns: t.columns, offset: 0, query: {} };
+  $("#table-view").hidden = false;
+  $("#table-title").textContent = name;
+  const names = t.columns.map((c) => c.name);
+  options($("#filter select[name=column]"), names);
+  options($("#filter select[name=order]"), ["(row id)", ...names]);
+  options($("#chart-form select[name=time]"), t.columns.filter((c) => c.type === "datetime").map((c) => c.name));
+  options($("#chart-form select[name=value]"), t.columns.filter((c) => c.type === "number").map((c) => c.name));
+  const app = $("#tables-app").value;
+  $("#export").href = `/_/admin/api/tables/csv?app=${encodeURIComponent(app)}&table=${encodeURIComponent(name)}`;
+  $("#export").download = `${name}.csv`;
+  await showRows();
+}
+
+function filterQuery() {
+  const f = $("#filter");
+  const query = { filters: [], order: [] };
+  const raw = f.value.value.trim();
+  if (raw !== "") {
+    let value;
+    try { value = JSON.parse(raw); } catch { value = raw; }
+    const column = f.column.value;
+    const op = f.op.value;
+    if (op === "eq") query.filters.push({ op: "eq", column, value });
+    else if (op === "like") query.filters.push({ op: "like", column, pattern: String(value), ignore_case: true });
+    else query.filters.push({ op: "compare", column, cmp: op, value });
+  }
+  if (f.order.value !== "(row id)") query.order.push([f.order.value, !f.desc.checked]);
+  return query;
+}
+
+async function showRows() {
+  const app = $("#tables-app").value;
+  const page = await api("tables/rows", { app, table: current.name, query: current.query, offset: current.offset, limit: PAGE });
+  const names = current.columns.map((c) => c.name);
+  $("#rows thead").replaceChildren(row(["id", ...names]));
+  $("#rows tbody").replaceChildren(...page.rows.map((r) => row([r.id, ...names.map((n) => {
+    const v = r.values[n];
+    return v === null || v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v);
+  })], { row: r.id })));
+  const last = current.offset + page.rows.length;
+  $("#page-info").textContent = page.total === 0 ? "no rows" : `rows ${current.offset + 1}–${last} of ${page.total}`;
+  $("#prev").disabled = current.offset === 0;
+  $("#next").disabled = !page.more;
+}
+
+const localInput = (secs) => new Date(secs * 1000 - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+
+async function drawChart() {
+  const app = $("#tables-app").value;
+  const f = $("#chart-form");
+  const time = f.time.value;
+  const value = f.value.value;
+  if (!time || !value) { $("#chart-info").textContent = "the table needs a datetime and a number column"; return; }
+  // Without a range: the whole table, from its first to its last time.
+  if (!f.from.value || !f.to.value) {
+    const ends = await Promise.all([true, false].map((asc) => api("tables/rows", {
+      app, table: current.name, query: { filters: [{ op: "compare", column: time, cmp: "ge", value: "0001-01-01T00:00:00Z" }], order: [[time, asc]] }, limit: 1,
+    })));
+    if (!ends[0].rows.length) { $("#chart-info").textContent = "no rows with a time"; return; }
+    f.from.value = localInput(Date.parse(ends[0].rows[0].values[time]) / 1000);
+    f.to.value = localInput(Date.parse(ends[1].rows[0].values[time]) / 1000 + 1);
+  }
+  const from = new Date(f.from.value).toISOString();
+  const to = new Date(f.to.value).toISOString();
+  const buckets = await api("tables/chart", { app, table: current.name, time, value, from, to, buckets: 200 });
+  const svg = $("#table-chart");
+  svg.dataset.points = String(buckets.length);
+  const n = buckets.reduce((k, b) => k + b.count, 0);
+  $("#chart-info").textContent = `${n} rows in ${buckets.length} buckets`;
+  if (!buckets.length) { svg.querySelector(".line").setAttribute("d", ""); svg.querySelector(".band").setAttribute("d", ""); return; }
+  const t0 = Date.parse(from) / 1000;
+  const span = Date.parse(to) / 1000 - t0;
+  const lo = Math.min(...buckets.map((b) => b.min));
+  const hi = Math.max(...buckets.map((b) => b.max));
+  const pad = (hi - lo) * 0.05 || 1;
+  const x = (b) => ((b.start - t0) / span) * 800;
+  const y = (v) => 200 - ((v - lo + pad) / (hi - lo + 2 * pad)) * 200;
+  const pts = (g) => buckets.map((b) => `${x(b).toFixed(1)},${y(g(b)).toFixed(1)}`);
+  svg.querySelector(".line").setAttribute("d", `M${pts((b) => b.mean).join("L")}`);
+  svg.querySelector(".band").setAttribute("d", `M${pts((b) => b.max).join("L")}L${pts((b) => b.min).reverse().join("L")}Z`);
+}
+
+function tableControls() {
+  $("#tables-app").addEventListener("change", () => { current = null; $("#table-view").hidden = true; loadTables().catch(showTablesError); });
+  $("#new-table").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = ev.target;
+    try {
+      await api("tables", { app: $("#tables-app").value, name: f.name.value, columns: f.columns.value.split(/\s+/).filter(Boolean) });
+      f.reset();
+      await loadTables();
+    } catch (e) { showTablesError(e); }
+  });
+  $("#add-column").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await api("tables/columns", { app: $("#tables-app").value, table: current.name, column: ev.target.column.value });
+      ev.target.reset();
+      await loadTables();
+      await openTable(current.name);
+    } catch (e) { showTablesError(e); }
+  });
+  $("#filter").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    current.query = filterQuery();
+    current.offset = 0;
+    showRows().catch(showTablesError);
+  });
+  $("#prev").addEventListener("click", () => { current.offset = Math.max(0, current.offset - PAGE); showRows().catch(showTablesError); });
+  $("#next").addEventListener("click", () => { current.offset += PAGE; showRows().catch(showTablesError); });
+  $("#import").addEventListener("click", async () => {
+    const file = $("#import-file").files[0];
+    if (!file) { $("#import-result").textContent = "choose a CSV file first"; return; }
+    const app = $("#tables-app").value;
+    const res = await fetch(`/_/admin/api/tables/import?app=${encodeURIComponent(app)}&table=${encodeURIComponent(current.name)}`, {
+      method: "POST", headers: { "Content-Type": "text/csv", "X-CSRF-Token": csrf }, body: await file.text(),
+    });
+    const json = await res.json().catch(() => ({}));
+    $("#import-result").textContent = res.ok ? `added ${json.added} rows` : (json.error ?? `HTTP ${res.status}`);
+    await loadTables();
+    await showRows();
+  });
+  $("#chart-form").addEventListener("submit", (ev) => { ev.preventDefault(); drawChart().catch(showTablesError); });
 }
 
 function renderFunctions() {
@@ -154,6 +320,7 @@ async function start() {
   setInterval(later, 15_000);
 
   $("#call select[name=app]").addEventListener("change", renderFunctions);
+  tableControls();
 
   $("#new-app").addEventListener("submit", async (ev) => {
     ev.preventDefault();

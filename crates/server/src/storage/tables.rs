@@ -407,6 +407,7 @@ pub enum Filter {
 
 /// A search: conditions that must all hold, and an order.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Query {
     /// Conditions, all of which must hold.
     pub filters: Vec<Filter>,
@@ -420,44 +421,92 @@ pub const MAX_CONDITIONS: usize = 1000;
 /// Rows as CSV (RFC 4180): a header of the column names, then one line
 /// per row. Text as is, numbers and booleans as JSON writes them, dates and
 /// datetimes as stored, simple objects and links as JSON, unset as empty.
-/// With `escape_for_excel`, a cell that a spreadsheet would run as a
+/// With `escape_for_excel`, a text cell that a spreadsheet would run as a
 /// formula (starting with `=`, `+`, `-` or `@`) gets a leading `'`.
 pub fn csv(columns: &[Column], rows: &[Row], escape_for_excel: bool) -> String {
-    fn cell(out: &mut String, text: &str, escape_for_excel: bool) {
-        let guard = escape_for_excel && text.starts_with(['=', '+', '-', '@']);
-        if guard || text.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            if guard {
-                out.push('\'');
-            }
-            out.push_str(&text.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(text);
-        }
-    }
-    let mut out = String::new();
-    for (i, c) in columns.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        cell(&mut out, &c.name, escape_for_excel);
-    }
-    out.push_str("\r\n");
+    let mut w = ::csv::WriterBuilder::new()
+        .terminator(::csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    // Writing to memory cannot fail.
+    let _ = w.write_record(columns.iter().map(|c| c.name.as_str()));
     for (_, values) in rows {
-        for (i, c) in columns.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+        let record = columns.iter().map(|c| match values.get(&c.name) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) if escape_for_excel && s.starts_with(['=', '+', '-', '@']) => {
+                format!("'{s}")
             }
-            match values.get(&c.name) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) => cell(&mut out, s, escape_for_excel),
-                Some(v) => cell(&mut out, &v.to_string(), false),
-            }
-        }
-        out.push_str("\r\n");
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        });
+        let _ = w.write_record(record);
     }
-    out
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// Rows from CSV: a header naming columns of `columns` (in any order, not
+/// necessarily all of them), then one line per row, cells in the form
+/// [`csv`] writes (an empty cell is unset). Every cell is checked; the
+/// first bad one is an error naming its line and column.
+pub fn parse_csv(columns: &[Column], text: &str) -> Result<Vec<Map<String, Value>>, StoreError> {
+    let mut r = ::csv::ReaderBuilder::new().from_reader(text.as_bytes());
+    let header: Vec<&Column> = r
+        .headers()
+        .map_err(|e| bad(format!("the CSV's header cannot be read: {e}")))?
+        .iter()
+        .map(|name| {
+            columns.iter().find(|c| c.name == name).ok_or_else(|| {
+                StoreError::NoSuchColumn(format!(
+                    "the CSV's header names \"{}\", which the table does not have (its columns: {})",
+                    name.chars().take(80).collect::<String>(),
+                    columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for (n, record) in r.records().enumerate() {
+        let line = n + 2;
+        let record = record.map_err(|e| bad(format!("CSV line {line}: {e}")))?;
+        let mut values = Map::new();
+        for (column, cell) in header.iter().zip(record.iter()) {
+            let wrong = |what: &str| {
+                bad(format!(
+                    "CSV line {line}, column \"{}\" ({}): {what}, not \"{}\"",
+                    column.name,
+                    column.kind,
+                    cell.chars().take(40).collect::<String>()
+                ))
+            };
+            let value = if cell.is_empty() {
+                Value::Null
+            } else {
+                match &column.kind {
+                    ColumnType::Text | ColumnType::Date | ColumnType::DateTime => cell.into(),
+                    ColumnType::Number => cell
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(Value::Number)
+                        .ok_or_else(|| wrong("a number"))?,
+                    ColumnType::Bool => match cell {
+                        "true" | "True" | "TRUE" | "1" => true.into(),
+                        "false" | "False" | "FALSE" | "0" => false.into(),
+                        _ => return Err(wrong("true or false")),
+                    },
+                    ColumnType::Link(_) => cell
+                        .parse::<i64>()
+                        .map(Value::from)
+                        .map_err(|_| wrong("a row id"))?,
+                    ColumnType::SimpleObject | ColumnType::Links(_) => {
+                        serde_json::from_str(cell).map_err(|_| wrong("JSON"))?
+                    }
+                }
+            };
+            values.insert(column.name.clone(), value);
+        }
+        rows.push(values);
+    }
+    Ok(rows)
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.

@@ -71,7 +71,7 @@ async fn session(
     blocking(state, move |s| s.operator_session(&hash)).await
 }
 
-async fn require(
+pub(crate) async fn require(
     state: &Arc<ServerState>,
     headers: &HeaderMap,
 ) -> Result<OperatorSession, ApiError> {
@@ -85,7 +85,7 @@ async fn require(
 
 /// For changes: a live session, a same-origin request, and the session's
 /// CSRF token in `X-CSRF-Token`.
-async fn require_change(
+pub(crate) async fn require_change(
     state: &Arc<ServerState>,
     headers: &HeaderMap,
 ) -> Result<OperatorSession, ApiError> {

@@ -26,8 +26,11 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchApp(_) => Self(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::UserExists { .. }
             | StoreError::AppExists(_)
-            | StoreError::DeviceTaken { .. } => Self(StatusCode::CONFLICT, e.to_string()),
+            | StoreError::DeviceTaken { .. }
+            | StoreError::Conflict => Self(StatusCode::CONFLICT, e.to_string()),
             StoreError::InvalidName { .. }
+            | StoreError::BadTable(_)
+            | StoreError::NoSuchColumn(_)
             | StoreError::NoSuchKey(_)
             | StoreError::Ambiguous { .. } => Self(StatusCode::BAD_REQUEST, e.to_string()),
             e => {

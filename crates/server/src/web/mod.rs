@@ -17,6 +17,7 @@ use crate::state::ServerState;
 pub(crate) mod api;
 pub(crate) mod browser;
 pub(crate) mod dashboard;
+pub(crate) mod dashboard_tables;
 pub(crate) mod http;
 pub(crate) mod passwords;
 pub mod sites;
@@ -78,7 +79,25 @@ pub(crate) fn admin_router(state: Arc<ServerState>) -> Router {
         .route("/_/admin/api/keys/revoke", post(admin::revoke_key))
         .route("/_/admin/api/apps", post(admin::create_app))
         .route("/_/admin/api/apps/settings", post(admin::app_settings))
-        .route("/_/admin/api/call", post(admin::call));
+        .route("/_/admin/api/call", post(admin::call))
+        .route(
+            "/_/admin/api/tables",
+            get(dashboard_tables::list).post(dashboard_tables::create),
+        )
+        .route(
+            "/_/admin/api/tables/columns",
+            post(dashboard_tables::add_column),
+        )
+        .route("/_/admin/api/tables/access", post(dashboard_tables::access))
+        .route("/_/admin/api/tables/rows", post(dashboard_tables::rows))
+        .route("/_/admin/api/tables/chart", post(dashboard_tables::chart))
+        .route("/_/admin/api/tables/csv", get(dashboard_tables::export))
+        .route(
+            "/_/admin/api/tables/import",
+            post(dashboard_tables::import).layer(axum::extract::DefaultBodyLimit::max(
+                dashboard_tables::IMPORT_BYTES,
+            )),
+        );
     served(routes, state)
 }
 

@@ -25,6 +25,15 @@ async fn demo_app_and_dashboard_in_a_real_browser() {
     let app_url = field(&lines, "demo app \"Morse & thermometer\": ");
     browser::run("demo.mjs", &[("APP_URL", app_url)]).await;
     browser::run(
+        "dashboard_tables.mjs",
+        &[
+            ("BASE", base.clone()),
+            ("OP_NAME", "admin".to_owned()),
+            ("OP_PASSWORD", password.clone()),
+        ],
+    )
+    .await;
+    browser::run(
         "dashboard.mjs",
         &[
             ("BASE", base),
