@@ -136,6 +136,7 @@ struct Fields<'a> {
     privilege: Option<RawJson<'a>>,
     app_info: Option<RawJson<'a>>,
     request_id: Option<RawJson<'a>>,
+    media_id: Option<RawJson<'a>>,
     last_chunk: Option<RawJson<'a>>,
     event: Option<RawJson<'a>>,
 }
@@ -164,6 +165,7 @@ impl<'a> Fields<'a> {
             "priv" => &mut self.privilege,
             "app-info" => &mut self.app_info,
             "requestId" => &mut self.request_id,
+            "mediaId" => &mut self.media_id,
             "lastChunk" => &mut self.last_chunk,
             "event" => &mut self.event,
             _ => return Ok(()),
@@ -294,6 +296,7 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Message<'a>, D
             "REGISTER_LIVE_OBJECT_BACKEND" => Ok(Message::RegisterLiveObjectBackend),
             "CHUNK_HEADER" => Ok(Message::ChunkHeader {
                 request_id: f.request_id.and_then(WireStr::from_raw),
+                media_id: f.media_id.and_then(WireStr::from_raw),
                 last_chunk: f.last_chunk.is_some_and(|l| l.get() == "true"),
             }),
             "MEDIA_ERROR" => Ok(Message::MediaError {

@@ -93,6 +93,8 @@ pub enum Message<'a> {
     ChunkHeader {
         /// The message whose `objects` declared the media.
         request_id: Option<WireStr<'a>>,
+        /// Which of its media objects the chunk belongs to.
+        media_id: Option<WireStr<'a>>,
         /// Whether this is the last chunk.
         last_chunk: bool,
     },

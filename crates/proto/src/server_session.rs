@@ -92,7 +92,17 @@ pub enum Inbound<'a> {
     Call(Call<'a>),
     /// A reply to a call the server sent this connection.
     Reply(Reply<'a>),
-    /// Nothing to do (binary media data, output, media headers).
+    /// A media chunk's header: the binary frame that follows carries the
+    /// chunk's bytes.
+    ChunkHeader {
+        /// The id of the call whose `objects` declared the media.
+        request_id: String,
+        /// The media object's id.
+        media_id: String,
+        /// Whether it is the media's last chunk.
+        last: bool,
+    },
+    /// Nothing to do (binary media data, output, media errors).
     Nothing,
 }
 
@@ -303,6 +313,15 @@ impl ServerSession {
                 RefusalKind::LiveObjectBackend,
                 "Cannot register live-object backends from this uplink: ferrolink does not support live objects.".to_string(),
             )),
+            Message::ChunkHeader {
+                request_id: Some(request_id),
+                media_id: Some(media_id),
+                last_chunk,
+            } => Ok(Inbound::ChunkHeader {
+                request_id: request_id.value().into_owned(),
+                media_id: media_id.value().into_owned(),
+                last: last_chunk,
+            }),
             Message::Output { .. } | Message::ChunkHeader { .. } | Message::MediaError { .. } => {
                 Ok(Inbound::Nothing)
             }

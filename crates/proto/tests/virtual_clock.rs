@@ -128,7 +128,7 @@ impl Sim {
                     self.to_client[0].push_back(f);
                 }
             }
-            Ok(Inbound::Nothing) => {}
+            Ok(Inbound::Nothing | Inbound::ChunkHeader { .. }) => {}
             Err(r) => panic!("refused {text}: {r}"),
         }
     }

@@ -207,4 +207,36 @@ check("nested_transaction", nested)
 check("delete_all_rows", lambda: (app_tables.groups.delete_all_rows(), len(app_tables.groups.search()))[1])
 check("search_delete_all", lambda: (app_tables.readings.search(note=q.like("%warm")).delete_all_rows(),
                                     len(app_tables.readings.search()))[1])
+
+# Media: more than one chunk each way.
+import anvil  # noqa: E402
+blob = anvil.BlobMedia("image/png", b"\x89PNG" + bytes(range(250)) * 1200, name="p.png")
+
+
+def media():
+    app_tables.photos.add_row(name="a", image=blob)
+    got = app_tables.photos.get(name="a")["image"]
+    return [got.content_type, got.name, got.length, got.get_bytes() == blob.get_bytes()]
+
+
+def media_copy():
+    got = app_tables.photos.get(name="a")["image"]
+    app_tables.photos.add_row(name="b", image=got)
+    copy = app_tables.photos.get(name="b")["image"]
+    return [copy.get_bytes() == blob.get_bytes(), copy.name]
+
+
+def media_cleared():
+    row = app_tables.photos.get(name="b")
+    row["image"] = None
+    return app_tables.photos.get(name="b")["image"]
+
+
+check("media", media)
+check("media_copy", media_copy)
+check("media_cleared", media_cleared)
+check("media_too_big", lambda: app_tables.photos.add_row(
+    name="big", image=anvil.BlobMedia("application/octet-stream", b"x" * (5 * 1024 * 1024))) and "added")
+check("media_rows", lambda: len(app_tables.photos.search()))
+check("media_in_text_column", lambda: app_tables.photos.add_row(name=blob) and "added")
 report()

@@ -301,7 +301,7 @@ async fn authenticate(
                     }
                 },
                 Ok(Some(Incoming::Ping(p))) => out.pong(p),
-                Ok(Some(Incoming::Binary | Incoming::Pong)) => {
+                Ok(Some(Incoming::Binary(_) | Incoming::Pong)) => {
                     session.handle_binary(state.now());
                 }
                 Ok(Some(Incoming::Close(code))) => return Poll::Ready(Err(Ending::PeerClosed(code))),
@@ -429,6 +429,8 @@ struct Core {
     /// What this connection's key may register (`None`: anything).
     allowed: Option<Box<crate::keys::FunctionList>>,
     warnings: crate::logs::Every,
+    /// Data table calls waiting for the media they declared.
+    media: Option<Box<crate::tables::MediaIn>>,
 }
 
 struct Driver {
@@ -495,6 +497,7 @@ impl Driver {
                 armed: Instant::from_millis(u64::MAX),
                 allowed: None,
                 warnings: crate::logs::Every::default(),
+                media: None,
             },
         }
     }
@@ -653,9 +656,21 @@ impl Core {
                 self.out.pong(payload);
                 Ok(())
             }
-            // Media chunks are not supported (calls carrying media are
-            // refused), so their data is dropped; pongs count as life.
-            Incoming::Binary | Incoming::Pong => {
+            // Media chunks go to the table call waiting for them, if any
+            // (other calls carrying media are refused); pongs count as life.
+            Incoming::Binary(bytes) => {
+                self.session.handle_binary(now);
+                let done = self.media.as_mut().and_then(|m| m.data(bytes));
+                match done {
+                    Some(Ok(job)) => {
+                        crate::tables::Service::submit_job(&self.state, &self.peer, job)
+                    }
+                    Some(Err((id, f))) => self.reply_error(&id, f.ty, &f.message),
+                    None => {}
+                }
+                Ok(())
+            }
+            Incoming::Pong => {
                 self.session.handle_binary(now);
                 Ok(())
             }
@@ -703,6 +718,16 @@ impl Core {
                     registered.push(name.into());
                     drop(registered);
                     self.state.monitor.changed();
+                }
+                Ok(())
+            }
+            Ok(Inbound::ChunkHeader {
+                request_id,
+                media_id,
+                last,
+            }) => {
+                if let Some(m) = self.media.as_mut() {
+                    m.header(request_id, media_id, last);
                 }
                 Ok(())
             }
@@ -759,7 +784,21 @@ impl Core {
             origin: origin.clone(),
         };
         if crate::tables::handles(&call.command) {
-            crate::tables::Service::submit(&self.state, &self.peer, call);
+            let media = crate::tables::declared_media(call);
+            if media.is_empty() {
+                crate::tables::Service::submit(&self.state, &self.peer, call);
+                return;
+            }
+            // Its media follows in chunks: hold the call until they are in.
+            let waiting = self.media.get_or_insert_with(Box::default);
+            let expired = waiting.expired(now);
+            let held = waiting.hold(&self.peer, call, media, now);
+            for (id, f) in expired {
+                self.reply_error(&id, f.ty, &f.message);
+            }
+            if let Err(f) = held {
+                self.reply_error(id, f.ty, &f.message);
+            }
             return;
         }
         if let Some(result) = builtins::answer(&cx, call) {

@@ -118,7 +118,7 @@ impl LinkError {
 /// A complete message.
 pub(crate) enum Incoming<'a> {
     Text(&'a str),
-    Binary,
+    Binary(&'a [u8]),
     Ping(&'a [u8]),
     Pong,
     /// The peer is closing (its close code, if any).
@@ -270,7 +270,7 @@ impl Input {
                             .map_err(|_| LinkError::NotUtf8)?;
                         Ok(Some(Incoming::Text(text)))
                     } else {
-                        Ok(Some(Incoming::Binary))
+                        Ok(Some(Incoming::Binary(&self.buf[start..end])))
                     };
                 }
                 Opcode::Text | Opcode::Binary => {
@@ -300,7 +300,7 @@ impl Input {
                                 .map_err(|_| LinkError::NotUtf8)?;
                             Ok(Some(Incoming::Text(text)))
                         } else {
-                            Ok(Some(Incoming::Binary))
+                            Ok(Some(Incoming::Binary(&self.reassembled)))
                         };
                     }
                 }

@@ -24,6 +24,8 @@ use super::{Store, StoreError};
 
 /// Longest text or simple-object value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Largest media value accepted, in bytes.
+pub const MAX_MEDIA_BYTES: usize = 4 * 1024 * 1024;
 /// Most columns one table may have.
 pub const MAX_COLUMNS: usize = 256;
 /// Most rows one search answers at once (page through the rest).
@@ -44,6 +46,11 @@ pub enum ColumnType {
     DateTime,
     /// Any JSON value.
     SimpleObject,
+    /// A file: bytes with a content type and a name (at most
+    /// [`MAX_MEDIA_BYTES`]). As JSON, `{"mime", "name", "base64"}` going in;
+    /// rows answer `{"mime", "name", "length"}` and the bytes come from
+    /// [`Tables::media`].
+    Media,
     /// A link to one row of another table of the same app.
     Link(String),
     /// Links to rows of another table of the same app.
@@ -53,7 +60,7 @@ pub enum ColumnType {
 impl ColumnType {
     fn sql(&self) -> &'static str {
         match self {
-            Self::Text | Self::Date | Self::SimpleObject | Self::Links(_) => "TEXT",
+            Self::Text | Self::Date | Self::SimpleObject | Self::Links(_) | Self::Media => "TEXT",
             Self::Number | Self::DateTime => "REAL",
             Self::Bool | Self::Link(_) => "INTEGER",
         }
@@ -77,6 +84,7 @@ impl fmt::Display for ColumnType {
             Self::Date => f.write_str("date"),
             Self::DateTime => f.write_str("datetime"),
             Self::SimpleObject => f.write_str("simpleObject"),
+            Self::Media => f.write_str("media"),
             Self::Link(t) => write!(f, "link:{t}"),
             Self::Links(t) => write!(f, "links:{t}"),
         }
@@ -94,12 +102,13 @@ impl FromStr for ColumnType {
             "date" => Self::Date,
             "datetime" => Self::DateTime,
             "simpleObject" => Self::SimpleObject,
+            "media" => Self::Media,
             _ => match s.split_once(':') {
                 Some(("link", t)) => Self::Link(t.to_owned()),
                 Some(("links", t)) => Self::Links(t.to_owned()),
                 _ => {
                     return Err(format!(
-                        "unknown column type \"{s}\"; use text, number, bool, date, datetime, simpleObject, link:TABLE or links:TABLE"
+                        "unknown column type \"{s}\"; use text, number, bool, date, datetime, simpleObject, media, link:TABLE or links:TABLE"
                     ));
                 }
             },
@@ -307,14 +316,22 @@ impl TableMeta {
         &self,
         conn: &rusqlite::Connection,
         values: &Map<String, Value>,
-    ) -> Result<Vec<(i64, Sql)>, StoreError> {
-        values
-            .iter()
-            .map(|(name, value)| {
-                let c = self.column(name)?;
-                Ok((c.id, to_sql(conn, &c.column, c.linked, value)?))
-            })
-            .collect()
+    ) -> Result<Vec<(String, Sql)>, StoreError> {
+        let mut out = Vec::with_capacity(values.len());
+        for (name, value) in values {
+            let c = self.column(name)?;
+            if c.column.kind == ColumnType::Media {
+                let (meta, bytes) = media_sql(&c.column, value)?;
+                out.push((format!("c_{}", c.id), meta));
+                out.push((format!("d_{}", c.id), bytes));
+            } else {
+                out.push((
+                    format!("c_{}", c.id),
+                    to_sql(conn, &c.column, c.linked, value)?,
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// The column called `name`, or an error that lists the columns there are.
@@ -500,6 +517,11 @@ pub fn parse_csv(columns: &[Column], text: &str) -> Result<Vec<Map<String, Value
                     ColumnType::SimpleObject | ColumnType::Links(_) => {
                         serde_json::from_str(cell).map_err(|_| wrong("JSON"))?
                     }
+                    ColumnType::Media => {
+                        return Err(wrong(
+                            "media cannot come from a CSV file (leave the cell empty)",
+                        ));
+                    }
                 }
             };
             values.insert(column.name.clone(), value);
@@ -535,6 +557,54 @@ fn like_to_glob(pattern: &str) -> String {
         }
     }
     out
+}
+
+/// A media value (`{"mime", "name", "base64"}`, or `null`) as what SQLite
+/// stores: its description (`{"mime", "name", "length"}`) and its bytes.
+fn media_sql(column: &Column, value: &Value) -> Result<(Sql, Sql), StoreError> {
+    use base64::Engine as _;
+    if value.is_null() {
+        return Ok((Sql::Null, Sql::Null));
+    }
+    let wrong = || {
+        bad(format!(
+            "column \"{}\" is media: give {{\"mime\": \"image/png\", \"name\": \"photo.png\", \"base64\": \"...\"}}, not {}",
+            column.name,
+            type_name(value)
+        ))
+    };
+    let mime = value
+        .get("mime")
+        .and_then(Value::as_str)
+        .ok_or_else(wrong)?;
+    let name = value.get("name").and_then(Value::as_str);
+    let data = value
+        .get("base64")
+        .and_then(Value::as_str)
+        .ok_or_else(wrong)?;
+    if data.len() > MAX_MEDIA_BYTES / 3 * 4 + 4 {
+        return Err(bad(format!(
+            "the media for \"{}\" is over {} MiB, the most a media value holds",
+            column.name,
+            MAX_MEDIA_BYTES >> 20
+        )));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| {
+            bad(format!(
+                "the media for \"{}\" is not valid base64",
+                column.name
+            ))
+        })?;
+    if mime.len() > 255 || name.is_some_and(|n| n.len() > 255) {
+        return Err(bad(format!(
+            "the media for \"{}\": its mime type and name are at most 255 bytes",
+            column.name
+        )));
+    }
+    let meta = serde_json::json!({"mime": mime, "name": name, "length": bytes.len()});
+    Ok((Sql::Text(meta.to_string()), Sql::Blob(bytes)))
 }
 
 /// Checks `value` against `kind` and converts it to what SQLite stores.
@@ -598,6 +668,7 @@ fn to_sql(
             text_ok(&s)?;
             Sql::Text(s)
         }
+        ColumnType::Media => return Err(wrong("searched only for None (unset)")),
         ColumnType::Link(target) => {
             let id = value.as_i64().ok_or_else(|| wrong("the id of a row"))?;
             check_row(conn, target, linked, id)?;
@@ -683,9 +754,10 @@ fn from_sql(kind: &ColumnType, v: rusqlite::types::ValueRef<'_>) -> Value {
         (ColumnType::Number, ValueRef::Integer(i)) => Value::from(i),
         (ColumnType::DateTime, ValueRef::Real(secs)) => datetime_text(secs),
         (ColumnType::Link(_), ValueRef::Integer(i)) => Value::from(i),
-        (ColumnType::SimpleObject | ColumnType::Links(_), ValueRef::Text(t)) => {
-            serde_json::from_slice(t).unwrap_or(Value::Null)
-        }
+        (
+            ColumnType::SimpleObject | ColumnType::Links(_) | ColumnType::Media,
+            ValueRef::Text(t),
+        ) => serde_json::from_slice(t).unwrap_or(Value::Null),
         (_, ValueRef::Text(t)) => Value::String(String::from_utf8_lossy(t).into_owned()),
         _ => Value::Null,
     }
@@ -921,6 +993,11 @@ impl Store {
             "ALTER TABLE tbl_{table} ADD COLUMN c_{cid} {}",
             c.kind.sql()
         ))?;
+        // A media column keeps its bytes beside its description, so rows
+        // are read without them.
+        if c.kind == ColumnType::Media {
+            tx.execute_batch(&format!("ALTER TABLE tbl_{table} ADD COLUMN d_{cid} BLOB"))?;
+        }
         // Time and number columns are what series are searched and ordered by.
         if matches!(
             c.kind,
@@ -1267,11 +1344,8 @@ impl Tables<'_> {
     ) -> Result<Vec<i64>, StoreError> {
         let mut ids = Vec::with_capacity(rows.len());
         for values in rows {
-            let (cols, vals): (Vec<String>, Vec<Sql>) = meta
-                .convert(self.conn, values)?
-                .into_iter()
-                .map(|(cid, v)| (format!("c_{cid}"), v))
-                .unzip();
+            let (cols, vals): (Vec<String>, Vec<Sql>) =
+                meta.convert(self.conn, values)?.into_iter().unzip();
             let sql = if cols.is_empty() {
                 format!("INSERT INTO tbl_{} DEFAULT VALUES", meta.id)
             } else {
@@ -1303,7 +1377,7 @@ impl Tables<'_> {
             .convert(self.conn, values)?
             .into_iter()
             .enumerate()
-            .map(|(i, (cid, v))| (format!("c_{cid} = ?{}", i + 1), v))
+            .map(|(i, (col, v))| (format!("{col} = ?{}", i + 1), v))
             .unzip();
         if sets.is_empty() {
             return Ok(self.get(meta, id)?.is_some());
@@ -1322,6 +1396,43 @@ impl Tables<'_> {
             )
             .map_err(|e| self.err(e))?;
         Ok(changed > 0)
+    }
+
+    /// The media in column `column` of row `id`: its description
+    /// (`{"mime", "name", "length"}`) and bytes; `None` if the row is gone
+    /// or the cell unset.
+    pub fn media(
+        &self,
+        meta: &TableMeta,
+        id: i64,
+        column: &str,
+    ) -> Result<Option<(Value, Vec<u8>)>, StoreError> {
+        let c = meta.column(column)?;
+        if c.column.kind != ColumnType::Media {
+            return Err(bad(format!(
+                "column \"{column}\" is {}, not media",
+                c.column.kind
+            )));
+        }
+        let found: Option<(Option<String>, Option<Vec<u8>>)> = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT c_{0}, d_{0} FROM tbl_{1} WHERE _id = ?1",
+                    c.id, meta.id
+                ),
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(match found {
+            Some((Some(description), Some(bytes))) => Some((
+                serde_json::from_str(&description).unwrap_or(Value::Null),
+                bytes,
+            )),
+            _ => None,
+        })
     }
 
     /// Deletes row `id`; answers whether it existed.
@@ -1626,6 +1737,87 @@ mod tests {
             offset: 0,
             limit: 1000,
         }
+    }
+
+    #[test]
+    fn media_is_kept_beside_its_description_and_csv_round_trips() {
+        let (_d, s) = store();
+        s.create_table(
+            "greenhouse",
+            "photos",
+            &["name:text".parse().unwrap(), "image:media".parse().unwrap()],
+        )
+        .unwrap();
+        let png = json!({"mime": "image/png", "name": "p.png", "base64": "iVBORw0KGgo="});
+        let id = s
+            .add_rows(
+                "greenhouse",
+                "photos",
+                &[obj(json!({"name": "a", "image": png}))],
+            )
+            .unwrap()[0];
+        let (_, row) = s.get_row("greenhouse", "photos", id).unwrap().unwrap();
+        assert_eq!(
+            row["image"],
+            json!({"mime": "image/png", "name": "p.png", "length": 8})
+        );
+        let (description, bytes) = s
+            .read("greenhouse", |t| t.media(&t.table("photos")?, id, "image"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(description["length"], 8);
+        assert_eq!(bytes, b"\x89PNG\r\n\x1a\n");
+        for bad in [
+            json!({"mime": "image/png"}),
+            json!({"mime": "image/png", "base64": "not base64!"}),
+            json!("a string"),
+        ] {
+            let e = s
+                .add_rows("greenhouse", "photos", &[obj(json!({"image": bad}))])
+                .unwrap_err();
+            assert!(e.to_string().contains("image"), "{e}");
+        }
+        // Searching media: only for unset.
+        let e = s
+            .search("greenhouse", "photos", &obj(json!({"image": png})), &all())
+            .unwrap_err();
+        assert!(e.to_string().contains("searched only for None"), "{e}");
+        s.update_row("greenhouse", "photos", id, &obj(json!({"image": null})))
+            .unwrap();
+        assert!(
+            s.read("greenhouse", |t| t.media(&t.table("photos")?, id, "image"))
+                .unwrap()
+                .is_none()
+        );
+
+        // CSV: what `csv` writes, `parse_csv` reads back.
+        let columns: Vec<Column> = ["title:text", "n:number", "ok:bool", "extra:simpleObject"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let rows = vec![
+            (
+                1,
+                obj(
+                    json!({"title": "a, \"quoted\"\nline", "n": 1.5, "ok": true, "extra": {"k": [1]}}),
+                ),
+            ),
+            (
+                2,
+                obj(json!({"title": "=1+1", "n": null, "ok": false, "extra": null})),
+            ),
+        ];
+        let text = csv(&columns, &rows, false);
+        let back = parse_csv(&columns, &text).unwrap();
+        assert_eq!(
+            back,
+            rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()
+        );
+        assert!(csv(&columns, &rows, true).contains("'=1+1"));
+        let e = parse_csv(&columns, "title,kelvin\r\nx,1\r\n").unwrap_err();
+        assert!(e.to_string().contains("\"kelvin\""), "{e}");
+        let e = parse_csv(&columns, "title,n\r\nx,1\r\ny,lots\r\n").unwrap_err();
+        assert!(e.to_string().contains("CSV line 3, column \"n\""), "{e}");
     }
 
     #[test]

@@ -123,6 +123,57 @@ impl Caps {
         })
     }
 
+    /// The `LazyMedia` entry for the media in `column` of row `row` of
+    /// table `table`, described by `description` (`{"mime", "name",
+    /// "length"}`): its `key` names the cell, its `id` is the key's MAC.
+    pub(crate) fn media_entry(
+        &self,
+        app: &str,
+        (table, row, column): (i64, i64, &str),
+        description: &Value,
+        path: Value,
+    ) -> Value {
+        let key = serde_json::json!([table, row, column]).to_string();
+        let id = hex(&self
+            .mac(app, &serde_json::json!(["_", "media", key]))
+            .finalize()
+            .into_bytes());
+        serde_json::json!({
+            "type": ["LazyMedia"],
+            "path": path,
+            "manager": "ferrolink.tables",
+            "key": key,
+            "id": id,
+            "mime-type": description["mime"],
+            "length": description["length"],
+            "name": description["name"],
+        })
+    }
+
+    /// Verifies a `LazyMedia` entry minted by [`Caps::media_entry`]:
+    /// answers its table, row and column.
+    pub(crate) fn verify_media(
+        &self,
+        app: &str,
+        entry: &Value,
+    ) -> Result<(i64, i64, String), Refused> {
+        let key = entry
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or(Refused::Malformed)?;
+        let mac = entry
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(unhex)
+            .ok_or(Refused::Malformed)?;
+        self.mac(app, &serde_json::json!(["_", "media", key]))
+            .verify_slice(&mac)
+            .map_err(|_| Refused::BadMac)?;
+        let (table, row, column): (i64, i64, String) =
+            serde_json::from_str(key).map_err(|_| Refused::Malformed)?;
+        Ok((table, row, column))
+    }
+
     /// Verifies a `Capability` entry of `objects` sent by a connection of
     /// `app`.
     pub(crate) fn verify(&self, app: &str, entry: &Value) -> Result<Scope, Refused> {

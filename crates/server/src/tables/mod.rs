@@ -11,6 +11,7 @@
 //! docs/tables-protocol.md; what works is in docs/tables.md.
 
 mod caps;
+mod media;
 mod plain;
 mod rpc;
 mod wire;
@@ -30,6 +31,7 @@ use crate::storage::tables::{ClientAccess, TableMeta, TableTransaction};
 use crate::storage::{Store, StoreError};
 
 pub(crate) use caps::Caps;
+pub(crate) use media::{MediaIn, declared as declared_media};
 
 /// Error type the client raises as `anvil.tables.TableError`.
 const TABLE_ERROR: &str = "anvil.tables.TableError";
@@ -54,8 +56,8 @@ pub(crate) const TRANSACTION_LIFETIME: Duration = Duration::from_secs(10);
 /// A refusal: the error type the client raises, and the message.
 #[derive(Debug)]
 pub(crate) struct Failure {
-    ty: &'static str,
-    message: String,
+    pub(crate) ty: &'static str,
+    pub(crate) message: String,
 }
 
 pub(crate) fn table_error(message: &str) -> Failure {
@@ -181,11 +183,29 @@ pub(crate) fn row_deleted() -> Failure {
 
 /// A call, owned, on its way to a blocking thread.
 pub(crate) struct Job {
+    /// The caller's id, as a JSON literal.
+    pub(crate) id_literal: String,
     pub(crate) command: String,
     pub(crate) args: String,
     pub(crate) kwargs: String,
     pub(crate) objects: Option<String>,
     txn: TxnKey,
+    /// The bytes of the call's media objects, by media id.
+    pub(crate) media: HashMap<String, Vec<u8>>,
+}
+
+impl Job {
+    pub(crate) fn new(peer: &Peer, call: &Call<'_>) -> Self {
+        Self {
+            id_literal: call.id.literal().to_owned(),
+            command: call.command.clone().into_owned(),
+            args: call.args.get().to_owned(),
+            kwargs: call.kwargs.get().to_owned(),
+            objects: call.objects.map(|o| o.get().to_owned()),
+            txn: (peer.id, call.call_stack_id.as_deref().unwrap_or("").into()),
+            media: HashMap::new(),
+        }
+    }
 }
 
 /// What a table call answers: the response, its `objects`, and a file
@@ -199,7 +219,7 @@ pub(crate) struct Answer {
 /// A file answered as media (`to_csv`).
 pub(crate) struct Media {
     pub(crate) name: String,
-    pub(crate) mime: &'static str,
+    pub(crate) mime: String,
     pub(crate) bytes: Vec<u8>,
 }
 
@@ -269,8 +289,13 @@ impl Answer {
 /// ferrolink's plain-JSON one (`ferrolink.tables.*`, for the Rust and
 /// browser clients and devices that cannot take `objects`).
 pub(crate) fn handles(command: &str) -> bool {
-    command.starts_with("anvil.private.tables.") || command.starts_with(plain::PREFIX)
+    command.starts_with("anvil.private.tables.")
+        || command.starts_with(plain::PREFIX)
+        || command == FETCH_MEDIA
 }
+
+/// How the official client reads a media value it got as `LazyMedia`.
+const FETCH_MEDIA: &str = "anvil.private.fetch_lazy_media";
 
 /// The answer to `anvil.private.get_client_config(path)` for the tables
 /// service: v2 tables (what this server implements).
@@ -292,7 +317,12 @@ impl Service {
     /// Takes a table call from `peer`: it runs on a blocking thread and
     /// its answer is queued to `peer`.
     pub(crate) fn submit(state: &Arc<ServerState>, peer: &Arc<Peer>, call: &Call<'_>) {
-        let id = call.id.literal().to_owned();
+        Self::submit_job(state, peer, Job::new(peer, call));
+    }
+
+    /// Runs `job` on a blocking thread and queues its answer to `peer`.
+    pub(crate) fn submit_job(state: &Arc<ServerState>, peer: &Arc<Peer>, job: Job) {
+        let id = job.id_literal.clone();
         let reply = move |peer: &Peer, result: Result<Answer, Failure>| {
             let out = match result {
                 Ok(a) => a.encode(&id),
@@ -322,13 +352,6 @@ impl Service {
             server: peer.privilege == Privilege::Server && peer.browser.is_none(),
             user: peer.browser.as_ref().is_some_and(|b| b.email.is_some()),
         };
-        let job = Job {
-            command: call.command.clone().into_owned(),
-            args: call.args.get().to_owned(),
-            kwargs: call.kwargs.get().to_owned(),
-            objects: call.objects.map(|o| o.get().to_owned()),
-            txn: (peer.id, call.call_stack_id.as_deref().unwrap_or("").into()),
-        };
         let state = state.clone();
         let peer = peer.clone();
         tokio::spawn(async move {
@@ -356,6 +379,9 @@ impl Service {
             "anvil.private.tables.open_transaction" => return self.open(state, who, job),
             "anvil.private.tables.close_transaction" => return self.close(job),
             _ => {}
+        }
+        if job.command == FETCH_MEDIA {
+            return rpc::fetch_media(self, state, who, job);
         }
         if let Some(name) = job.command.strip_prefix(plain::PREFIX) {
             let call = plain::Request::parse(who, name, job)?;

@@ -154,6 +154,21 @@ impl<'a> Request<'a> {
                 let meta = table(Need::Write)?;
                 json!(t.delete_row(&meta, self.id_arg(1)?)?)
             }
+            "media" => {
+                let meta = table(Need::Read)?;
+                let column = self.str_arg(2, "a media column's name")?;
+                match t.media(&meta, self.id_arg(1)?, column)? {
+                    None => Value::Null,
+                    Some((description, bytes)) => {
+                        use base64::Engine as _;
+                        json!({
+                            "mime": description["mime"],
+                            "name": description["name"],
+                            "base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                        })
+                    }
+                }
+            }
             "chart" => {
                 let meta = table(Need::Read)?;
                 let series = Series {

@@ -1,6 +1,7 @@
 //! The `anvil.private.tables.v2.*` functions, one by one
 //! (docs/tables-protocol.md §2).
 
+use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::storage::tables::{
@@ -22,6 +23,8 @@ pub(crate) struct Request<'a> {
     args: Vec<Value>,
     kwargs: Map<String, Value>,
     objects: Objects,
+    /// The bytes of media sent with the call, by media id.
+    media: &'a std::collections::HashMap<String, Vec<u8>>,
 }
 
 fn arg_path(tail: &[Value]) -> Vec<Value> {
@@ -35,7 +38,7 @@ impl<'a> Request<'a> {
         svc: &'a Service,
         who: &'a Who,
         name: &'a str,
-        job: &Job,
+        job: &'a Job,
     ) -> Result<Self, Failure> {
         let args: Vec<Value> = serde_json::from_str(&job.args)
             .map_err(|_| table_error("the call's arguments are not a list"))?;
@@ -48,6 +51,7 @@ impl<'a> Request<'a> {
             args,
             kwargs,
             objects: Objects::parse(job.objects.as_deref())?,
+            media: &job.media,
         })
     }
 
@@ -284,7 +288,13 @@ impl<'a> Request<'a> {
     }
 
     /// A value for column `c` from the call, at `path`, in the store's form.
-    fn value(&self, c: &ColumnMeta, v: &Value, path: &[Value]) -> Result<Value, Failure> {
+    fn value(
+        &self,
+        t: &Tables<'_>,
+        c: &ColumnMeta,
+        v: &Value,
+        path: &[Value],
+    ) -> Result<Value, Failure> {
         let wrong = |what: &str| {
             table_error(&format!(
                 "column \"{}\" is {}: {what}",
@@ -324,6 +334,32 @@ impl<'a> Request<'a> {
             (ColumnType::Link(_) | ColumnType::Links(_), _) => {
                 return Err(wrong("pass rows of the linked table"));
             }
+            (ColumnType::Media, Slot::DataMedia(e)) => {
+                let bytes = e["id"]
+                    .as_str()
+                    .and_then(|id| self.media.get(id))
+                    .ok_or_else(|| wrong("its media's bytes did not arrive"))?;
+                json!({
+                    "mime": e["mime-type"].as_str().unwrap_or("application/octet-stream"),
+                    "name": e["name"],
+                    "base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                })
+            }
+            (ColumnType::Media, Slot::LazyMedia(e)) => {
+                let (description, bytes) = self.lazy_media(t, e)?;
+                json!({
+                    "mime": description["mime"],
+                    "name": description["name"],
+                    "base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                })
+            }
+            (ColumnType::Media, Slot::Plain) if v.is_null() => Value::Null,
+            (ColumnType::Media, _) => {
+                return Err(wrong("pass a Media object (e.g. anvil.BlobMedia)"));
+            }
+            (_, Slot::DataMedia(_) | Slot::LazyMedia(_)) => {
+                return Err(wrong("media goes only into a media column"));
+            }
             (_, Slot::Plain) => v.clone(),
             (_, Slot::Date(d)) => d.into(),
             (_, Slot::DateTime(d)) => wire::datetime_from_wire(&d)?.into(),
@@ -341,9 +377,32 @@ impl<'a> Request<'a> {
         })
     }
 
+    /// The description and bytes of the table cell a `LazyMedia` entry names
+    /// (one this server handed out), if the caller may read it.
+    fn lazy_media(&self, t: &Tables<'_>, entry: &Value) -> Result<(Value, Vec<u8>), Failure> {
+        let (table, row, column) =
+            self.svc
+                .caps
+                .verify_media(&self.who.app, entry)
+                .map_err(|_| Failure {
+                    ty: ferrolink_proto::error_type::PERMISSION_DENIED,
+                    message: "a media handle was forged, changed, or made for another app"
+                        .to_owned(),
+                })?;
+        let meta = self.table(t, table).map_err(|_| row_deleted())?;
+        self.check(&meta, Need::Read)?;
+        t.media(&meta, row, &column)?.ok_or_else(|| Failure {
+            ty: super::ROW_DELETED,
+            message: format!(
+                "the media of column \"{column}\" is gone (its row was deleted or the cell changed)"
+            ),
+        })
+    }
+
     /// A dict of column values from the call (at `path`), in the store's form.
     fn values(
         &self,
+        t: &Tables<'_>,
         meta: &TableMeta,
         v: &Value,
         path: &[Value],
@@ -358,14 +417,14 @@ impl<'a> Request<'a> {
             let c = meta.column(name)?;
             let mut p = path.to_vec();
             p.push(name.clone().into());
-            out.insert(name.clone(), self.value(c, value, &p)?);
+            out.insert(name.clone(), self.value(t, c, value, &p)?);
         }
         Ok(out)
     }
 
     fn add_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
         let meta = self.table_arg(t, 0, Need::Add)?;
-        let values = self.values(&meta, self.arg(1), &arg_path(&[1.into()]))?;
+        let values = self.values(t, &meta, self.arg(1), &arg_path(&[1.into()]))?;
         let id = t.add_rows(&meta, std::slice::from_ref(&values))?[0];
         let cap = self.svc.caps.entry(
             &self.who.app,
@@ -383,7 +442,7 @@ impl<'a> Request<'a> {
         let rows = self.arg(1).as_array().map_or(&[][..], Vec::as_slice);
         let mut all = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
-            all.push(self.values(&meta, r, &arg_path(&[1.into(), i.into()]))?);
+            all.push(self.values(t, &meta, r, &arg_path(&[1.into(), i.into()]))?);
         }
         let ids = t.add_rows(&meta, &all)?;
         let mut objects = Vec::with_capacity(ids.len());
@@ -410,7 +469,7 @@ impl<'a> Request<'a> {
         path: &[Value],
     ) -> Result<(), Failure> {
         let (meta, row) = self.row_at(t, cap_path, Need::Write)?;
-        let values = self.values(&meta, updates, path)?;
+        let values = self.values(t, &meta, updates, path)?;
         if t.update_row(&meta, row, &values)? {
             Ok(())
         } else {
@@ -420,7 +479,13 @@ impl<'a> Request<'a> {
 
     /// A condition on column `c` from the call: a plain value (equality),
     /// a row, or a query object, at `path`.
-    fn column_filter(&self, c: &ColumnMeta, v: &Value, path: &[Value]) -> Result<Filter, Failure> {
+    fn column_filter(
+        &self,
+        t: &Tables<'_>,
+        c: &ColumnMeta,
+        v: &Value,
+        path: &[Value],
+    ) -> Result<Filter, Failure> {
         let column = c.column.name.clone();
         let inner = |key: &str| {
             let mut p = path.to_vec();
@@ -432,7 +497,7 @@ impl<'a> Request<'a> {
             // `value`, which finds the same entries.
             return Ok(Filter::Eq {
                 column,
-                value: self.value(c, v, path)?,
+                value: self.value(t, c, v, path)?,
             });
         };
         let op = name.strip_prefix("anvil.tables.query.").unwrap_or(name);
@@ -447,7 +512,7 @@ impl<'a> Request<'a> {
             return Ok(Filter::Compare {
                 column,
                 cmp,
-                value: self.value(c, &v["value"], &inner("value"))?,
+                value: self.value(t, c, &v["value"], &inner("value"))?,
             });
         }
         Ok(match op {
@@ -477,7 +542,7 @@ impl<'a> Request<'a> {
                 for (j, a) in args.iter().enumerate() {
                     let mut p = inner("args");
                     p.push(j.into());
-                    of.push(self.column_filter(c, a, &p)?);
+                    of.push(self.column_filter(t, c, a, &p)?);
                 }
                 combine(op, of)
             }
@@ -491,6 +556,7 @@ impl<'a> Request<'a> {
     /// objects and column conditions.
     fn combined(
         &self,
+        t: &Tables<'_>,
         meta: &TableMeta,
         op: &str,
         v: &Value,
@@ -509,7 +575,7 @@ impl<'a> Request<'a> {
                             "{inner}() needs a column: write column={inner}(...)"
                         )));
                     }
-                    of.push(self.combined(meta, inner, a, &p)?);
+                    of.push(self.combined(t, meta, inner, a, &p)?);
                 }
                 _ => {
                     return Err(table_error(&format!(
@@ -522,7 +588,7 @@ impl<'a> Request<'a> {
             for (name, value) in kw {
                 let mut p = path.to_vec();
                 p.extend(["kwargs".into(), name.clone().into()]);
-                of.push(self.column_filter(meta.column(name)?, value, &p)?);
+                of.push(self.column_filter(t, meta.column(name)?, value, &p)?);
             }
         }
         Ok(combine(op, of))
@@ -530,7 +596,12 @@ impl<'a> Request<'a> {
 
     /// The query of a search or get: positional arguments in argument 1,
     /// column conditions in argument 2. Answers the query and the page size.
-    fn query(&self, meta: &TableMeta, options_allowed: bool) -> Result<(Query, usize), Failure> {
+    fn query(
+        &self,
+        t: &Tables<'_>,
+        meta: &TableMeta,
+        options_allowed: bool,
+    ) -> Result<(Query, usize), Failure> {
         let mut query = Query::default();
         let mut page = DEFAULT_PAGE;
         let positional = self.arg(1).as_array().map_or(&[][..], Vec::as_slice);
@@ -570,7 +641,7 @@ impl<'a> Request<'a> {
                             "{op}() needs a column: write column={op}(...)"
                         )));
                     }
-                    query.filters.push(self.combined(meta, op, v, &p)?);
+                    query.filters.push(self.combined(t, meta, op, v, &p)?);
                 }
             }
         }
@@ -579,7 +650,7 @@ impl<'a> Request<'a> {
                 let p = arg_path(&[2.into(), name.clone().into()]);
                 query
                     .filters
-                    .push(self.column_filter(meta.column(name)?, value, &p)?);
+                    .push(self.column_filter(t, meta.column(name)?, value, &p)?);
             }
         }
         Ok((query, page))
@@ -643,7 +714,7 @@ impl<'a> Request<'a> {
 
     fn search(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
         let meta = self.table_arg(t, 0, Need::Read)?;
-        let (query, size) = self.query(&meta, true)?;
+        let (query, size) = self.query(t, &meta, true)?;
         let mut objects = vec![self.svc.caps.entry(
             &self.who.app,
             &Scope::Search {
@@ -687,7 +758,7 @@ impl<'a> Request<'a> {
 
     fn get_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
         let meta = self.table_arg(t, 0, Need::Read)?;
-        let (query, _) = self.query(&meta, false)?;
+        let (query, _) = self.query(t, &meta, false)?;
         let rows = t.search(&meta, &query, 0, 2)?;
         match rows.len() {
             0 => Ok(Answer::plain(Value::Null)),
@@ -767,6 +838,40 @@ impl<'a> Request<'a> {
     }
 }
 
+/// `anvil.private.fetch_lazy_media(media)`: the bytes of a media cell the
+/// client got as `LazyMedia`, answered as media.
+pub(crate) fn fetch_media(
+    svc: &Service,
+    state: &crate::state::ServerState,
+    who: &Who,
+    job: &Job,
+) -> Result<Answer, Failure> {
+    let call = Request::parse(svc, who, "fetch_lazy_media", job)?;
+    let is_lazy = |e: &Value| e["type"].get(0).and_then(Value::as_str) == Some("LazyMedia");
+    // The official client passes the media's description as a plain dict;
+    // a LazyMedia object in `objects` means the same.
+    let found = call.objects.at(&arg_path(&[0.into()]));
+    let entry = found
+        .into_iter()
+        .find(|e| is_lazy(e))
+        .or_else(|| Some(call.arg(0)).filter(|a| is_lazy(a)))
+        .ok_or_else(|| table_error("fetch_lazy_media takes the description of a LazyMedia"))?;
+    let (description, bytes) = state.store.read(&who.app, |t| call.lazy_media(t, entry))?;
+    call.objects.all_used()?;
+    Ok(Answer {
+        response: Value::Null,
+        objects: Vec::new(),
+        media: Some(super::Media {
+            name: description["name"].as_str().unwrap_or("").to_owned(),
+            mime: description["mime"]
+                .as_str()
+                .unwrap_or("application/octet-stream")
+                .to_owned(),
+            bytes,
+        }),
+    })
+}
+
 impl Request<'_> {
     /// The rows `query` finds as a CSV file.
     fn to_csv(&self, t: &Tables<'_>, meta: &TableMeta, query: &Query) -> Result<Answer, Failure> {
@@ -795,7 +900,7 @@ impl Request<'_> {
             objects: Vec::new(),
             media: Some(super::Media {
                 name: format!("{}.csv", meta.name),
-                mime: "text/csv",
+                mime: "text/csv".to_owned(),
                 bytes: text.into_bytes(),
             }),
         })

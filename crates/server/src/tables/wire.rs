@@ -97,6 +97,10 @@ pub(crate) enum Slot<'a> {
     DateTime(String),
     Long(String),
     RowRef(&'a Value),
+    /// Media whose bytes came with the call.
+    DataMedia(&'a Value),
+    /// Media the server handed out (a table cell).
+    LazyMedia(&'a Value),
     Portable(&'a str),
     Other(String),
 }
@@ -124,6 +128,8 @@ pub(crate) fn slot<'a>(objects: &'a Objects, path: &[Value]) -> Slot<'a> {
                 "Date" => Slot::Date(value(e)),
                 "DateTime" => Slot::DateTime(value(e)),
                 "Long" => Slot::Long(value(e)),
+                "DataMedia" => Slot::DataMedia(e),
+                "LazyMedia" => Slot::LazyMedia(e),
                 _ => Slot::Other(kind(e)),
             },
         },
@@ -170,6 +176,7 @@ pub(crate) fn type_name(kind: &ColumnType) -> &'static str {
         ColumnType::Date => "date",
         ColumnType::DateTime => "datetime",
         ColumnType::SimpleObject => "simpleObject",
+        ColumnType::Media => "media",
         ColumnType::Link(_) => "link_single",
         ColumnType::Links(_) => "link_multiple",
     }
@@ -255,6 +262,16 @@ impl<'a> TableData<'a> {
                         self.objects.push(
                             json!({"type": ["DateTime"], "path": p, "value": datetime_to_wire(&s)}),
                         );
+                        Value::Null
+                    }
+                    (ColumnType::Media, description @ Value::Object(_)) => {
+                        let p = self.path(meta.id, *id, i.into());
+                        self.objects.push(self.caps.media_entry(
+                            self.app,
+                            (meta.id, *id, &c.column.name),
+                            &description,
+                            p,
+                        ));
                         Value::Null
                     }
                     (ColumnType::Date, Value::String(s)) => {

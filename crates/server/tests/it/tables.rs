@@ -44,6 +44,9 @@ fn make_tables(data: &std::path::Path) {
     store
         .create_table("demo", "counters", &cols(&["name:text", "n:number"]))
         .unwrap();
+    store
+        .create_table("demo", "photos", &cols(&["name:text", "image:media"]))
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,6 +158,17 @@ async fn the_official_client_uses_app_tables() {
         "{r}"
     );
     assert_eq!(ok("search_delete_all"), 250 - 49, "{r}");
+    // Media: sent in chunks, read back lazily, copied from row to row.
+    assert_eq!(
+        ok("media"),
+        json!(["image/png", "p.png", 300_004, true]),
+        "{r}"
+    );
+    assert_eq!(ok("media_copy"), json!([true, "p.png"]), "{r}");
+    assert_eq!(ok("media_cleared"), json!(null), "{r}");
+    assert_eq!(r["media_too_big"]["error"], "QuotaExceededError", "{r}");
+    assert_eq!(ok("media_rows"), 2, "{r}");
+    assert_eq!(r["media_in_text_column"]["error"], "TableError", "{r}");
     server.shutdown().await;
 }
 
@@ -309,17 +323,42 @@ async fn forged_widened_or_foreign_handles_and_hostile_names_change_nothing() {
             "{evil}: {r}"
         );
     }
-    // A value the tables cannot hold, nested in a simple object.
+    // A value the tables cannot hold, nested in a simple object: the call
+    // waits for its media's chunk, then is refused.
     let mut tags = devices.clone();
     tags["path"] = json!(["args", 0]);
-    let r = call(
-        &mut c,
-        "table.add_row",
-        json!([null, {"name": "m", "tags": {"photo": null}}, null, null]),
-        json!([tags, {"type": ["DataMedia"], "path": ["args", 1, "tags", "photo"], "id": "x", "mime-type": "image/png"}]),
-    )
+    c.send_json(&json!({
+        "type": "CALL", "id": "t1", "command": "anvil.private.tables.v2.table.add_row",
+        "args": [null, {"name": "m", "tags": {"photo": null}}, null, null], "kwargs": {},
+        "objects": [tags, {"type": ["DataMedia"], "path": ["args", 1, "tags", "photo"], "id": "x", "mime-type": "image/png"}],
+    }))
     .await;
+    c.send_json(&json!({"type": "CHUNK_HEADER", "requestId": "t1", "mediaId": "x", "chunkIndex": 0, "lastChunk": true}))
+        .await;
+    c.send_binary(b"not really a png".to_vec()).await;
+    let r = c.recv_json().await;
     assert_eq!(error_type(&r), "anvil.tables.TableError", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DataMedia"),
+        "{r}"
+    );
+    // A chunk for no call, and one for a call that is not waiting, are dropped.
+    c.send_json(&json!({"type": "CHUNK_HEADER", "requestId": "nobody", "mediaId": "x", "chunkIndex": 0, "lastChunk": true}))
+        .await;
+    c.send_binary(vec![0; 1000]).await;
+
+    // A media handle naming another cell, with a made-up MAC.
+    c.send_json(&json!({
+        "type": "CALL", "id": "t3", "command": "anvil.private.fetch_lazy_media",
+        "args": [{"type": ["LazyMedia"], "manager": "ferrolink.tables", "key": "[5,1,\"image\"]", "id": "00".repeat(32)}],
+        "kwargs": {},
+    }))
+    .await;
+    let r = c.recv_json().await;
+    assert_eq!(error_type(&r), "anvil.server.PermissionDenied", "{r}");
 
     // Nothing of the above was written.
     assert_eq!(store.count_rows("demo", "devices").unwrap(), 1);
