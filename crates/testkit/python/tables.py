@@ -204,6 +204,20 @@ def nested():
 
 check("nested_transaction", nested)
 
+def batches():
+    a = app_tables.counters.add_row(name="ba", n=1)
+    b = app_tables.counters.add_row(name="bb", n=2)
+    with tables.batch_update:
+        a["n"] = 10
+        b["n"] = 20
+    values = sorted(r["n"] for r in app_tables.counters.search(name=q.any_of("ba", "bb")))
+    with tables.batch_delete:
+        a.delete()
+        b.delete()
+    return [values, len(app_tables.counters.search(name=q.any_of("ba", "bb")))]
+
+
+check("batches", batches)
 check("delete_all_rows", lambda: (app_tables.groups.delete_all_rows(), len(app_tables.groups.search()))[1])
 check("search_delete_all", lambda: (app_tables.readings.search(note=q.like("%warm")).delete_all_rows(),
                                     len(app_tables.readings.search()))[1])

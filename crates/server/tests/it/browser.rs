@@ -49,7 +49,7 @@ fn deploy_test_page(server: &TestServer) -> String {
     let site = tempfile::tempdir().unwrap();
     std::fs::write(
         site.path().join("index.html"),
-        "<!doctype html><title>test page</title><p>ferrolink test page</p>",
+        "<!doctype html><title>test page</title><link rel=\"icon\" href=\"data:,\"><p>ferrolink test page</p>",
     )
     .unwrap();
     ferrolink::sites::deploy_dir(server.data_dir(), "demo", site.path()).unwrap();
@@ -96,4 +96,44 @@ async fn device_provided_strings_are_shown_as_text() {
         ],
     )
     .await;
+}
+
+/// Data tables from an app page (`link.table`), under each table's client
+/// access.
+#[tokio::test(flavor = "multi_thread")]
+async fn app_pages_use_tables_as_their_access_allows() {
+    use ferrolink::storage::tables::ClientAccess;
+    let server = TestServer::start().await;
+    let app_url = deploy_test_page(&server);
+    let store = server.store();
+    let cols = |c: &[&str]| c.iter().map(|c| c.parse().unwrap()).collect::<Vec<_>>();
+    for (table, columns, access, login) in [
+        (
+            "notes",
+            &["title:text", "n:number"][..],
+            ClientAccess::Write,
+            false,
+        ),
+        ("log", &["line:text"][..], ClientAccess::Add, false),
+        ("secret", &["v:text"][..], ClientAccess::None, false),
+        ("members", &["name:text"][..], ClientAccess::Read, true),
+    ] {
+        store.create_table("demo", table, &cols(columns)).unwrap();
+        store
+            .set_client_access("demo", table, access, login)
+            .unwrap();
+    }
+    store
+        .add_rows(
+            "demo",
+            "members",
+            &[serde_json::json!({"name": "ada"})
+                .as_object()
+                .unwrap()
+                .clone()],
+        )
+        .unwrap();
+    browser::run("tables.mjs", &[("APP_URL", app_url)]).await;
+    assert_eq!(store.count_rows("demo", "secret").unwrap(), 0);
+    assert_eq!(store.count_rows("demo", "log").unwrap(), 1);
 }

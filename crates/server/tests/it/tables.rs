@@ -145,6 +145,8 @@ async fn the_official_client_uses_app_tables() {
     assert_eq!(ok("rolled_back_rows"), 0, "{r}");
     assert_eq!(r["nested_transaction"]["error"], "TableError", "{r}");
     assert_eq!(ok("delete_all_rows"), 0, "{r}");
+    // `with batch_update` / `with batch_delete`: one call each.
+    assert_eq!(ok("batches"), json!([[10.0, 20.0], 0]), "{r}");
     // CSV, of a table and of a search, as media.
     assert_eq!(
         ok("to_csv"),
