@@ -23,7 +23,8 @@
 //! # Ok(()) }
 //! ```
 
-use futures_util::Stream;
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -230,10 +231,7 @@ impl Table {
 
     /// Every row `query` finds, fetched [`PAGE`] rows at a time as the
     /// stream is read. An error ends the stream.
-    pub fn search(
-        &self,
-        query: Query,
-    ) -> impl Stream<Item = Result<Row, CallError>> + Send + 'static {
+    pub fn search(&self, query: Query) -> BoxStream<'static, Result<Row, CallError>> {
         let table = self.clone();
         futures_util::stream::unfold(
             (table, query, 0usize, Vec::<Row>::new().into_iter(), true),
@@ -259,6 +257,7 @@ impl Table {
                 }
             },
         )
+        .boxed()
     }
 
     /// A number column over a datetime column from `from` to `to` (RFC

@@ -769,11 +769,38 @@ fn sql_error(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             StoreError::Conflict
         }
+        Some(rusqlite::ErrorCode::OperationInterrupted) => bad(format!(
+            "the query ran for over {} s and was stopped; narrow it (a range of an indexed number, date or datetime column, fewer conditions, a smaller page)",
+            QUERY_TIME.as_secs()
+        )),
         _ => StoreError::Sqlite {
             path: path.to_owned(),
             source: e,
         },
     }
+}
+
+/// How long one table operation may run before SQLite is told to stop it:
+/// the database has one connection for the whole server, so a slow query
+/// must not hold it (and every login behind it) for long.
+pub const QUERY_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f` with SQLite interrupting any statement still running
+/// [`QUERY_TIME`] after the start.
+fn bounded<T>(conn: &rusqlite::Connection, f: impl FnOnce() -> T) -> T {
+    bounded_for(conn, QUERY_TIME, f)
+}
+
+fn bounded_for<T>(
+    conn: &rusqlite::Connection,
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    conn.progress_handler(10_000, Some(move || std::time::Instant::now() > deadline));
+    let out = f();
+    conn.progress_handler(0, None::<fn() -> bool>);
+    out
 }
 
 /// Table operations of one app on one connection, inside a transaction the
@@ -807,10 +834,12 @@ impl TableTransaction {
             .conn
             .savepoint()
             .map_err(|e| E::from(sql_error(&path, e)))?;
-        let out = f(&Tables {
-            conn: &sp,
-            app,
-            path: &path,
+        let out = bounded(&sp, || {
+            f(&Tables {
+                conn: &sp,
+                app,
+                path: &path,
+            })
         })?;
         sp.commit().map_err(|e| E::from(sql_error(&path, e)))?;
         Ok(out)
@@ -854,10 +883,12 @@ impl Store {
         f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&Tables {
-            conn: &conn,
-            app,
-            path: &self.path,
+        bounded(&conn, || {
+            f(&Tables {
+                conn: &conn,
+                app,
+                path: &self.path,
+            })
         })
     }
 
@@ -872,10 +903,12 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| E::from(sql_error(&self.path, e)))?;
-        let out = f(&Tables {
-            conn: &tx,
-            app,
-            path: &self.path,
+        let out = bounded(&tx, || {
+            f(&Tables {
+                conn: &tx,
+                app,
+                path: &self.path,
+            })
         })?;
         tx.commit().map_err(|e| E::from(sql_error(&self.path, e)))?;
         Ok(out)
@@ -1658,6 +1691,12 @@ impl Tables<'_> {
                 if c.column.kind != ColumnType::Text {
                     return Err(wrong(c, "only text columns match patterns"));
                 }
+                if pattern.len() > 1024 || pattern.matches(['%', '_']).count() > 32 {
+                    return Err(bad(
+                        "a like() pattern is at most 1024 bytes with at most 32 wildcards"
+                            .to_owned(),
+                    ));
+                }
                 if *ignore_case {
                     format!("c_{} LIKE {}", c.id, push(vals, Sql::Text(pattern.clone())))
                 } else {
@@ -1672,6 +1711,11 @@ impl Tables<'_> {
                 let c = meta.column(column)?;
                 if c.column.kind != ColumnType::Text {
                     return Err(wrong(c, "only text columns are searched for words"));
+                }
+                if query.len() > 1024 || query.split_whitespace().count() > 32 {
+                    return Err(bad(
+                        "a full-text query is at most 1024 bytes and 32 words".to_owned()
+                    ));
                 }
                 let parts: Vec<String> = query
                     .split_whitespace()
@@ -1737,6 +1781,27 @@ mod tests {
             offset: 0,
             limit: 1000,
         }
+    }
+
+    #[test]
+    fn a_query_past_its_time_is_stopped_with_a_clear_error() {
+        let (dir, _s) = store();
+        let conn = rusqlite::Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
+        let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000000) SELECT count(*) FROM c";
+        let started = std::time::Instant::now();
+        let e = bounded_for(&conn, std::time::Duration::from_millis(50), || {
+            conn.query_row(slow, [], |r| r.get::<_, i64>(0))
+        })
+        .unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let e = sql_error(dir.path(), e);
+        assert!(e.to_string().contains("was stopped; narrow it"), "{e}");
+        // The handler is gone afterwards: the connection runs queries again.
+        assert_eq!(
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            1
+        );
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl From<StoreError> for Failure {
 /// A transaction held across calls, by connection and call stack.
 enum Txn {
     Open {
-        tx: TableTransaction,
+        tx: Box<TableTransaction>,
         /// A call in it lost a race: it can only be rolled back.
         conflicted: bool,
     },
@@ -463,7 +463,7 @@ impl Service {
         let tx = state.store.begin()?;
         let n = self.next_txn.fetch_add(1, Ordering::Relaxed);
         let txn = Arc::new(Mutex::new(Txn::Open {
-            tx,
+            tx: Box::new(tx),
             conflicted: false,
         }));
         self.transactions
