@@ -85,13 +85,15 @@ pub fn admit_call(caller: &Caller<'_>, name: &str, depth: u8) -> Result<(), Refu
 }
 
 /// Whether the raw `objects` of a call (or a reply) can go to the receiver:
-/// ferrolink does not carry media, live objects or capabilities, and the
+/// ferrolink does not carry media or live objects between peers, and the
 /// official Pico W library (`to_pico`) cannot take any object at all.
+/// Capabilities (data table handles) pass: the server verifies them
+/// whenever they are used.
 pub fn admit_objects(objects: Option<&str>, to_pico: bool) -> Result<(), Refused> {
     let Some(text) = objects else {
         return Ok(());
     };
-    for unsupported in ["DataMedia", "LazyMedia", "LiveObject", "Capability"] {
+    for unsupported in ["DataMedia", "LazyMedia", "LiveObject"] {
         let quoted = format!("\"{unsupported}\"");
         if text.contains(&quoted) {
             return Err(refused(

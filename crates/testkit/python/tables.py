@@ -48,6 +48,41 @@ if scenario == "log":
     print("DONE", flush=True)
     sys.exit(0)
 
+if scenario == "serve_views":
+    # The app's server code: hands views of `notes` to client-key callers.
+    @anvil.server.callable
+    def notes_for(owner):
+        return app_tables.notes.client_readable(owner=owner)
+
+    @anvil.server.callable
+    def writable_notes_for(owner):
+        return app_tables.notes.client_writable(owner=owner)
+
+    app_tables.notes.add_row(owner="ada", text="one")
+    app_tables.notes.add_row(owner="ada", text="two")
+    app_tables.notes.add_row(owner="eve", text="secret")
+    print("READY", flush=True)
+    anvil.server.wait_forever()
+
+if scenario == "use_views":
+    # A client key: no access of its own to `notes`, only the views.
+    check("direct", lambda: app_tables.notes.search() and "read")
+    ro = anvil.server.call("notes_for", "ada")
+    check("ro_search", lambda: sorted(n["text"] for n in ro.search()))
+    check("ro_len", lambda: len(ro.search()))
+    check("ro_get_other", lambda: ro.get(text="secret"))
+    check("ro_add", lambda: ro.add_row(owner="ada", text="three") and "added")
+    check("ro_update", lambda: ro.get(text="one").update(text="changed") or "updated")
+    rw = anvil.server.call("writable_notes_for", "ada")
+    check("rw_add", lambda: rw.add_row(owner="ada", text="three")["text"])
+    check("rw_add_outside", lambda: rw.add_row(owner="eve", text="forged") and "added")
+    check("rw_move_outside", lambda: rw.get(text="three").update(owner="eve") or "moved")
+    check("rw_after", lambda: sorted(n["text"] for n in rw.search()))
+    check("rw_delete", lambda: rw.get(text="three").delete() or "deleted")
+    check("rw_final", lambda: sorted(n["text"] for n in rw.search()))
+    report()
+    sys.exit(0)
+
 if scenario == "count":
     r["count"] = len(app_tables.readings.search())
     report()

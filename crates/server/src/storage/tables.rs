@@ -462,7 +462,7 @@ pub fn csv(columns: &[Column], rows: &[Row], escape_for_excel: bool) -> String {
 
 /// Rows from CSV: a header naming columns of `columns` (in any order, not
 /// necessarily all of them), then one line per row, cells in the form
-/// [`csv`] writes (an empty cell is unset). Every cell is checked; the
+/// [`csv()`] writes (an empty cell is unset). Every cell is checked; the
 /// first bad one is an error naming its line and column.
 pub fn parse_csv(columns: &[Column], text: &str) -> Result<Vec<Map<String, Value>>, StoreError> {
     let mut r = ::csv::ReaderBuilder::new().from_reader(text.as_bytes());
@@ -1500,6 +1500,23 @@ impl Tables<'_> {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Whether row `id` exists and matches `query`'s conditions.
+    pub fn matches(&self, meta: &TableMeta, id: i64, query: &Query) -> Result<bool, StoreError> {
+        let mut vals = vec![Sql::Integer(id)];
+        let cond = self.conditions(meta, &query.filters, &mut vals)?;
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM tbl_{} WHERE _id = ?1 AND {cond}",
+                    meta.id
+                ),
+                rusqlite::params_from_iter(vals.iter()),
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
 

@@ -17,17 +17,106 @@ pub(crate) struct Caps {
     key: Vec<u8>,
 }
 
+/// What a view grants whoever holds it, whatever the table's client access
+/// (`client_readable()`, `client_writable()`, `client_writable_cascade()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Perm {
+    /// Read.
+    R,
+    /// Read and write.
+    Rw,
+    /// Read and write, linked rows too (treated as `Rw`).
+    Rwc,
+}
+
+impl Perm {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::R => "r",
+            Self::Rw => "rw",
+            Self::Rwc => "rwc",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "r" => Self::R,
+            "rw" => Self::Rw,
+            "rwc" => Self::Rwc,
+            _ => return None,
+        })
+    }
+}
+
+/// A table as a handle sees it: the whole table, or a view of it with a
+/// permission and a restriction (a query its rows must match).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct View {
+    pub(crate) table: i64,
+    pub(crate) perm: Option<Perm>,
+    /// The JSON of a `storage::tables::Query` (filters only).
+    pub(crate) restrict: Option<String>,
+}
+
+impl View {
+    /// The whole table, as the app's server code sees it.
+    pub(crate) fn table(table: i64) -> Self {
+        Self {
+            table,
+            perm: None,
+            restrict: None,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({ "id": self.table });
+        if let Some(p) = self.perm {
+            v["perm"] = p.as_str().into();
+        }
+        if let Some(r) = &self.restrict {
+            v["restrict"] = r.clone().into();
+        }
+        v
+    }
+
+    /// The view key the client files this view's rows under: the view's
+    /// JSON with sorted keys (`{"id":1}` for a whole table).
+    pub(crate) fn key(&self) -> String {
+        self.to_json().to_string()
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let o = v.as_object()?;
+        if o.keys()
+            .any(|k| !matches!(k.as_str(), "id" | "perm" | "restrict"))
+        {
+            return None;
+        }
+        Some(Self {
+            table: o.get("id")?.as_i64()?,
+            perm: match o.get("perm") {
+                None => None,
+                Some(p) => Some(Perm::parse(p.as_str()?)?),
+            },
+            restrict: match o.get("restrict") {
+                None => None,
+                Some(r) => Some(r.as_str()?.to_owned()),
+            },
+        })
+    }
+}
+
 /// What a verified capability grants.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Scope {
-    /// A whole table.
-    Table(i64),
-    /// One row of a table.
-    Row(i64, i64),
-    /// A search of a table: its query (this module does not read it), and
-    /// where the page starts (`None`: the search itself, page one).
+    /// A table (or a view of it).
+    Table(View),
+    /// One row, reached through a view.
+    Row(View, i64),
+    /// A search: its query (this module does not read it), and where the
+    /// page starts (`None`: the search itself, page one).
     Search {
-        table: i64,
+        view: View,
         query: String,
         page_size: usize,
         offset: Option<usize>,
@@ -36,18 +125,17 @@ pub(crate) enum Scope {
 
 impl Scope {
     fn to_json(&self) -> Value {
-        let view = |t: i64| serde_json::json!({ "id": t });
         match self {
-            Self::Table(t) => serde_json::json!(["_", "t", view(*t)]),
-            Self::Row(t, r) => serde_json::json!(["_", "t", view(*t), { "r": r }]),
+            Self::Table(v) => serde_json::json!(["_", "t", v.to_json()]),
+            Self::Row(v, r) => serde_json::json!(["_", "t", v.to_json(), { "r": r }]),
             Self::Search {
-                table,
+                view,
                 query,
                 page_size,
                 offset,
-            } => {
-                serde_json::json!(["_", "t", view(*table), { "q": query, "n": page_size }, offset])
-            }
+            } => serde_json::json!(
+                ["_", "t", view.to_json(), { "q": query, "n": page_size }, offset]
+            ),
         }
     }
 
@@ -56,24 +144,18 @@ impl Scope {
         if a.first()?.as_str()? != "_" || a.get(1)?.as_str()? != "t" {
             return None;
         }
-        let view = a.get(2)?.as_object()?;
-        // Views other than the whole table (read-only, restricted) are not
-        // minted yet; refuse any that are not exactly `{"id": T}`.
-        if view.len() != 1 {
-            return None;
-        }
-        let t = view.get("id")?.as_i64()?;
+        let view = View::from_json(a.get(2)?)?;
         match a.len() {
-            3 => Some(Self::Table(t)),
+            3 => Some(Self::Table(view)),
             4 => {
                 let r = a[3].as_object()?;
                 (r.len() == 1).then_some(())?;
-                Some(Self::Row(t, r.get("r")?.as_i64()?))
+                Some(Self::Row(view, r.get("r")?.as_i64()?))
             }
             5 => {
                 let s = a[3].as_object()?;
                 Some(Self::Search {
-                    table: t,
+                    view,
                     query: s.get("q")?.as_str()?.to_owned(),
                     page_size: usize::try_from(s.get("n")?.as_u64()?).ok()?,
                     offset: match &a[4] {
@@ -221,17 +303,24 @@ mod tests {
     #[test]
     fn a_minted_capability_verifies_and_round_trips_its_scope() {
         let c = caps();
+        let view = View {
+            table: 3,
+            perm: Some(Perm::R),
+            restrict: Some("{\"filters\":[]}".into()),
+        };
         for scope in [
-            Scope::Table(3),
-            Scope::Row(3, 99),
+            Scope::Table(View::table(3)),
+            Scope::Table(view.clone()),
+            Scope::Row(View::table(3), 99),
+            Scope::Row(view.clone(), 99),
             Scope::Search {
-                table: 3,
+                view: View::table(3),
                 query: "{\"filters\":[]}".into(),
                 page_size: 100,
                 offset: None,
             },
             Scope::Search {
-                table: 3,
+                view,
                 query: "{}".into(),
                 page_size: 2,
                 offset: Some(40),
@@ -245,7 +334,11 @@ mod tests {
     #[test]
     fn forged_widened_or_foreign_capabilities_are_refused() {
         let c = caps();
-        let e = c.entry("greenhouse", &Scope::Row(3, 1), serde_json::json!([]));
+        let e = c.entry(
+            "greenhouse",
+            &Scope::Row(View::table(3), 1),
+            serde_json::json!([]),
+        );
         // Another app's connection.
         assert_eq!(c.verify("other", &e), Err(Refused::BadMac));
         // Another row, same MAC.
@@ -273,6 +366,32 @@ mod tests {
             "scope": ["_", "t", {"id": 3}, {"r": 1}],
             "mac": e["mac"],
         });
-        assert_eq!(c.verify("greenhouse", &view_first), Ok(Scope::Row(3, 1)));
+        assert_eq!(
+            c.verify("greenhouse", &view_first),
+            Ok(Scope::Row(View::table(3), 1))
+        );
+        // A read-only view made writable, or its restriction dropped.
+        let ro = View {
+            table: 3,
+            perm: Some(Perm::R),
+            restrict: Some("{\"filters\":[]}".into()),
+        };
+        let e = c.entry("greenhouse", &Scope::Table(ro), serde_json::json!([]));
+        for (key, value) in [
+            ("perm", serde_json::json!("rw")),
+            ("restrict", serde_json::json!(null)),
+        ] {
+            let mut changed = e.clone();
+            if value.is_null() {
+                changed["scope"][2].as_object_mut().unwrap().remove(key);
+            } else {
+                changed["scope"][2][key] = value;
+            }
+            assert_eq!(
+                c.verify("greenhouse", &changed),
+                Err(Refused::BadMac),
+                "{key}"
+            );
+        }
     }
 }

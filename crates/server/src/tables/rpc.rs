@@ -8,7 +8,7 @@ use crate::storage::tables::{
     ClientAccess, Cmp, ColumnMeta, ColumnType, Filter, MAX_PAGE, Query, Row, TableMeta, Tables,
 };
 
-use super::caps::Scope;
+use super::caps::{Perm, Scope, View};
 use super::wire::{self, Objects, Slot, TableData, slot};
 use super::{Answer, Failure, Job, Need, Service, Who, row_deleted, table_error};
 
@@ -107,41 +107,97 @@ impl<'a> Request<'a> {
             .ok_or_else(|| table_error("this table no longer exists"))
     }
 
-    /// The table of the capability in argument `i`, checked for `need`.
-    fn table_arg(&self, t: &Tables<'_>, i: usize, need: Need) -> Result<TableMeta, Failure> {
-        let scope = self.cap(&arg_path(&[i.into()]))?;
-        let Scope::Table(id) = scope else {
-            return Err(table_error("expected a table handle"));
-        };
-        let meta = self.table(t, id)?;
-        self.check(&meta, need)?;
-        Ok(meta)
+    /// Refuses unless this caller may do `need` with `meta` through `view`:
+    /// a view with a permission grants it whatever the table's client
+    /// access; a whole table is checked against the caller's access.
+    fn check_view(&self, meta: &TableMeta, view: &View, need: Need) -> Result<(), Failure> {
+        match view.perm {
+            None => self.check(meta, need),
+            Some(Perm::Rw | Perm::Rwc) => Ok(()),
+            Some(Perm::R) if need == Need::Read => Ok(()),
+            Some(Perm::R) => Err(Failure {
+                ty: ferrolink_proto::error_type::PERMISSION_DENIED,
+                message: format!("this view of table \"{}\" is read-only", meta.name),
+            }),
+        }
     }
 
-    /// The table and row of the row capability at `path`.
+    /// `query` with the view's restriction AND-ed in.
+    fn restricted(&self, view: &View, mut query: Query) -> Result<Query, Failure> {
+        if let Some(r) = &view.restrict {
+            let r: Query = serde_json::from_str(r).map_err(|_| {
+                table_error("this view's restriction cannot be read; make the view again")
+            })?;
+            query.filters.push(Filter::All { of: r.filters });
+        }
+        Ok(query)
+    }
+
+    /// Refuses rows outside the view's restriction.
+    fn in_view(
+        &self,
+        t: &Tables<'_>,
+        meta: &TableMeta,
+        view: &View,
+        row: i64,
+    ) -> Result<(), Failure> {
+        if view.restrict.is_some()
+            && !t.matches(meta, row, &self.restricted(view, Query::default())?)?
+        {
+            return Err(Failure {
+                ty: ferrolink_proto::error_type::PERMISSION_DENIED,
+                message: format!("row {row} is not in this view of table \"{}\"", meta.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// The table and view of the capability in argument `i`, checked for
+    /// `need`.
+    fn table_arg(
+        &self,
+        t: &Tables<'_>,
+        i: usize,
+        need: Need,
+    ) -> Result<(TableMeta, View), Failure> {
+        let scope = self.cap(&arg_path(&[i.into()]))?;
+        let Scope::Table(view) = scope else {
+            return Err(table_error("expected a table handle"));
+        };
+        let meta = self.table(t, view.table)?;
+        self.check_view(&meta, &view, need)?;
+        Ok((meta, view))
+    }
+
+    /// The table, row and view of the row capability at `path`, checked
+    /// for `need` (and that the row is in the view).
     fn row_at(
         &self,
         t: &Tables<'_>,
         path: &[Value],
         need: Need,
-    ) -> Result<(TableMeta, i64), Failure> {
-        let Scope::Row(table, row) = self.cap(path)? else {
+    ) -> Result<(TableMeta, i64, View), Failure> {
+        let Scope::Row(view, row) = self.cap(path)? else {
             return Err(table_error("expected a row"));
         };
-        let meta = self.table(t, table).map_err(|_| row_deleted())?;
-        self.check(&meta, need)?;
-        Ok((meta, row))
+        let meta = self.table(t, view.table).map_err(|_| row_deleted())?;
+        self.check_view(&meta, &view, need)?;
+        if t.get(&meta, row)?.is_none() {
+            return Err(row_deleted());
+        }
+        self.in_view(t, &meta, &view, row)?;
+        Ok((meta, row, view))
     }
 
-    /// The search capability in argument 0: table, query, page size and
-    /// where its page starts.
+    /// The search capability in argument 0: table, view, query (the view's
+    /// restriction included), page size and where its page starts.
     fn search_arg(
         &self,
         t: &Tables<'_>,
         need: Need,
-    ) -> Result<(TableMeta, Query, usize, usize), Failure> {
+    ) -> Result<(TableMeta, View, Query, usize, usize), Failure> {
         let Scope::Search {
-            table,
+            view,
             query,
             page_size,
             offset,
@@ -149,11 +205,11 @@ impl<'a> Request<'a> {
         else {
             return Err(table_error("expected a search handle"));
         };
-        let meta = self.table(t, table)?;
-        self.check(&meta, need)?;
+        let meta = self.table(t, view.table)?;
+        self.check_view(&meta, &view, need)?;
         let query: Query = serde_json::from_str(&query)
             .map_err(|_| table_error("this search handle is from an older server; search again"))?;
-        Ok((meta, query, page_size, offset.unwrap_or(0)))
+        Ok((meta, view, query, page_size, offset.unwrap_or(0)))
     }
 
     pub(crate) fn run(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
@@ -168,17 +224,17 @@ impl<'a> Request<'a> {
             "table.list_columns" => self.list_columns(t),
             "table.search" => self.search(t),
             "table.delete_all_rows" => {
-                let meta = self.table_arg(t, 0, Need::Write)?;
-                t.delete_where(&meta, &Query::default())?;
+                let (meta, view) = self.table_arg(t, 0, Need::Write)?;
+                t.delete_where(&meta, &self.restricted(&view, Query::default())?)?;
                 Ok(Answer::plain(Value::Null))
             }
             "search.next_page" => self.next_page(t),
             "search.get_length" => {
-                let (meta, query, _, _) = self.search_arg(t, Need::Read)?;
+                let (meta, _, query, _, _) = self.search_arg(t, Need::Read)?;
                 Ok(Answer::plain(t.count(&meta, &query)?.into()))
             }
             "search.delete_all" => {
-                let (meta, query, _, _) = self.search_arg(t, Need::Write)?;
+                let (meta, _, query, _, _) = self.search_arg(t, Need::Write)?;
                 t.delete_where(&meta, &query)?;
                 Ok(Answer::plain(Value::Null))
             }
@@ -193,7 +249,7 @@ impl<'a> Request<'a> {
                 Ok(Answer::plain(Value::Null))
             }
             "row.delete" => {
-                let (meta, row) = self.row_at(t, &arg_path(&[0.into()]), Need::Write)?;
+                let (meta, row, _) = self.row_at(t, &arg_path(&[0.into()]), Need::Write)?;
                 t.delete_row(&meta, row)?;
                 Ok(Answer::plain(Value::Null))
             }
@@ -213,7 +269,7 @@ impl<'a> Request<'a> {
             "row.batch_delete_2" => {
                 let n = self.arg(0).as_array().map_or(0, Vec::len);
                 for i in 0..n {
-                    let (meta, row) =
+                    let (meta, row, _) =
                         self.row_at(t, &arg_path(&[0.into(), i.into(), 0.into()]), Need::Write)?;
                     t.delete_row(&meta, row)?;
                 }
@@ -221,16 +277,14 @@ impl<'a> Request<'a> {
             }
             "row.can_auto_create" => Ok(Answer::plain(false.into())),
             "table.to_csv" => {
-                let meta = self.table_arg(t, 0, Need::Read)?;
-                self.to_csv(t, &meta, &Query::default())
+                let (meta, view) = self.table_arg(t, 0, Need::Read)?;
+                self.to_csv(t, &meta, &self.restricted(&view, Query::default())?)
             }
             "search.to_csv" => {
-                let (meta, query, _, _) = self.search_arg(t, Need::Read)?;
+                let (meta, _, query, _, _) = self.search_arg(t, Need::Read)?;
                 self.to_csv(t, &meta, &query)
             }
-            "table.get_view" => Err(table_error(
-                "views (client_readable() and the like) are not supported by ferrolink yet; set a table's client access with `ferrolink table set --client`",
-            )),
+            "table.get_view" => self.get_view(t),
             other => Err(Failure {
                 ty: ferrolink_proto::error_type::NO_SERVER_FUNCTION,
                 message: format!(
@@ -246,7 +300,7 @@ impl<'a> Request<'a> {
     fn table_triple(&self, meta: &TableMeta, path: Vec<Value>, objects: &mut Vec<Value>) -> Value {
         objects.push(self.svc.caps.entry(
             &self.who.app,
-            &Scope::Table(meta.id),
+            &Scope::Table(View::table(meta.id)),
             Value::Array(path),
         ));
         json!([null, wire::view_key(meta.id), meta.id])
@@ -311,7 +365,7 @@ impl<'a> Request<'a> {
                     message: "a row handle was forged, changed, or made for another app".to_owned(),
                 })?;
             match (scope, c.linked) {
-                (Scope::Row(t, r), Some(linked)) if t == linked => Ok(r.into()),
+                (Scope::Row(v, r), Some(linked)) if v.table == linked => Ok(r.into()),
                 _ => Err(wrong("pass a row of the linked table")),
             }
         };
@@ -423,14 +477,16 @@ impl<'a> Request<'a> {
     }
 
     fn add_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let meta = self.table_arg(t, 0, Need::Add)?;
+        let (meta, view) = self.table_arg(t, 0, Need::Add)?;
         let values = self.values(t, &meta, self.arg(1), &arg_path(&[1.into()]))?;
         let id = t.add_rows(&meta, std::slice::from_ref(&values))?[0];
-        let cap = self.svc.caps.entry(
-            &self.who.app,
-            &Scope::Row(meta.id, id),
-            json!(["response", 1]),
-        );
+        // A row added through a restricted view must be in it (else the
+        // whole call, the row included, is undone).
+        self.in_view(t, &meta, &view, id)?;
+        let cap = self
+            .svc
+            .caps
+            .entry(&self.who.app, &Scope::Row(view, id), json!(["response", 1]));
         Ok(Answer::new(
             json!([id, null, wire::spec(&meta, false)]),
             vec![cap],
@@ -438,7 +494,7 @@ impl<'a> Request<'a> {
     }
 
     fn add_rows(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let meta = self.table_arg(t, 0, Need::Add)?;
+        let (meta, view) = self.table_arg(t, 0, Need::Add)?;
         let rows = self.arg(1).as_array().map_or(&[][..], Vec::as_slice);
         let mut all = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
@@ -448,9 +504,10 @@ impl<'a> Request<'a> {
         let mut objects = Vec::with_capacity(ids.len());
         let mut pairs = Vec::with_capacity(ids.len());
         for (i, id) in ids.into_iter().enumerate() {
+            self.in_view(t, &meta, &view, id)?;
             objects.push(self.svc.caps.entry(
                 &self.who.app,
-                &Scope::Row(meta.id, id),
+                &Scope::Row(view.clone(), id),
                 json!(["response", 0, i, 1]),
             ));
             pairs.push(json!([id, null]));
@@ -468,13 +525,13 @@ impl<'a> Request<'a> {
         updates: &Value,
         path: &[Value],
     ) -> Result<(), Failure> {
-        let (meta, row) = self.row_at(t, cap_path, Need::Write)?;
+        let (meta, row, view) = self.row_at(t, cap_path, Need::Write)?;
         let values = self.values(t, &meta, updates, path)?;
-        if t.update_row(&meta, row, &values)? {
-            Ok(())
-        } else {
-            Err(row_deleted())
+        if !t.update_row(&meta, row, &values)? {
+            return Err(row_deleted());
         }
+        // A row changed through a restricted view stays in it.
+        self.in_view(t, &meta, &view, row)
     }
 
     /// A condition on column `c` from the call: a plain value (equality),
@@ -602,11 +659,23 @@ impl<'a> Request<'a> {
         meta: &TableMeta,
         options_allowed: bool,
     ) -> Result<(Query, usize), Failure> {
+        self.query_at(t, meta, options_allowed, (1, 2))
+    }
+
+    /// Like [`Request::query`], with the positional arguments and keyword
+    /// conditions at other argument positions.
+    fn query_at(
+        &self,
+        t: &Tables<'_>,
+        meta: &TableMeta,
+        options_allowed: bool,
+        (at_args, at_kws): (usize, usize),
+    ) -> Result<(Query, usize), Failure> {
         let mut query = Query::default();
         let mut page = DEFAULT_PAGE;
-        let positional = self.arg(1).as_array().map_or(&[][..], Vec::as_slice);
+        let positional = self.arg(at_args).as_array().map_or(&[][..], Vec::as_slice);
         for (i, v) in positional.iter().enumerate() {
-            let p = arg_path(&[1.into(), i.into()]);
+            let p = arg_path(&[at_args.into(), i.into()]);
             let Slot::Portable(name) = slot(&self.objects, &p) else {
                 return Err(table_error(
                     "search() takes query objects positionally and column=value by keyword",
@@ -645,9 +714,9 @@ impl<'a> Request<'a> {
                 }
             }
         }
-        if let Some(kw) = self.arg(2).as_object() {
+        if let Some(kw) = self.arg(at_kws).as_object() {
             for (name, value) in kw {
-                let p = arg_path(&[2.into(), name.clone().into()]);
+                let p = arg_path(&[at_kws.into(), name.clone().into()]);
                 query
                     .filters
                     .push(self.column_filter(t, meta.column(name)?, value, &p)?);
@@ -660,12 +729,12 @@ impl<'a> Request<'a> {
     fn table_data(
         &self,
         t: &Tables<'_>,
-        meta: &TableMeta,
+        (meta, view): (&TableMeta, &View),
         rows: &[Row],
         base: Vec<Value>,
     ) -> Result<(Value, Vec<Value>), Failure> {
         let mut td = TableData::new(&self.svc.caps, &self.who.app, base);
-        td.rows(meta, rows);
+        td.rows(meta, view, rows);
         let mut metas: Vec<TableMeta> = Vec::new();
         for (table, row) in td.missing_links() {
             if !metas.iter().any(|m| m.id == table) {
@@ -685,7 +754,7 @@ impl<'a> Request<'a> {
     fn page(
         &self,
         t: &Tables<'_>,
-        meta: &TableMeta,
+        (meta, view): (&TableMeta, &View),
         query: &Query,
         (size, offset): (usize, usize),
         (next_at, td_at): (Vec<Value>, Vec<Value>),
@@ -698,7 +767,7 @@ impl<'a> Request<'a> {
             objects.push(self.svc.caps.entry(
                 &self.who.app,
                 &Scope::Search {
-                    table: meta.id,
+                    view: view.clone(),
                     query: serde_json::to_string(query).expect("a query serialises"),
                     page_size: size,
                     offset: Some(offset + size),
@@ -707,18 +776,19 @@ impl<'a> Request<'a> {
             ));
         }
         let ids: Vec<Value> = rows.iter().map(|(id, _)| (*id).into()).collect();
-        let (td, more_objects) = self.table_data(t, meta, &rows, td_at)?;
+        let (td, more_objects) = self.table_data(t, (meta, view), &rows, td_at)?;
         objects.extend(more_objects);
         Ok((Value::Array(ids), Value::Null, td))
     }
 
     fn search(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let meta = self.table_arg(t, 0, Need::Read)?;
+        let (meta, view) = self.table_arg(t, 0, Need::Read)?;
         let (query, size) = self.query(t, &meta, true)?;
+        let query = self.restricted(&view, query)?;
         let mut objects = vec![self.svc.caps.entry(
             &self.who.app,
             &Scope::Search {
-                table: meta.id,
+                view: view.clone(),
                 query: serde_json::to_string(&query).expect("a query serialises"),
                 page_size: size,
                 offset: None,
@@ -727,7 +797,7 @@ impl<'a> Request<'a> {
         )];
         let (ids, next, td) = self.page(
             t,
-            &meta,
+            (&meta, &view),
             &query,
             (size, 0),
             (
@@ -740,11 +810,11 @@ impl<'a> Request<'a> {
     }
 
     fn next_page(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let (meta, query, size, offset) = self.search_arg(t, Need::Read)?;
+        let (meta, view, query, size, offset) = self.search_arg(t, Need::Read)?;
         let mut objects = Vec::new();
         let (ids, next, td) = self.page(
             t,
-            &meta,
+            (&meta, &view),
             &query,
             (size, offset),
             (
@@ -757,14 +827,15 @@ impl<'a> Request<'a> {
     }
 
     fn get_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let meta = self.table_arg(t, 0, Need::Read)?;
+        let (meta, view) = self.table_arg(t, 0, Need::Read)?;
         let (query, _) = self.query(t, &meta, false)?;
+        let query = self.restricted(&view, query)?;
         let rows = t.search(&meta, &query, 0, 2)?;
         match rows.len() {
             0 => Ok(Answer::plain(Value::Null)),
             1 => {
                 let (td, objects) =
-                    self.table_data(t, &meta, &rows, vec!["response".into(), 1.into()])?;
+                    self.table_data(t, (&meta, &view), &rows, vec!["response".into(), 1.into()])?;
                 Ok(Answer::new(json!([rows[0].0, td]), objects))
             }
             _ => Err(table_error(
@@ -789,32 +860,85 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Row `id` of `meta`, if it exists and is in `view`.
+    fn visible_row(
+        &self,
+        t: &Tables<'_>,
+        meta: &TableMeta,
+        view: &View,
+        id: i64,
+    ) -> Result<Option<Row>, Failure> {
+        let Some(row) = t.get(meta, id)? else {
+            return Ok(None);
+        };
+        Ok(self.in_view(t, meta, view, id).is_ok().then_some(row))
+    }
+
     fn get_row_by_id(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let meta = self.table_arg(t, 0, Need::Read)?;
+        let (meta, view) = self.table_arg(t, 0, Need::Read)?;
         let Some(row) = self
             .row_id(&meta)
-            .map(|id| t.get(&meta, id))
+            .map(|id| self.visible_row(t, &meta, &view, id))
             .transpose()?
             .flatten()
         else {
             return Ok(Answer::plain(Value::Null));
         };
         let id = row.0;
-        let (td, objects) = self.table_data(t, &meta, &[row], vec!["response".into(), 1.into()])?;
+        let (td, objects) =
+            self.table_data(t, (&meta, &view), &[row], vec!["response".into(), 1.into()])?;
         Ok(Answer::new(json!([id, td]), objects))
     }
 
     fn has_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let meta = self.table_arg(t, 0, Need::Read)?;
+        let (meta, view) = self.table_arg(t, 0, Need::Read)?;
         let found = match self.row_id(&meta) {
-            Some(id) => t.get(&meta, id)?.is_some(),
+            Some(id) => self.visible_row(t, &meta, &view, id)?.is_some(),
             None => false,
         };
         Ok(Answer::plain(found.into()))
     }
 
+    /// `table.get_view(cap, perm, _, args, kws)`: a view of the table with
+    /// `perm` ("r", "rw", "rwc") and a restriction (the query of `args` and
+    /// `kws`, AND-ed to any the handle already has). For the app's server
+    /// code, to hand to client keys and pages; others may not make views.
+    fn get_view(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
+        if !self.who.server {
+            return Err(Failure {
+                ty: ferrolink_proto::error_type::PERMISSION_DENIED,
+                message: "only the app's server code (a server key) may make views of a table"
+                    .to_owned(),
+            });
+        }
+        let (meta, base) = self.table_arg(t, 0, Need::Read)?;
+        let perm =
+            self.arg(1).as_str().and_then(Perm::parse).ok_or_else(|| {
+                table_error("get_view takes a permission: \"r\", \"rw\" or \"rwc\"")
+            })?;
+        let (query, _) = self.query_at(t, &meta, false, (3, 4))?;
+        let query = self.restricted(&base, query)?;
+        let view = View {
+            table: meta.id,
+            perm: Some(perm),
+            restrict: (!query.filters.is_empty()).then(|| {
+                serde_json::to_string(&Query {
+                    filters: query.filters,
+                    order: Vec::new(),
+                })
+                .expect("a query serialises")
+            }),
+        };
+        let key = view.key();
+        let cap = self
+            .svc
+            .caps
+            .entry(&self.who.app, &Scope::Table(view), json!(["response", 0]));
+        Ok(Answer::new(json!([null, key]), vec![cap]))
+    }
+
     fn list_columns(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let meta = self.table_arg(t, 0, Need::Read)?;
+        let (meta, _) = self.table_arg(t, 0, Need::Read)?;
         let cols: Vec<Value> = meta
             .columns
             .iter()
@@ -831,9 +955,9 @@ impl<'a> Request<'a> {
     }
 
     fn fetch(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
-        let (meta, row) = self.row_at(t, &arg_path(&[0.into()]), Need::Read)?;
+        let (meta, row, view) = self.row_at(t, &arg_path(&[0.into()]), Need::Read)?;
         let row = t.get(&meta, row)?.ok_or_else(row_deleted)?;
-        let (td, objects) = self.table_data(t, &meta, &[row], vec!["response".into()])?;
+        let (td, objects) = self.table_data(t, (&meta, &view), &[row], vec!["response".into()])?;
         Ok(Answer::new(td, objects))
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::storage::tables::{ColumnType, Row, TableMeta};
 
-use super::caps::{Caps, Scope};
+use super::caps::{Caps, Scope, View};
 use super::{Failure, table_error};
 
 /// The `objects` entries of a call, looked up by path; each remembers
@@ -182,9 +182,9 @@ pub(crate) fn type_name(kind: &ColumnType) -> &'static str {
     }
 }
 
-/// A table's view key: the JSON of its (whole-table) view.
+/// A whole table's view key (`{"id":T}`).
 pub(crate) fn view_key(table: i64) -> String {
-    format!("{{\"id\":{table}}}")
+    View::table(table).key()
 }
 
 /// A table's spec: its columns in order, with `cache` flags.
@@ -212,7 +212,8 @@ pub(crate) struct TableData<'a> {
     app: &'a str,
     /// Where the TD sits in the response, e.g. `["response", 3]`.
     base: Vec<Value>,
-    tables: BTreeMap<i64, (Value, Map<String, Value>)>,
+    /// By view key: the spec and the rows.
+    tables: BTreeMap<String, (Value, Map<String, Value>)>,
     pub(crate) objects: Vec<Value>,
     /// Linked rows seen, to add as stubs: (table, row).
     linked: Vec<(i64, i64)>,
@@ -230,22 +231,18 @@ impl<'a> TableData<'a> {
         }
     }
 
-    fn path(&self, table: i64, row: i64, tail: Value) -> Value {
+    fn path(&self, key: &str, row: i64, tail: Value) -> Value {
         let mut p = self.base.clone();
-        p.extend([
-            view_key(table).into(),
-            "rows".into(),
-            row.to_string().into(),
-            tail,
-        ]);
+        p.extend([key.into(), "rows".into(), row.to_string().into(), tail]);
         Value::Array(p)
     }
 
-    /// Adds full rows of `meta`.
-    pub(crate) fn rows(&mut self, meta: &TableMeta, rows: &[Row]) {
+    /// Adds full rows of `meta`, seen through `view`.
+    pub(crate) fn rows(&mut self, meta: &TableMeta, view: &View, rows: &[Row]) {
+        let key = view.key();
         let entry = self
             .tables
-            .entry(meta.id)
+            .entry(key.clone())
             .or_insert_with(|| (spec(meta, true), Map::new()));
         // A table first seen through a link has a stub spec; a full row
         // needs the cached one.
@@ -258,14 +255,14 @@ impl<'a> TableData<'a> {
                 let v = match (&c.column.kind, v) {
                     (_, Value::Null) => Value::Null,
                     (ColumnType::DateTime, Value::String(s)) => {
-                        let p = self.path(meta.id, *id, i.into());
+                        let p = self.path(&key, *id, i.into());
                         self.objects.push(
                             json!({"type": ["DateTime"], "path": p, "value": datetime_to_wire(&s)}),
                         );
                         Value::Null
                     }
                     (ColumnType::Media, description @ Value::Object(_)) => {
-                        let p = self.path(meta.id, *id, i.into());
+                        let p = self.path(&key, *id, i.into());
                         self.objects.push(self.caps.media_entry(
                             self.app,
                             (meta.id, *id, &c.column.name),
@@ -275,7 +272,7 @@ impl<'a> TableData<'a> {
                         Value::Null
                     }
                     (ColumnType::Date, Value::String(s)) => {
-                        let p = self.path(meta.id, *id, i.into());
+                        let p = self.path(&key, *id, i.into());
                         self.objects
                             .push(json!({"type": ["Date"], "path": p, "value": s}));
                         Value::Null
@@ -299,12 +296,12 @@ impl<'a> TableData<'a> {
                 data.push(v);
             }
             data.push(Value::Null);
-            let p = self.path(meta.id, *id, meta.columns.len().into());
+            let p = self.path(&key, *id, meta.columns.len().into());
             self.objects
-                .push(self.caps.entry(self.app, &Scope::Row(meta.id, *id), p));
+                .push(self.caps.entry(self.app, &Scope::Row(view.clone(), *id), p));
             out.push((id.to_string(), Value::Array(data)));
         }
-        let entry = self.tables.get_mut(&meta.id).expect("inserted above");
+        let entry = self.tables.get_mut(&key).expect("inserted above");
         entry.1.extend(out);
     }
 
@@ -314,7 +311,7 @@ impl<'a> TableData<'a> {
             .iter()
             .filter(|(t, r)| {
                 self.tables
-                    .get(t)
+                    .get(&view_key(*t))
                     .is_none_or(|(_, rows)| !rows.contains_key(&r.to_string()))
             })
             .copied()
@@ -324,17 +321,20 @@ impl<'a> TableData<'a> {
     /// Adds a linked row as a stub: only its capability, so that reading
     /// it fetches it.
     pub(crate) fn stub(&mut self, meta: &TableMeta, row: i64) {
+        let key = view_key(meta.id);
         let entry = self
             .tables
-            .entry(meta.id)
+            .entry(key.clone())
             .or_insert_with(|| (spec(meta, false), Map::new()));
         if entry.1.contains_key(&row.to_string()) {
             return;
         }
         entry.1.insert(row.to_string(), json!({ "c": null }));
-        let p = self.path(meta.id, row, "c".into());
-        self.objects
-            .push(self.caps.entry(self.app, &Scope::Row(meta.id, row), p));
+        let p = self.path(&key, row, "c".into());
+        self.objects.push(
+            self.caps
+                .entry(self.app, &Scope::Row(View::table(meta.id), row), p),
+        );
     }
 
     /// The TD value.
@@ -342,7 +342,7 @@ impl<'a> TableData<'a> {
         let td: Map<String, Value> = self
             .tables
             .into_iter()
-            .map(|(t, (spec, rows))| (view_key(t), json!({ "spec": spec, "rows": rows })))
+            .map(|(key, (spec, rows))| (key, json!({ "spec": spec, "rows": rows })))
             .collect();
         (Value::Object(td), self.objects)
     }

@@ -47,6 +47,9 @@ fn make_tables(data: &std::path::Path) {
     store
         .create_table("demo", "photos", &cols(&["name:text", "image:media"]))
         .unwrap();
+    store
+        .create_table("demo", "notes", &cols(&["owner:text", "text:text"]))
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -485,4 +488,53 @@ async fn rows_acknowledged_to_the_client_survive_kill_9_of_the_server() {
     );
     // At most the row in flight at the kill was stored unacknowledged.
     assert!(count <= acked + 1, "{count} rows for {acked} acknowledged");
+}
+
+/// Views: the app's server code hands a client key a read-only or a
+/// writable view of a table restricted to some rows; the client key gets
+/// exactly that, though the table's own client access is `none`.
+#[tokio::test(flavor = "multi_thread")]
+async fn views_handed_out_by_server_code_grant_only_their_rows() {
+    let server = TestServer::start().await;
+    make_tables(server.data_dir());
+    let mut app = PyProcess::spawn(
+        "tables.py",
+        &[&server.url(), &server.server_key, "serve_views"],
+    );
+    app.expect_line("READY", WAIT);
+    let mut client = PyProcess::spawn(
+        "tables.py",
+        &[&server.url(), &server.client_key, "use_views"],
+    );
+    let r = client.result(WAIT);
+    let ok = |k: &str| r[k]["ok"].clone();
+    assert_eq!(r["direct"]["error"], "AttributeError", "{r}");
+    assert_eq!(ok("ro_search"), json!(["one", "two"]), "{r}");
+    assert_eq!(ok("ro_len"), 2, "{r}");
+    assert_eq!(ok("ro_get_other"), json!(null), "{r}");
+    assert_eq!(r["ro_add"]["error"], "PermissionDenied", "{r}");
+    assert_eq!(r["ro_update"]["error"], "PermissionDenied", "{r}");
+    assert_eq!(ok("rw_add"), "three", "{r}");
+    assert_eq!(r["rw_add_outside"]["error"], "PermissionDenied", "{r}");
+    assert_eq!(r["rw_move_outside"]["error"], "PermissionDenied", "{r}");
+    assert_eq!(ok("rw_after"), json!(["one", "three", "two"]), "{r}");
+    assert_eq!(ok("rw_delete"), "deleted", "{r}");
+    assert_eq!(ok("rw_final"), json!(["one", "two"]), "{r}");
+    // Nothing outside the views changed.
+    let store = Store::open(server.data_dir()).unwrap();
+    let eve = store
+        .search(
+            "demo",
+            "notes",
+            &json!({"owner": "eve"}).as_object().unwrap().clone(),
+            &ferrolink::storage::tables::Page {
+                order_by: None,
+                offset: 0,
+                limit: 10,
+            },
+        )
+        .unwrap();
+    assert_eq!(eve.len(), 1);
+    assert_eq!(eve[0].1["text"], "secret");
+    server.shutdown().await;
 }
