@@ -72,8 +72,28 @@ await run("dashboard-tables", async ({ page, problems }) => {
   await page.selectOption("#tables-app", "demo");
   await page.locator('#tables-list tr[data-table="notes"]').waitFor();
   assert.equal(await page.locator('#tables-list tr[data-table="notes"] select').inputValue(), "read");
-  // The failed import raised no dialog other than its own message.
-  assert.ok(dialogs.every((d) => d.includes("CSV line 3")), JSON.stringify(dialogs));
+  // Schema: rename a column and the table, delete a column, then the table.
+  await notes.locator("button").click();
+  await page.selectOption("#schema select[name=column]", "n");
+  await page.fill("#schema input[name=to]", "count");
+  await page.click("#rename-column");
+  await page.locator("#rows thead td:text-is('count')").waitFor();
+  assert.equal(await page.textContent('#rows tr[data-row="1"] td:nth-child(3)'), "1");
+  await page.selectOption("#schema select[name=column]", "done");
+  await page.click("#drop-column");
+  await page.waitForFunction(() => ![...document.querySelectorAll("#rows thead td")].some((th) => th.textContent === "done"));
+  await page.fill("#schema input[name=to]", "memos");
+  await page.click("#rename-table");
+  await page.locator('#tables-list tr[data-table="memos"]').waitFor();
+  await page.locator("#table-title:text('memos')").waitFor();
+  await page.click("#drop-table");
+  await page.waitForFunction(() => !document.querySelector('#tables-list tr[data-table="memos"]'));
+  assert.equal(await page.isHidden("#table-view"), true);
+  // Dialogs: the failed import's message and the two confirmations.
+  assert.deepEqual(dialogs.filter((d) => !d.includes("CSV line 3")), [
+    "Delete column done of notes and every value in it?",
+    "Delete table memos and all its rows?",
+  ]);
   // The bad import's 400 is the one failed request the browser reports.
   assert.deepEqual(problems.filter((p) => !p.includes("status of 400")), []);
   assert.equal(problems.length, 1, JSON.stringify(problems));

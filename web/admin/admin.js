@@ -116,6 +116,7 @@ async function openTable(name) {
   $("#table-title").textContent = name;
   const names = t.columns.map((c) => c.name);
   options($("#filter select[name=column]"), names);
+  options($("#schema select[name=column]"), names);
   options($("#filter select[name=order]"), ["(row id)", ...names]);
   options($("#chart-form select[name=time]"), t.columns.filter((c) => c.type === "datetime").map((c) => c.name));
   options($("#chart-form select[name=value]"), t.columns.filter((c) => c.type === "number").map((c) => c.name));
@@ -214,6 +215,24 @@ function tableControls() {
       await openTable(current.name);
     } catch (e) { showTablesError(e); }
   });
+  const schema = async (path, body, question) => {
+    if (question && !confirm(question)) return;
+    try {
+      await api(path, { app: $("#tables-app").value, table: current.name, ...body });
+      $("#schema input[name=to]").value = "";
+      if (path === "tables/rename" && !body.column) current.name = body.to;
+      if (path === "tables/drop" && !body.column) { current = null; $("#table-view").hidden = true; }
+      await loadTables();
+      if (current) await openTable(current.name);
+    } catch (e) { showTablesError(e); }
+  };
+  $("#rename-column").addEventListener("click", () => schema("tables/rename", { column: $("#schema select[name=column]").value, to: $("#schema input[name=to]").value }));
+  $("#drop-column").addEventListener("click", () => {
+    const column = $("#schema select[name=column]").value;
+    schema("tables/drop", { column }, `Delete column ${column} of ${current.name} and every value in it?`);
+  });
+  $("#rename-table").addEventListener("click", () => schema("tables/rename", { to: $("#schema input[name=to]").value }));
+  $("#drop-table").addEventListener("click", () => schema("tables/drop", {}, `Delete table ${current.name} and all its rows?`));
   $("#filter").addEventListener("submit", (ev) => {
     ev.preventDefault();
     current.query = filterQuery();

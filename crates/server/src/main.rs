@@ -126,6 +126,52 @@ enum TableCommand {
         /// NAME:TYPE.
         column: String,
     },
+    /// Rename a table (link columns follow).
+    Rename {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// Its new name.
+        to: String,
+    },
+    /// Delete a table and all its rows.
+    Drop {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// Confirm: the rows are gone for good.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Rename a column (its values stay).
+    RenameColumn {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its new name.
+        to: String,
+    },
+    /// Delete a column and every value in it.
+    DropColumn {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Confirm: the values are gone for good.
+        #[arg(long)]
+        yes: bool,
+    },
     /// List an app's tables with their columns and row counts.
     List {
         /// The app.
@@ -971,6 +1017,43 @@ fn table_command(store: &Store, cmd: TableCommand) -> Result<()> {
                 "added column \"{}\" ({}) to table \"{table}\"",
                 c.name, c.kind
             );
+        }
+        TableCommand::Rename { app, table, to } => {
+            store.rename_table(&app, &table, &to)?;
+            println!("renamed table \"{table}\" to \"{to}\"");
+        }
+        TableCommand::Drop { app, table, yes } => {
+            let rows = store.count_rows(&app, &table)?;
+            if !yes {
+                return Err(usage(format!(
+                    "this deletes table \"{table}\" and its {rows} row(s) for good; run again with --yes"
+                )));
+            }
+            store.drop_table(&app, &table)?;
+            println!("deleted table \"{table}\" ({rows} row(s))");
+        }
+        TableCommand::RenameColumn {
+            app,
+            table,
+            column,
+            to,
+        } => {
+            store.rename_column(&app, &table, &column, &to)?;
+            println!("renamed column \"{column}\" of table \"{table}\" to \"{to}\"");
+        }
+        TableCommand::DropColumn {
+            app,
+            table,
+            column,
+            yes,
+        } => {
+            if !yes {
+                return Err(usage(format!(
+                    "this deletes column \"{column}\" of table \"{table}\" and every value in it; run again with --yes"
+                )));
+            }
+            store.drop_column(&app, &table, &column)?;
+            println!("deleted column \"{column}\" of table \"{table}\"");
         }
         TableCommand::List { app } => {
             for t in store.tables(&app)? {

@@ -1043,6 +1043,126 @@ impl Store {
         Ok(())
     }
 
+    /// Renames column `from` of `table` to `to` (its values stay).
+    pub fn rename_column(
+        &self,
+        app: &str,
+        table: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        validate_column_name(to)?;
+        self.write(app, |t| {
+            let meta = t.table(table)?;
+            let c = meta.column(from)?;
+            if meta.columns.iter().any(|o| o.column.name == to) {
+                return Err(bad(format!(
+                    "table \"{table}\" already has a column \"{to}\""
+                )));
+            }
+            t.conn
+                .execute(
+                    "UPDATE data_columns SET name = ?1 WHERE id = ?2",
+                    params![to, c.id],
+                )
+                .map_err(|e| t.err(e))?;
+            Ok(())
+        })
+    }
+
+    /// Deletes column `column` of `table` and every value in it.
+    pub fn drop_column(&self, app: &str, table: &str, column: &str) -> Result<(), StoreError> {
+        self.write(app, |t| {
+            let meta = t.table(table)?;
+            let c = meta.column(column)?;
+            let (tid, cid) = (meta.id, c.id);
+            let mut sql = format!(
+                "DROP INDEX IF EXISTS tbl_{tid}_c_{cid}; ALTER TABLE tbl_{tid} DROP COLUMN c_{cid};"
+            );
+            if c.column.kind == ColumnType::Media {
+                sql.push_str(&format!("ALTER TABLE tbl_{tid} DROP COLUMN d_{cid};"));
+            }
+            t.conn.execute_batch(&sql).map_err(|e| t.err(e))?;
+            t.conn
+                .execute("DELETE FROM data_columns WHERE id = ?1", [cid])
+                .map_err(|e| t.err(e))?;
+            Ok(())
+        })
+    }
+
+    /// The columns of other tables of `app` that link to `table`, as
+    /// `table.column`.
+    fn links_to(t: &Tables<'_>, table: &TableMeta) -> Result<Vec<String>, StoreError> {
+        let mut stmt = t
+            .conn
+            .prepare(
+                "SELECT d.name, c.name FROM data_columns c JOIN data_tables d ON d.id = c.table_id
+                 WHERE d.app = ?1 AND c.linked = ?2 AND d.id != ?3 ORDER BY d.name, c.name",
+            )
+            .map_err(|e| t.err(e))?;
+        let rows = stmt
+            .query_map(params![t.app, table.name, table.id], |r| {
+                Ok(format!(
+                    "{}.{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?
+                ))
+            })
+            .map_err(|e| t.err(e))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(|e| t.err(e))
+    }
+
+    /// Renames table `from` of `app` to `to`; link columns follow.
+    pub fn rename_table(&self, app: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        validate_table_name(to)?;
+        self.write(app, |t| {
+            let meta = t.table(from)?;
+            if t.lookup("name", &to)?.is_some() {
+                return Err(bad(format!("app \"{app}\" already has a table \"{to}\"")));
+            }
+            let sql = |e| t.err(e);
+            t.conn
+                .execute("UPDATE data_tables SET name = ?1 WHERE id = ?2", params![to, meta.id])
+                .map_err(sql)?;
+            // Link columns name the table they point to (and spell it in
+            // their type): both follow the new name.
+            t.conn
+                .execute(
+                    "UPDATE data_columns SET linked = ?1,
+                        kind = CASE WHEN kind LIKE 'links:%' THEN 'links:' || ?1 ELSE 'link:' || ?1 END
+                     WHERE linked = ?2 AND table_id IN (SELECT id FROM data_tables WHERE app = ?3)",
+                    params![to, from, app],
+                )
+                .map_err(sql)?;
+            Ok(())
+        })
+    }
+
+    /// Deletes table `table` of `app` and all its rows. Refused while
+    /// columns of other tables link to it.
+    pub fn drop_table(&self, app: &str, table: &str) -> Result<(), StoreError> {
+        self.write(app, |t| {
+            let meta = t.table(table)?;
+            let links = Self::links_to(t, &meta)?;
+            if !links.is_empty() {
+                return Err(bad(format!(
+                    "table \"{table}\" is linked from {}; delete those columns first",
+                    links.join(", ")
+                )));
+            }
+            t.conn
+                .execute_batch(&format!("DROP TABLE tbl_{}", meta.id))
+                .map_err(|e| t.err(e))?;
+            t.conn
+                .execute("DELETE FROM data_columns WHERE table_id = ?1", [meta.id])
+                .map_err(|e| t.err(e))?;
+            t.conn
+                .execute("DELETE FROM data_tables WHERE id = ?1", [meta.id])
+                .map_err(|e| t.err(e))?;
+            Ok(())
+        })
+    }
+
     /// Adds a column to a table.
     pub fn add_column(&self, app: &str, table: &str, column: &Column) -> Result<(), StoreError> {
         validate_column_name(&column.name)?;
@@ -1798,6 +1918,60 @@ mod tests {
             offset: 0,
             limit: 1000,
         }
+    }
+
+    #[test]
+    fn tables_and_columns_are_renamed_and_dropped() {
+        let (_d, s) = store();
+        let dev = s
+            .add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
+            .unwrap()[0];
+        s.add_rows(
+            "greenhouse",
+            "readings",
+            &[obj(
+                json!({"celsius": 21.5, "device": dev, "t": "2026-12-02T10:00:00Z"}),
+            )],
+        )
+        .unwrap();
+        // A table others link to cannot go; renaming it carries the links.
+        let e = s.drop_table("greenhouse", "devices").unwrap_err();
+        assert!(e.to_string().contains("linked from readings.device"), "{e}");
+        s.rename_table("greenhouse", "devices", "sensors").unwrap();
+        let readings = s
+            .tables("greenhouse")
+            .unwrap()
+            .into_iter()
+            .find(|t| t.name == "readings")
+            .unwrap();
+        assert!(
+            readings
+                .columns
+                .iter()
+                .any(|c| c.kind.to_string() == "link:sensors")
+        );
+        let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
+        assert_eq!(row["device"], dev);
+        // Columns: renamed with their values, dropped with them (an
+        // indexed number column, and the link).
+        s.rename_column("greenhouse", "readings", "celsius", "temperature")
+            .unwrap();
+        let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
+        assert_eq!(row["temperature"], 21.5);
+        let e = s
+            .rename_column("greenhouse", "readings", "t", "temperature")
+            .unwrap_err();
+        assert!(e.to_string().contains("already has"), "{e}");
+        s.drop_column("greenhouse", "readings", "temperature")
+            .unwrap();
+        s.drop_column("greenhouse", "readings", "device").unwrap();
+        let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
+        assert!(!row.contains_key("temperature") && !row.contains_key("device"));
+        s.drop_table("greenhouse", "sensors").unwrap();
+        let e = s.count_rows("greenhouse", "sensors").unwrap_err();
+        assert!(e.to_string().contains("has no table \"sensors\""), "{e}");
+        // Hostile new names are refused like hostile first names.
+        assert!(s.rename_table("greenhouse", "readings", "x; DROP").is_err());
     }
 
     #[test]

@@ -108,6 +108,53 @@ pub(crate) async fn add_column(
 }
 
 #[derive(Deserialize)]
+pub(crate) struct SchemaChange {
+    app: String,
+    table: String,
+    /// The column, for column changes.
+    column: Option<String>,
+    /// The new name, for renames.
+    to: Option<String>,
+}
+
+/// `POST /_/admin/api/tables/rename`: renames a table, or one of its
+/// columns when `column` is given.
+pub(crate) async fn rename(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Json(c): Json<SchemaChange>,
+) -> Result<Json<Value>, ApiError> {
+    let op = require_change(&state, &headers).await?;
+    let to =
+        c.to.clone()
+            .ok_or_else(|| bad("give the new name as \"to\""))?;
+    tracing::info!(operator = %op.name, app = %c.app, table = %c.table, column = ?c.column, to = %to, "renamed");
+    blocking(&state, move |s| match &c.column {
+        Some(column) => s.rename_column(&c.app, &c.table, column, &to),
+        None => s.rename_table(&c.app, &c.table, &to),
+    })
+    .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_/admin/api/tables/drop`: deletes a table with its rows, or one
+/// of its columns with its values when `column` is given.
+pub(crate) async fn drop(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Json(c): Json<SchemaChange>,
+) -> Result<Json<Value>, ApiError> {
+    let op = require_change(&state, &headers).await?;
+    tracing::info!(operator = %op.name, app = %c.app, table = %c.table, column = ?c.column, "deleted");
+    blocking(&state, move |s| match &c.column {
+        Some(column) => s.drop_column(&c.app, &c.table, column),
+        None => s.drop_table(&c.app, &c.table),
+    })
+    .await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
 pub(crate) struct Access {
     app: String,
     table: String,

@@ -89,6 +89,8 @@ pub(crate) fn admin_router(state: Arc<ServerState>) -> Router {
             post(dashboard_tables::add_column),
         )
         .route("/_/admin/api/tables/access", post(dashboard_tables::access))
+        .route("/_/admin/api/tables/rename", post(dashboard_tables::rename))
+        .route("/_/admin/api/tables/drop", post(dashboard_tables::drop))
         .route("/_/admin/api/tables/rows", post(dashboard_tables::rows))
         .route("/_/admin/api/tables/chart", post(dashboard_tables::chart))
         .route("/_/admin/api/tables/csv", get(dashboard_tables::export))

@@ -537,9 +537,89 @@ fn table_commands_create_fill_and_read_a_table() {
         &["table", "rows", "--app", "greenhouse", "readings", "--csv"],
     );
     assert!(ok, "{err}");
+
     assert_eq!(
         out,
         "t,celsius\r\n2026-12-02T10:00:00.000000Z,20.5\r\n2026-12-02T11:00:00.000000Z,22.0\r\n"
+    );
+    let before = out.clone();
+    // Schema changes: a drop needs --yes; renames keep the data.
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "drop-column",
+            "--app",
+            "greenhouse",
+            "readings",
+            "celsius",
+        ],
+    );
+    assert!(!ok && err.contains("run again with --yes"), "{err}");
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "rename-column",
+            "--app",
+            "greenhouse",
+            "readings",
+            "celsius",
+            "temp",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = ferrolink(
+        data,
+        &["table", "rename", "--app", "greenhouse", "readings", "log"],
+    );
+    assert!(ok, "{err}");
+    let (ok, renamed, err) = ferrolink(
+        data,
+        &["table", "rows", "--app", "greenhouse", "log", "--csv"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(renamed, before.replacen("celsius", "temp", 1));
+    let (ok, _, err) = ferrolink(
+        data,
+        &["table", "rename", "--app", "greenhouse", "log", "readings"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "rename-column",
+            "--app",
+            "greenhouse",
+            "readings",
+            "temp",
+            "celsius",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "create",
+            "--app",
+            "greenhouse",
+            "scratch",
+            "--column",
+            "x:text",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = ferrolink(data, &["table", "drop", "--app", "greenhouse", "scratch"]);
+    assert!(!ok && err.contains("--yes"), "{err}");
+    let (ok, out, err) = ferrolink(
+        data,
+        &["table", "drop", "--app", "greenhouse", "scratch", "--yes"],
+    );
+    assert!(
+        ok && out.contains("deleted table \"scratch\""),
+        "{out}{err}"
     );
     let (ok, out, err) = ferrolink(
         data,
