@@ -63,7 +63,7 @@ function renderApps() {
     // A name served by several devices is flagged: calls are shared among
     // them, which a device with a stolen key could use to take calls.
     const fns = a.functions.map((f) => `${f.name} ← ${f.provided_by.join(" + ")}${f.shared ? " ⚠ shared" : ""}`).join(", ");
-    return row([a.name, site, a.sessions, fns || "—", toggle(a, "anonymous_calls"), toggle(a, "signup")], { app: a.name });
+    return row([a.name, site, a.sessions, fns || "—", toggle(a, "anonymous_calls"), toggle(a, "signup"), toggle(a, "auto_columns")], { app: a.name });
   }));
   const names = state.apps.map((a) => a.name);
   fillSelect($("#new-key select[name=app]"), names);

@@ -533,6 +533,11 @@ enum AppCommand {
         /// Whether browser sessions without a logged-in user may call functions.
         #[arg(long)]
         anonymous_calls: Option<bool>,
+        /// Whether the app's server code creates data table columns by
+        /// adding rows with values for them (as Anvil's "auto-create
+        /// missing columns").
+        #[arg(long)]
+        auto_columns: Option<bool>,
         /// Whether visitors may sign up for accounts themselves.
         #[arg(long)]
         signup: Option<bool>,
@@ -772,11 +777,15 @@ fn run(cli: Cli) -> Result<()> {
                     app,
                     anonymous_calls,
                     signup,
+                    auto_columns,
                 } => {
-                    let a = store.set_app(&app, anonymous_calls, signup)?;
+                    let mut a = store.set_app(&app, anonymous_calls, signup)?;
+                    if let Some(on) = auto_columns {
+                        a = store.set_auto_columns(&app, on)?;
+                    }
                     println!(
-                        "app \"{}\": anonymous-calls={} signup={} (a running server applies it within a second, to open browser sessions too)",
-                        a.name, a.anonymous_calls, a.signup
+                        "app \"{}\": anonymous-calls={} signup={} auto-columns={} (a running server applies it within a second, to open browser sessions too)",
+                        a.name, a.anonymous_calls, a.signup, a.auto_columns
                     );
                 }
             }

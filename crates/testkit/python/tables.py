@@ -83,6 +83,20 @@ if scenario == "use_views":
     report()
     sys.exit(0)
 
+if scenario == "auto":
+    # The app lets its server code create columns by adding rows.
+    d = app_tables.devices.add_row(name="pico-9")
+    check("add", lambda: app_tables.devices.add_row(
+        name="pico-10", firmware="1.2", uptime=3600, ok=True, seen=BASE,
+        parent=d, extra={"a": 1}, group=[d], nothing=None)["firmware"])
+    # `d` was cached before `firmware` existed: reading it asks the server
+    # whether columns may appear (can_auto_create) and fetches it afresh.
+    check("can_auto_create", lambda: d["firmware"])
+    check("columns", lambda: sorted((c["name"], c["type"]) for c in app_tables.devices.list_columns()))
+    check("update", lambda: (d.update(battery=3.7), app_tables.devices.get(name="pico-9")["battery"])[1])
+    report()
+    sys.exit(0)
+
 if scenario == "count":
     r["count"] = len(app_tables.readings.search())
     report()

@@ -104,6 +104,9 @@ const MIGRATIONS: &[&str] = &[
         value       BLOB NOT NULL
     );
 "#,
+    r#"
+    ALTER TABLE apps ADD COLUMN auto_columns INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A storage failure, with what to do about it.
@@ -227,6 +230,9 @@ pub struct AppRecord {
     pub anonymous_calls: bool,
     /// Whether visitors may create user accounts themselves.
     pub signup: bool,
+    /// Whether the app's server code creates data table columns by adding
+    /// rows with values for them.
+    pub auto_columns: bool,
 }
 
 fn now_secs() -> i64 {
@@ -379,6 +385,7 @@ impl Store {
             created_at,
             anonymous_calls,
             signup: true,
+            auto_columns: false,
         })
     }
 
@@ -386,7 +393,7 @@ impl Store {
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, created_at, anonymous_calls, signup FROM apps ORDER BY name",
+                "SELECT name, created_at, anonymous_calls, signup, auto_columns FROM apps ORDER BY name",
             )?;
             let rows = stmt.query_map([], row_to_app)?;
             rows.collect()
@@ -397,7 +404,7 @@ impl Store {
     pub fn app(&self, name: &str) -> Result<AppRecord, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT name, created_at, anonymous_calls, signup FROM apps WHERE name = ?1",
+                "SELECT name, created_at, anonymous_calls, signup, auto_columns FROM apps WHERE name = ?1",
                 [name],
                 row_to_app,
             )
@@ -418,6 +425,21 @@ impl Store {
                 "UPDATE apps SET anonymous_calls = coalesce(?2, anonymous_calls),
                                  signup = coalesce(?3, signup) WHERE name = ?1",
                 params![name, anonymous_calls, signup],
+            )
+        })?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchApp(name.to_owned()));
+        }
+        self.app(name)
+    }
+
+    /// Sets whether the app's server code creates data table columns by
+    /// adding rows with values for them (docs/tables.md).
+    pub fn set_auto_columns(&self, name: &str, on: bool) -> Result<AppRecord, StoreError> {
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE apps SET auto_columns = ?2 WHERE name = ?1",
+                params![name, on],
             )
         })?;
         if changed == 0 {
@@ -632,6 +654,7 @@ fn row_to_app(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppRecord> {
         created_at: r.get(1)?,
         anonymous_calls: r.get(2)?,
         signup: r.get(3)?,
+        auto_columns: r.get(4)?,
     })
 }
 

@@ -1623,6 +1623,33 @@ impl Tables<'_> {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether the app lets its server code create columns by adding rows.
+    pub fn auto_columns(&self) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT auto_columns FROM apps WHERE name = ?1",
+                [self.app],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|on| on.unwrap_or(false))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Adds `column` to `meta`'s table inside the caller's transaction and
+    /// answers the table as it now is.
+    pub fn add_column(&self, meta: &TableMeta, column: &Column) -> Result<TableMeta, StoreError> {
+        validate_column_name(&column.name)?;
+        if meta.columns.len() >= MAX_COLUMNS {
+            return Err(bad(format!("at most {MAX_COLUMNS} columns per table")));
+        }
+        if let Some(linked) = column.kind.linked() {
+            self.table(linked)?;
+        }
+        Store::insert_column(self.conn, meta.id, column).map_err(|e| self.err(e))?;
+        self.table(&meta.name)
+    }
+
     /// Whether row `id` exists and matches `query`'s conditions.
     pub fn matches(&self, meta: &TableMeta, id: i64, query: &Query) -> Result<bool, StoreError> {
         let mut vals = vec![Sql::Integer(id)];

@@ -5,7 +5,8 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::storage::tables::{
-    ClientAccess, Cmp, ColumnMeta, ColumnType, Filter, MAX_PAGE, Query, Row, TableMeta, Tables,
+    ClientAccess, Cmp, Column, ColumnMeta, ColumnType, Filter, MAX_PAGE, Query, Row, TableMeta,
+    Tables,
 };
 
 use super::caps::{Perm, Scope, View};
@@ -275,7 +276,9 @@ impl<'a> Request<'a> {
                 }
                 Ok(Answer::plain(Value::Null))
             }
-            "row.can_auto_create" => Ok(Answer::plain(false.into())),
+            "row.can_auto_create" => {
+                Ok(Answer::plain((self.who.server && t.auto_columns()?).into()))
+            }
             "table.to_csv" => {
                 let (meta, view) = self.table_arg(t, 0, Need::Read)?;
                 self.to_csv(t, &meta, &self.restricted(&view, Query::default())?)
@@ -453,6 +456,104 @@ impl<'a> Request<'a> {
         })
     }
 
+    /// With the app's auto-columns on and the app's server code calling:
+    /// adds the columns the dicts (each with its path) name that `meta`
+    /// lacks, typed from their first value that says (a value of `None`
+    /// says nothing). Answers the table as it now is.
+    fn auto_columns(
+        &self,
+        t: &Tables<'_>,
+        mut meta: TableMeta,
+        dicts: &[(&Value, Vec<Value>)],
+    ) -> Result<TableMeta, Failure> {
+        if !self.who.server {
+            return Ok(meta);
+        }
+        let mut checked = false;
+        for (dict, path) in dicts {
+            let Some(dict) = dict.as_object() else {
+                continue;
+            };
+            for (name, value) in dict {
+                if meta.columns.iter().any(|c| c.column.name == *name) {
+                    continue;
+                }
+                if !checked {
+                    if !t.auto_columns()? {
+                        return Ok(meta);
+                    }
+                    checked = true;
+                }
+                let mut p = path.clone();
+                p.push(name.clone().into());
+                if let Some(kind) = self.infer(t, value, &p)? {
+                    meta = t.add_column(
+                        &meta,
+                        &Column {
+                            name: name.clone(),
+                            kind,
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    /// The column type a value calls for, if it says.
+    fn infer(
+        &self,
+        t: &Tables<'_>,
+        v: &Value,
+        path: &[Value],
+    ) -> Result<Option<ColumnType>, Failure> {
+        let linked = |entry: &Value| -> Result<Option<String>, Failure> {
+            match self.svc.caps.verify(&self.who.app, entry) {
+                Ok(Scope::Row(view, _)) => Ok(t.table_by_id(view.table)?.map(|m| m.name)),
+                _ => Ok(None),
+            }
+        };
+        Ok(match slot(&self.objects, path) {
+            Slot::DateTime(_) => Some(ColumnType::DateTime),
+            Slot::Date(_) => Some(ColumnType::Date),
+            Slot::Long(_) => Some(ColumnType::Number),
+            Slot::DataMedia(_) | Slot::LazyMedia(_) => Some(ColumnType::Media),
+            Slot::RowRef(e) => linked(e)?.map(ColumnType::Link),
+            Slot::Plain => match v {
+                Value::Null => None,
+                Value::String(_) => Some(ColumnType::Text),
+                Value::Number(_) => Some(ColumnType::Number),
+                Value::Bool(_) => Some(ColumnType::Bool),
+                Value::Array(items) if !items.is_empty() => {
+                    // A list of rows of one table links to it; any other
+                    // list is a simple object.
+                    let mut table: Option<String> = None;
+                    let mut rows = true;
+                    for i in 0..items.len() {
+                        let mut p = path.to_vec();
+                        p.push(i.into());
+                        match slot(&self.objects, &p) {
+                            Slot::RowRef(e) => {
+                                let name = linked(e)?;
+                                if name.is_none() || (table.is_some() && table != name) {
+                                    rows = false;
+                                }
+                                table = name;
+                            }
+                            _ => rows = false,
+                        }
+                    }
+                    match (rows, table) {
+                        (true, Some(name)) => Some(ColumnType::Links(name)),
+                        _ => Some(ColumnType::SimpleObject),
+                    }
+                }
+                Value::Array(_) | Value::Object(_) => Some(ColumnType::SimpleObject),
+            },
+            Slot::Portable(_) | Slot::Other(_) => None,
+        })
+    }
+
     /// A dict of column values from the call (at `path`), in the store's form.
     fn values(
         &self,
@@ -468,6 +569,15 @@ impl<'a> Request<'a> {
         };
         let mut out = Map::new();
         for (name, value) in dict {
+            // With auto-columns, `None` for a column that does not exist
+            // (its type unknown) is no value at all.
+            if value.is_null()
+                && !meta.columns.iter().any(|c| c.column.name == *name)
+                && self.who.server
+                && t.auto_columns()?
+            {
+                continue;
+            }
             let c = meta.column(name)?;
             let mut p = path.to_vec();
             p.push(name.clone().into());
@@ -478,6 +588,7 @@ impl<'a> Request<'a> {
 
     fn add_row(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
         let (meta, view) = self.table_arg(t, 0, Need::Add)?;
+        let meta = self.auto_columns(t, meta, &[(self.arg(1), arg_path(&[1.into()]))])?;
         let values = self.values(t, &meta, self.arg(1), &arg_path(&[1.into()]))?;
         let id = t.add_rows(&meta, std::slice::from_ref(&values))?[0];
         // A row added through a restricted view must be in it (else the
@@ -496,6 +607,12 @@ impl<'a> Request<'a> {
     fn add_rows(&self, t: &Tables<'_>) -> Result<Answer, Failure> {
         let (meta, view) = self.table_arg(t, 0, Need::Add)?;
         let rows = self.arg(1).as_array().map_or(&[][..], Vec::as_slice);
+        let dicts: Vec<(&Value, Vec<Value>)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r, arg_path(&[1.into(), i.into()])))
+            .collect();
+        let meta = self.auto_columns(t, meta, &dicts)?;
         let mut all = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             all.push(self.values(t, &meta, r, &arg_path(&[1.into(), i.into()]))?);
@@ -526,6 +643,7 @@ impl<'a> Request<'a> {
         path: &[Value],
     ) -> Result<(), Failure> {
         let (meta, row, view) = self.row_at(t, cap_path, Need::Write)?;
+        let meta = self.auto_columns(t, meta, &[(updates, path.to_vec())])?;
         let values = self.values(t, &meta, updates, path)?;
         if !t.update_row(&meta, row, &values)? {
             return Err(row_deleted());

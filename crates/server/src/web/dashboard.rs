@@ -300,6 +300,7 @@ pub(crate) async fn overview(
                 "name": a.name,
                 "created_at": a.created_at,
                 "anonymous_calls": a.anonymous_calls,
+                "auto_columns": a.auto_columns,
                 "signup": a.signup,
                 "site": crate::web::sites::site_dir(&state.config.data_dir, &a.name).join("index.html").is_file(),
                 "url": format!("{}/app/{}/", state.origin, a.name),
@@ -474,6 +475,7 @@ pub(crate) struct AppSettings {
     name: String,
     anonymous_calls: Option<bool>,
     signup: Option<bool>,
+    auto_columns: Option<bool>,
 }
 
 /// `POST /_/admin/api/apps/settings`.
@@ -484,7 +486,11 @@ pub(crate) async fn app_settings(
 ) -> Result<Json<Value>, ApiError> {
     require_change(&state, &headers).await?;
     let app = blocking(&state, move |s| {
-        s.set_app(&a.name, a.anonymous_calls, a.signup)
+        let app = s.set_app(&a.name, a.anonymous_calls, a.signup)?;
+        match a.auto_columns {
+            Some(on) => s.set_auto_columns(&a.name, on),
+            None => Ok(app),
+        }
     })
     .await?;
     state

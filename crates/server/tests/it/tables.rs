@@ -538,3 +538,60 @@ async fn views_handed_out_by_server_code_grant_only_their_rows() {
     assert_eq!(eve[0].1["text"], "secret");
     server.shutdown().await;
 }
+
+/// With the app's auto-columns on, the app's server code creates columns
+/// by adding rows, typed from their values.
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_columns_are_typed_from_the_first_values() {
+    let server = TestServer::start().await;
+    make_tables(server.data_dir());
+    Store::open(server.data_dir())
+        .unwrap()
+        .set_auto_columns("demo", true)
+        .unwrap();
+    let mut py = PyProcess::spawn("tables.py", &[&server.url(), &server.server_key, "auto"]);
+    let r = py.result(WAIT);
+    // A row cached before a column appeared reads it (as None) after
+    // asking whether columns may appear.
+    assert_eq!(r["can_auto_create"]["ok"], json!(null), "{r}");
+    assert_eq!(r["add"]["ok"], "1.2", "{r}");
+    assert_eq!(
+        r["columns"]["ok"],
+        json!([
+            ["active", "bool"],
+            ["extra", "simpleObject"],
+            ["firmware", "string"],
+            ["group", "link_multiple"],
+            ["name", "string"],
+            ["ok", "bool"],
+            ["parent", "link_single"],
+            ["seen", "datetime"],
+            ["tags", "simpleObject"],
+            ["uptime", "number"]
+        ]),
+        "{r}"
+    );
+    assert_eq!(r["update"]["ok"], 3.7, "{r}");
+    // A client key never creates columns.
+    let (mut c, _) =
+        ferrolink_testkit::RawClient::authenticated(&server.url(), &server.client_key).await;
+    let store = Store::open(server.data_dir()).unwrap();
+    store
+        .set_client_access(
+            "demo",
+            "devices",
+            ferrolink::storage::tables::ClientAccess::Write,
+            false,
+        )
+        .unwrap();
+    let devices = table_cap(&mut c, "devices").await;
+    let r = call(
+        &mut c,
+        "table.add_row",
+        json!([null, {"sneaky": 1}, null, null]),
+        json!([devices]),
+    )
+    .await;
+    assert_eq!(error_type(&r), "anvil.tables.NoSuchColumnError", "{r}");
+    server.shutdown().await;
+}
