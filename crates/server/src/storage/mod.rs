@@ -215,6 +215,10 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Read-only connections for data table reads, so that a long search
+    /// does not hold the connection every login and write needs (WAL lets
+    /// them read while it writes).
+    readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     fresh: bool,
 }
@@ -291,6 +295,7 @@ impl Store {
         tx.commit().map_err(sql)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            readers: Mutex::default(),
             path,
             fresh: version == 0,
         })

@@ -780,6 +780,9 @@ fn sql_error(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Read-only connections kept for table reads.
+const READERS: usize = 8;
+
 /// How long one table operation may run before SQLite is told to stop it:
 /// the database has one connection for the whole server, so a slow query
 /// must not hold it (and every login behind it) for long.
@@ -882,14 +885,42 @@ impl Store {
         app: &str,
         f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        bounded(&conn, || {
-            f(&Tables {
-                conn: &conn,
-                app,
-                path: &self.path,
-            })
-        })
+        // A reader from the pool, or a new one; it goes back afterwards
+        // (there are at most as many as reads run at once).
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = rusqlite::Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| E::from(sql_error(&self.path, e)))?;
+                c.busy_timeout(std::time::Duration::from_secs(10))
+                    .map_err(|e| E::from(sql_error(&self.path, e)))?;
+                c
+            }
+        };
+        // One snapshot for the whole read.
+        let out = conn
+            .execute_batch("BEGIN")
+            .map_err(|e| E::from(sql_error(&self.path, e)))
+            .and_then(|()| {
+                bounded(&conn, || {
+                    f(&Tables {
+                        conn: &conn,
+                        app,
+                        path: &self.path,
+                    })
+                })
+            });
+        let ended = conn.execute_batch("ROLLBACK").is_ok();
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if ended && readers.len() < READERS {
+            readers.push(conn);
+        }
+        out
     }
 
     /// Runs `f` on the tables of `app` in one write transaction: committed
@@ -1999,6 +2030,27 @@ mod tests {
         assert!(e.to_string().contains("has no table \"sensors\""), "{e}");
         // Hostile new names are refused like hostile first names.
         assert!(s.rename_table("greenhouse", "readings", "x; DROP").is_err());
+    }
+
+    #[test]
+    fn table_reads_do_not_wait_for_the_main_connection() {
+        let (_d, s) = store();
+        s.add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
+            .unwrap();
+        // Someone holds the connection logins and writes use.
+        let held = s.conn.lock().unwrap();
+        let rows = s
+            .read("greenhouse", |t| {
+                t.count(&t.table("devices")?, &Query::default())
+            })
+            .unwrap();
+        assert_eq!(rows, 1);
+        drop(held);
+        // Readers go back to the pool and see later commits.
+        s.add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-2"}))])
+            .unwrap();
+        assert_eq!(s.count_rows("greenhouse", "devices").unwrap(), 2);
+        assert_eq!(s.readers.lock().unwrap().len(), 1);
     }
 
     #[test]
