@@ -1196,25 +1196,7 @@ impl Store {
 
     /// Adds a column to a table.
     pub fn add_column(&self, app: &str, table: &str, column: &Column) -> Result<(), StoreError> {
-        validate_column_name(&column.name)?;
-        self.write(app, |t| {
-            let meta = t.table(table)?;
-            if meta.columns.iter().any(|c| c.column.name == column.name) {
-                return Err(bad(format!(
-                    "table \"{table}\" already has a column \"{}\"",
-                    column.name
-                )));
-            }
-            if meta.columns.len() >= MAX_COLUMNS {
-                return Err(bad(format!("at most {MAX_COLUMNS} columns per table")));
-            }
-            if let Some(linked) = column.kind.linked()
-                && linked != table
-            {
-                t.table(linked)?;
-            }
-            Self::insert_column(t.conn, meta.id, column).map_err(|e| t.err(e))
-        })
+        self.write(app, |t| t.add_column(&t.table(table)?, column).map(drop))
     }
 
     /// The tables of `app`, with their columns and row counts.
@@ -1642,11 +1624,22 @@ impl Tables<'_> {
 
     /// How many rows `query` finds.
     pub fn count(&self, meta: &TableMeta, query: &Query) -> Result<u64, StoreError> {
-        let mut vals = Vec::new();
+        self.count_where(meta, None, query)
+    }
+
+    /// Rows matching `query` (and being row `id`, if given).
+    fn count_where(
+        &self,
+        meta: &TableMeta,
+        id: Option<i64>,
+        query: &Query,
+    ) -> Result<u64, StoreError> {
+        let mut vals: Vec<Sql> = id.map(Sql::Integer).into_iter().collect();
         let cond = self.conditions(meta, &query.filters, &mut vals)?;
+        let only = if id.is_some() { "_id = ?1 AND " } else { "" };
         self.conn
             .query_row(
-                &format!("SELECT count(*) FROM tbl_{} WHERE {cond}", meta.id),
+                &format!("SELECT count(*) FROM tbl_{} WHERE {only}{cond}", meta.id),
                 rusqlite::params_from_iter(vals.iter()),
                 |r| r.get::<_, i64>(0),
             )
@@ -1671,6 +1664,12 @@ impl Tables<'_> {
     /// answers the table as it now is.
     pub fn add_column(&self, meta: &TableMeta, column: &Column) -> Result<TableMeta, StoreError> {
         validate_column_name(&column.name)?;
+        if meta.columns.iter().any(|c| c.column.name == column.name) {
+            return Err(bad(format!(
+                "table \"{}\" already has a column \"{}\"",
+                meta.name, column.name
+            )));
+        }
         if meta.columns.len() >= MAX_COLUMNS {
             return Err(bad(format!("at most {MAX_COLUMNS} columns per table")));
         }
@@ -1683,19 +1682,7 @@ impl Tables<'_> {
 
     /// Whether row `id` exists and matches `query`'s conditions.
     pub fn matches(&self, meta: &TableMeta, id: i64, query: &Query) -> Result<bool, StoreError> {
-        let mut vals = vec![Sql::Integer(id)];
-        let cond = self.conditions(meta, &query.filters, &mut vals)?;
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT count(*) FROM tbl_{} WHERE _id = ?1 AND {cond}",
-                    meta.id
-                ),
-                rusqlite::params_from_iter(vals.iter()),
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| self.err(e))
+        Ok(self.count_where(meta, Some(id), query)? > 0)
     }
 
     /// Row `id`, if it exists.

@@ -44,7 +44,8 @@ pub(crate) struct MediaIn {
 
 /// The media ids a call's `objects` declares, if any.
 pub(crate) fn declared(call: &Call<'_>) -> Vec<String> {
-    let Some(objects) = call.objects else {
+    // Most table calls carry no media: skip the parse for them.
+    let Some(objects) = call.objects.filter(|o| o.get().contains("\"DataMedia\"")) else {
         return Vec::new();
     };
     let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(objects.get()) else {

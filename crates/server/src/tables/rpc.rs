@@ -75,14 +75,6 @@ impl<'a> Request<'a> {
         self.args.get(i).unwrap_or(&Value::Null)
     }
 
-    fn access(&self, meta: &TableMeta) -> ClientAccess {
-        self.who.access(meta)
-    }
-
-    fn check(&self, meta: &TableMeta, need: Need) -> Result<(), Failure> {
-        self.who.check(meta, need)
-    }
-
     /// The verified capability at `path`.
     fn cap(&self, path: &[Value]) -> Result<Scope, Failure> {
         let found = self.objects.at(path);
@@ -113,7 +105,7 @@ impl<'a> Request<'a> {
     /// access; a whole table is checked against the caller's access.
     fn check_view(&self, meta: &TableMeta, view: &View, need: Need) -> Result<(), Failure> {
         match view.perm {
-            None => self.check(meta, need),
+            None => self.who.check(meta, need),
             Some(Perm::Rw | Perm::Rwc) => Ok(()),
             Some(Perm::R) if need == Need::Read => Ok(()),
             Some(Perm::R) => Err(Failure {
@@ -145,6 +137,9 @@ impl<'a> Request<'a> {
         if view.restrict.is_some()
             && !t.matches(meta, row, &self.restricted(view, Query::default())?)?
         {
+            if t.get(meta, row)?.is_none() {
+                return Err(row_deleted());
+            }
             return Err(Failure {
                 ty: ferrolink_proto::error_type::PERMISSION_DENIED,
                 message: format!("row {row} is not in this view of table \"{}\"", meta.name),
@@ -183,9 +178,8 @@ impl<'a> Request<'a> {
         };
         let meta = self.table(t, view.table).map_err(|_| row_deleted())?;
         self.check_view(&meta, &view, need)?;
-        if t.get(&meta, row)?.is_none() {
-            return Err(row_deleted());
-        }
+        // A row that is gone answers RowDeleted here (when the view has a
+        // restriction) or from the operation itself.
         self.in_view(t, &meta, &view, row)?;
         Ok((meta, row, view))
     }
@@ -251,7 +245,9 @@ impl<'a> Request<'a> {
             }
             "row.delete" => {
                 let (meta, row, _) = self.row_at(t, &arg_path(&[0.into()]), Need::Write)?;
-                t.delete_row(&meta, row)?;
+                if !t.delete_row(&meta, row)? {
+                    return Err(row_deleted());
+                }
                 Ok(Answer::plain(Value::Null))
             }
             "row.batch_update" => {
@@ -272,7 +268,9 @@ impl<'a> Request<'a> {
                 for i in 0..n {
                     let (meta, row, _) =
                         self.row_at(t, &arg_path(&[0.into(), i.into(), 0.into()]), Need::Write)?;
-                    t.delete_row(&meta, row)?;
+                    if !t.delete_row(&meta, row)? {
+                        return Err(row_deleted());
+                    }
                 }
                 Ok(Answer::plain(Value::Null))
             }
@@ -313,7 +311,7 @@ impl<'a> Request<'a> {
         let mut out = Map::new();
         let mut objects = Vec::new();
         for meta in t.all()? {
-            if self.access(&meta) == ClientAccess::None {
+            if self.who.access(&meta) == ClientAccess::None {
                 continue;
             }
             let path = vec!["response".into(), meta.name.clone().into(), 0.into()];
@@ -336,7 +334,7 @@ impl<'a> Request<'a> {
         };
         let mut objects = Vec::new();
         let response = match meta {
-            Some(m) if self.access(&m) != ClientAccess::None => {
+            Some(m) if self.who.access(&m) != ClientAccess::None => {
                 self.table_triple(&m, vec!["response".into(), 0.into()], &mut objects)
             }
             _ => Value::Null,
@@ -447,7 +445,7 @@ impl<'a> Request<'a> {
                         .to_owned(),
                 })?;
         let meta = self.table(t, table).map_err(|_| row_deleted())?;
-        self.check(&meta, Need::Read)?;
+        self.who.check(&meta, Need::Read)?;
         t.media(&meta, row, &column)?.ok_or_else(|| Failure {
             ty: super::ROW_DELETED,
             message: format!(
@@ -568,15 +566,19 @@ impl<'a> Request<'a> {
             _ => return Err(table_error("row values must be given by column name")),
         };
         let mut out = Map::new();
+        // Whether auto-columns apply, looked up at most once.
+        let mut auto = None;
         for (name, value) in dict {
             // With auto-columns, `None` for a column that does not exist
             // (its type unknown) is no value at all.
-            if value.is_null()
-                && !meta.columns.iter().any(|c| c.column.name == *name)
-                && self.who.server
-                && t.auto_columns()?
-            {
-                continue;
+            if value.is_null() && !meta.columns.iter().any(|c| c.column.name == *name) {
+                let on = match auto {
+                    Some(on) => on,
+                    None => *auto.insert(self.who.server && t.auto_columns()?),
+                };
+                if on {
+                    continue;
+                }
             }
             let c = meta.column(name)?;
             let mut p = path.to_vec();
