@@ -28,6 +28,7 @@
 
 mod activity;
 pub mod auth;
+mod buffers;
 mod calls;
 mod clock;
 mod config;
@@ -155,11 +156,7 @@ impl Server {
                 .with_no_client_auth()
                 .with_cert_resolver(resolver);
                 server_config.alpn_protocols = alpn;
-                (
-                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config))),
-                    dev_ca,
-                    reload,
-                )
+                (Some(Arc::new(server_config)), dev_ca, reload)
             }
         };
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -22,12 +22,15 @@ use tokio::net::TcpStream;
 
 use ferrolink_proto::ws::{self, FrameError, MAX_HEADER, Opcode, Role};
 
+use crate::buffers;
+use crate::edge::tls_stream::ServerTls;
+
 /// The transport under a websocket.
 pub(crate) enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<ServerTls>),
     /// Anything else hyper handed over (kept working, never expected).
     Other(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }
@@ -40,7 +43,7 @@ impl Stream {
             Ok(parts) => return (Self::Plain(parts.io.into_inner()), parts.read_buf),
             Err(u) => u,
         };
-        match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+        match upgraded.downcast::<TokioIo<ServerTls>>() {
             Ok(parts) => (Self::Tls(Box::new(parts.io.into_inner())), parts.read_buf),
             Err(u) => (Self::Other(Box::new(TokioIo::new(u))), Bytes::new()),
         }
@@ -139,38 +142,7 @@ pub(crate) struct Input {
 }
 
 /// Smallest read.
-const READ_CHUNK: usize = 32 * 1024;
-
-/// Buffers kept for reuse per worker thread, and the largest kept: a busy
-/// connection takes one per wake-up and gives it back when it has handled
-/// (or written) everything, so idle connections hold none and busy ones do
-/// not call the allocator for each batch.
-const SPARE_BUFFERS: usize = 8;
-const SPARE_CAPACITY: usize = 256 * 1024;
-
-thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn take_buffer(min: usize) -> Vec<u8> {
-    let mut buf = SPARE
-        .with_borrow_mut(Vec::pop)
-        .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
-    buf.reserve(min);
-    buf
-}
-
-fn give_buffer(mut buf: Vec<u8>) {
-    if buf.capacity() == 0 || buf.capacity() > SPARE_CAPACITY {
-        return;
-    }
-    buf.clear();
-    SPARE.with_borrow_mut(|spare| {
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buf);
-        }
-    });
-}
+const READ_CHUNK: usize = buffers::CHUNK;
 
 impl Input {
     /// An input holding `first` (bytes read with the upgrade request),
@@ -217,7 +189,7 @@ impl Input {
             _ => READ_CHUNK,
         };
         if self.buf.capacity() == 0 {
-            self.buf = take_buffer(want);
+            self.buf = buffers::take(want);
         } else {
             self.buf.reserve(want);
         }
@@ -234,7 +206,7 @@ impl Input {
     /// connections hold none).
     pub(crate) fn release(&mut self) {
         if self.pos >= self.buf.len() {
-            give_buffer(std::mem::take(&mut self.buf));
+            buffers::give(std::mem::take(&mut self.buf));
             self.pos = 0;
         }
     }
@@ -341,7 +313,7 @@ impl Output {
 
     fn reserve(&mut self, additional: usize) {
         if self.buf.capacity() == 0 {
-            self.buf = take_buffer(additional);
+            self.buf = buffers::take(additional);
         } else {
             self.buf.reserve(additional);
         }
@@ -407,7 +379,7 @@ impl Output {
             }
             self.pos += n;
         }
-        give_buffer(std::mem::take(&mut self.buf));
+        buffers::give(std::mem::take(&mut self.buf));
         self.pos = 0;
         io.poll_flush(cx)
     }

@@ -13,6 +13,7 @@ pub mod acme;
 pub mod certificates;
 pub(crate) mod limits;
 pub(crate) mod proxy;
+pub(crate) mod tls_stream;
 
 /// Socket options of every accepted connection: no Nagle delay, and a dead
 /// peer (a device that lost power or Wi-Fi without closing) noticed by the
@@ -34,7 +35,7 @@ fn tune(tcp: &tokio::net::TcpStream) {
 /// What the accept loop needs besides the listener.
 pub(crate) struct Edge {
     pub(crate) router: Router,
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) state: Arc<ServerState>,
 }
 
@@ -113,10 +114,10 @@ pub(crate) async fn accept_loop(
                         .with_upgrades()
                         .await;
                 }
-                Some(acceptor) => {
+                Some(config) => {
                     let handshake = tokio::time::timeout(
                         std::time::Duration::from_secs(10),
-                        acceptor.accept(tcp),
+                        tls_stream::accept(tcp, config),
                     );
                     match handshake.await {
                         Ok(Ok(stream)) => {
