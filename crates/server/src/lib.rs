@@ -16,15 +16,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Where to look: [`storage`] (SQLite: apps and keys), [`keys`] (key shape,
-//! hashing), `router` (who provides which function), `uplink` (one
-//! connection's driver around `ferrolink_proto::server_session::ServerSession`).
+//! Where to look (`ARCHITECTURE.md` has the map): [`storage`] (SQLite:
+//! apps, keys, accounts, data tables), [`keys`] (key shape, hashing),
+//! `calls` (one driver task per connection around
+//! `ferrolink_proto::server_session::ServerSession`, the registry of who
+//! provides which function, the one `forward`), `edge` (the accept loop,
+//! TLS, connection limits).
 //!
 //! TLS: [`tls::TlsSetting`] (certificate files reloaded on change, a
 //! generated development CA, or ACME). Web apps: [`sites`] (deployed front
 //! ends), [`auth`] (passwords and tokens), `web` (browser sessions, the
-//! browser client, user accounts), `admin` (the dashboard); see
-//! `docs/web.md`.
+//! browser client, user accounts, the dashboard); see `docs/web.md`.
 
 mod activity;
 pub mod auth;
