@@ -438,6 +438,13 @@ mod tests {
 
     /// A server config for `localhost` and a client config trusting it.
     fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        configs_for(rustls::DEFAULT_VERSIONS)
+    }
+
+    /// The same, with the client offering only `versions`.
+    fn configs_for(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let der = CertificateDer::from(cert.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
@@ -450,7 +457,7 @@ mod tests {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
         let client = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -522,6 +529,46 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tls_1_2_client_is_served_too() {
+        let (server_config, client) = configs_for(&[&rustls::version::TLS12]);
+        let (mut client, mut server) = handshake(client, server_config).await;
+        assert_eq!(
+            client.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        client.write_all(b"twelve").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 6];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"twelve");
+        server.write_all(b"back").await.unwrap();
+        server.flush().await.unwrap();
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered_and_traffic_goes_on() {
+        let (server_config, client_config) = configs();
+        let (mut client, mut server) = handshake(client_config, server_config).await;
+        for round in 0..3u8 {
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            client.write_all(&[round; 100]).await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = [0u8; 100];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [round; 100]);
+            // Our answer goes out under the new keys, ahead of this reply.
+            server.write_all(&[round + 10; 50]).await.unwrap();
+            server.flush().await.unwrap();
+            let mut back = [0u8; 50];
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, [round + 10; 50]);
+        }
     }
 
     #[tokio::test]
