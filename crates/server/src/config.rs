@@ -14,8 +14,13 @@ use crate::edge::certificates::TlsSetting;
 pub struct ServerConfig {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
-    /// The data directory (SQLite database and, later, app files).
+    /// The data directory (the SQLite database, app files, certificates).
     pub data_dir: PathBuf,
+    /// A `postgres://` URL: apps, keys, accounts and trust bundles are kept
+    /// there, shared with other servers given the same URL, instead of in
+    /// the data directory's SQLite database. Data tables are not available
+    /// with it yet.
+    pub database: Option<String>,
     /// Deadline of a routed call; past it the caller gets `anvil.server.TimeoutError`.
     pub call_timeout: Duration,
     /// Largest websocket message accepted, in bytes.
@@ -121,6 +126,7 @@ impl ServerConfig {
         Self {
             listen,
             data_dir: data_dir.into(),
+            database: None,
             call_timeout: Duration::from_secs(30),
             max_frame_bytes: 4 * 1024 * 1024,
             max_pending_calls: 1024,

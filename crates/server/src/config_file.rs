@@ -11,12 +11,15 @@ use anyhow::{Context as _, Result, bail};
 use clap::builder::OsStr;
 use clap::{ArgAction, Command};
 
-/// The options a file may set: `serve`'s, plus the global `data`.
+/// The options a file may set: `serve`'s, plus the global `data` and
+/// `database`.
 fn settable(cmd: &Command) -> Vec<(String, clap::Arg, bool)> {
     let serve = cmd
         .find_subcommand("serve")
         .expect("the serve subcommand exists");
-    let global = cmd.get_arguments().filter(|a| a.get_id() == "data");
+    let global = cmd
+        .get_arguments()
+        .filter(|a| matches!(a.get_id().as_str(), "data" | "database"));
     let mut out = Vec::new();
     for (arg, is_serve) in global
         .map(|a| (a, false))

@@ -123,7 +123,10 @@ impl Server {
         {
             return Err(StartError::InsecureDashboard { addr: admin });
         }
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_database(
+            &config.data_dir,
+            config.database.as_deref(),
+        )?);
         let mut acme_setup = None;
         let (acceptor, dev_ca, reload) = match &config.tls {
             None => (None, None, None),

@@ -47,6 +47,13 @@ struct Cli {
         default_value = "./ferrolink-data"
     )]
     data: PathBuf,
+    /// A PostgreSQL database for apps, keys, accounts and trust bundles
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/NAME), shared by every
+    /// server and command given the same URL; without it they are kept in
+    /// SQLite in the data directory. Data tables are not available with
+    /// --database yet.
+    #[arg(long, global = true, env = "FERROLINK_DATABASE", value_name = "URL")]
+    database: Option<String>,
     /// A TOML file of `serve` settings (see `ferrolink config default`);
     /// environment variables and flags override it.
     #[arg(long, global = true, env = "FERROLINK_CONFIG", value_name = "FILE")]
@@ -708,7 +715,7 @@ fn fill_tls_sources(cli: &mut Cli, matches: &clap::ArgMatches) {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(&cli.data, *args),
+        Command::Serve(args) => serve(&cli.data, cli.database.as_deref(), *args),
         Command::Config(ConfigCommand::Default) => {
             use clap::CommandFactory as _;
             print!("{}", config_file::default_file(&Cli::command()));
@@ -732,16 +739,21 @@ fn run(cli: Cli) -> Result<()> {
             let Command::Serve(args) = cli.command else {
                 unreachable!("parsed as serve")
             };
-            server_config(&cli.data, *args)
+            server_config(&cli.data, cli.database.as_deref(), *args)
                 .map_err(|e| usage(format!("{}: {e:#}", file.display())))?;
             println!("{}: ok", file.display());
             Ok(())
         }
-        Command::Table(cmd) => table_command(&open(&cli.data)?, cmd),
+        Command::Table(cmd) => table_command(&open(&cli.data, cli.database.as_deref())?, cmd),
+        Command::Backup { .. } | Command::Restore { .. } if cli.database.is_some() => {
+            Err(usage(
+                "backup and restore copy the SQLite database of --data; a PostgreSQL database is backed up with pg_dump and restored with pg_restore".to_owned(),
+            ))
+        }
         Command::Backup { dest } => operations::backup(&cli.data, &dest),
         Command::Restore { src, replace } => operations::restore(&src, &cli.data, replace),
         Command::App(cmd) => {
-            let store = open(&cli.data)?;
+            let store = open(&cli.data, cli.database.as_deref())?;
             match cmd {
                 AppCommand::Create { name } => {
                     store.create_app(&name)?;
@@ -796,7 +808,7 @@ fn run(cli: Cli) -> Result<()> {
             password_stdin,
             replace,
         }) => {
-            let store = open(&cli.data)?;
+            let store = open(&cli.data, cli.database.as_deref())?;
             let (password, show) = if password_stdin {
                 let mut line = String::new();
                 std::io::stdin()
@@ -817,16 +829,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Key(cmd) => {
-            let store = open(&cli.data)?;
+            let store = open(&cli.data, cli.database.as_deref())?;
             key_command(&store, cmd)
         }
-        Command::Trust(cmd) => trust_command(&cli.data, cmd),
+        Command::Trust(cmd) => trust_command(&cli.data, cli.database.as_deref(), cmd),
         Command::Call(args) => call(args),
         Command::DeviceSim(args) => device_sim(args),
     }
 }
 
-fn trust_command(data: &Path, cmd: TrustCommand) -> Result<()> {
+fn trust_command(data: &Path, database: Option<&str>, cmd: TrustCommand) -> Result<()> {
     use ferrolink::trust;
     match cmd {
         TrustCommand::Keygen { out } => {
@@ -857,7 +869,7 @@ fn trust_command(data: &Path, cmd: TrustCommand) -> Result<()> {
         TrustCommand::Publish { bundle } => {
             let bytes = std::fs::read(&bundle)
                 .with_context(|| format!("cannot read {}", bundle.display()))?;
-            let sequence = open(data)?.publish_trust_bundle(&bytes)?;
+            let sequence = open(data, database)?.publish_trust_bundle(&bytes)?;
             println!("published trust bundle {sequence}; devices fetch it when they next connect");
         }
         TrustCommand::Show { bundle, signer } => {
@@ -984,8 +996,12 @@ fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(Usage(message))
 }
 
-fn open(data: &Path) -> Result<Store> {
-    Store::open(data).with_context(|| format!("cannot open data directory {}", data.display()))
+fn open(data: &Path, database: Option<&str>) -> Result<Store> {
+    match database {
+        Some(_) => Ok(Store::open_database(data, database)?),
+        None => Store::open(data)
+            .with_context(|| format!("cannot open data directory {}", data.display())),
+    }
 }
 
 fn table_command(store: &Store, cmd: TableCommand) -> Result<()> {
@@ -1318,8 +1334,9 @@ fn init_logging(format: LogFormat) {
 }
 
 /// The server's settings from `serve`'s options.
-fn server_config(data: &Path, args: ServeArgs) -> Result<ServerConfig> {
+fn server_config(data: &Path, database: Option<&str>, args: ServeArgs) -> Result<ServerConfig> {
     let mut config = ServerConfig::new(args.listen, data);
+    config.database = database.map(str::to_owned);
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
     config.max_frame_bytes = args.max_frame_bytes;
     config.max_pending_calls = args.max_pending_calls.max(1);
@@ -1392,13 +1409,13 @@ fn server_config(data: &Path, args: ServeArgs) -> Result<ServerConfig> {
     Ok(config)
 }
 
-fn serve(data: &Path, args: ServeArgs) -> Result<()> {
+fn serve(data: &Path, database: Option<&str>, args: ServeArgs) -> Result<()> {
     init_logging(args.log_format);
     // One server per data directory; `restore` checks the same lock.
     let _lock = operations::lock_data_dir(data)?;
     let demo_device = args.demo;
     let demo_log_every = Duration::from_secs_f64(args.demo_log_every.clamp(0.1, 86_400.0));
-    let store = open(data)?;
+    let store = open(data, database)?;
     let demo = if store.is_fresh() {
         store.create_app_with("demo", true)?;
         let (_, server_key) = store.create_key("demo", Privilege::Server, None)?;
@@ -1442,7 +1459,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
     }
     drop(store);
     let grace = Duration::from_millis(args.shutdown_grace_ms);
-    let config = server_config(data, args)?;
+    let config = server_config(data, database, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1478,7 +1495,7 @@ fn serve(data: &Path, args: ServeArgs) -> Result<()> {
             ),
         }
         let _device = if demo_device {
-            let store = open(data)?;
+            let store = open(data, database)?;
             // A fresh key each start: the previous secret was never stored.
             let _ = store.revoke("pico-sim");
             let (_, key) = store.create_key("demo", Privilege::Server, Some("pico-sim"))?;

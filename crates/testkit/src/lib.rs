@@ -19,6 +19,7 @@ pub mod http;
 pub mod mitm;
 pub mod pebble;
 pub mod pki;
+pub mod postgres;
 pub mod python;
 pub mod raw;
 pub mod roughtime;
@@ -36,12 +37,18 @@ pub use raw::RawClient;
 /// Debian's `package`, installed with apt-get if `binary` is missing (tests
 /// run as root on these machines; `.ci/run` installs packages up front).
 pub fn apt_install(package: &str, binary: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(binary);
+    apt_install_unless(package, || path.exists());
+    path
+}
+
+/// Installs Debian's `package` unless `installed()` says it is there.
+pub fn apt_install_unless(package: &str, installed: impl Fn() -> bool) {
     // One apt-get at a time: tests run in parallel, and dpkg's lock turns
     // a second concurrent install into a failure.
     static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let path = std::path::PathBuf::from(binary);
     let _apt = APT.lock().unwrap_or_else(|p| p.into_inner());
-    if !path.exists() {
+    if !installed() {
         let install = |args: &[&str]| {
             std::process::Command::new("apt-get")
                 .args(args)
@@ -56,7 +63,6 @@ pub fn apt_install(package: &str, binary: &str) -> std::path::PathBuf {
             );
         }
     }
-    path
 }
 
 /// A server running in this process on an ephemeral loopback port.
@@ -79,10 +85,15 @@ impl TestServer {
     /// Starts a server after `adjust` has changed its settings.
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let store = Store::open(dir.path()).expect("open store");
-        store
-            .create_app_with("demo", true)
-            .expect("create demo app");
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("address"), dir.path());
+        adjust(&mut config);
+        let store =
+            Store::open_database(dir.path(), config.database.as_deref()).expect("open store");
+        // A database shared with another test server has the app already.
+        match store.create_app_with("demo", true) {
+            Ok(_) | Err(ferrolink::storage::StoreError::AppExists(_)) => {}
+            Err(e) => panic!("create demo app: {e}"),
+        }
         let (_, server_key) = store
             .create_key("demo", Privilege::Server, None)
             .expect("server key");
@@ -90,8 +101,6 @@ impl TestServer {
             .create_key("demo", Privilege::Client, None)
             .expect("client key");
         drop(store);
-        let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("address"), dir.path());
-        adjust(&mut config);
         let server = Server::start(config.clone()).await.expect("server starts");
         Self {
             server: Some(server),
@@ -187,7 +196,7 @@ impl TestServer {
 
     /// Opens the server's database as another process (such as the CLI) would.
     pub fn store(&self) -> Store {
-        Store::open(self.dir.path()).expect("open store")
+        Store::open_database(self.dir.path(), self.config.database.as_deref()).expect("open store")
     }
 
     /// The database itself, for tests that play a compromised server

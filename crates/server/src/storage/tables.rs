@@ -864,9 +864,10 @@ impl Store {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<Result<T, StoreError>>,
     ) -> Result<Result<T, StoreError>, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let (conn, path) = self.sqlite()?;
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         let sql = |source| StoreError::Sqlite {
-            path: self.path.clone(),
+            path: path.to_owned(),
             source,
         };
         let tx = conn
@@ -885,6 +886,7 @@ impl Store {
         app: &str,
         f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        let (_, path) = self.sqlite().map_err(E::from)?;
         // A reader from the pool, or a new one; it goes back afterwards
         // (there are at most as many as reads run at once).
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -892,26 +894,26 @@ impl Store {
             Some(c) => c,
             None => {
                 let c = rusqlite::Connection::open_with_flags(
-                    &self.path,
+                    path,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
-                .map_err(|e| E::from(sql_error(&self.path, e)))?;
+                .map_err(|e| E::from(sql_error(path, e)))?;
                 c.busy_timeout(std::time::Duration::from_secs(10))
-                    .map_err(|e| E::from(sql_error(&self.path, e)))?;
+                    .map_err(|e| E::from(sql_error(path, e)))?;
                 c
             }
         };
         // One snapshot for the whole read.
         let out = conn
             .execute_batch("BEGIN")
-            .map_err(|e| E::from(sql_error(&self.path, e)))
+            .map_err(|e| E::from(sql_error(path, e)))
             .and_then(|()| {
                 bounded(&conn, || {
                     f(&Tables {
                         conn: &conn,
                         app,
-                        path: &self.path,
+                        path,
                     })
                 })
             });
@@ -930,25 +932,26 @@ impl Store {
         app: &str,
         f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let (conn, path) = self.sqlite().map_err(E::from)?;
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| E::from(sql_error(&self.path, e)))?;
+            .map_err(|e| E::from(sql_error(path, e)))?;
         let out = bounded(&tx, || {
             f(&Tables {
                 conn: &tx,
                 app,
-                path: &self.path,
+                path,
             })
         })?;
-        tx.commit().map_err(|e| E::from(sql_error(&self.path, e)))?;
+        tx.commit().map_err(|e| E::from(sql_error(path, e)))?;
         Ok(out)
     }
 
     /// Opens a transaction that spans several calls, on its own
     /// connection (see [`TableTransaction`]).
     pub fn begin(&self) -> Result<TableTransaction, StoreError> {
-        let path = self.path.clone();
+        let path = self.sqlite()?.1.to_owned();
         let conn = rusqlite::Connection::open(&path).map_err(|e| sql_error(&path, e))?;
         // No waiting for the write lock: a transaction that finds it taken
         // has lost the race, and its caller retries.
@@ -957,21 +960,6 @@ impl Store {
         conn.execute_batch("PRAGMA foreign_keys = ON; BEGIN DEFERRED")
             .map_err(|e| sql_error(&path, e))?;
         Ok(TableTransaction { conn, path })
-    }
-
-    /// A secret of 32 random bytes kept in the database under `name`,
-    /// made on first use (backups and restores carry it along).
-    pub fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-        let fresh: [u8; 32] = rand::random();
-        self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
-                params![name, fresh],
-            )?;
-            c.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-        })
     }
 
     /// Sets what client keys and browser pages may do with a table, and
@@ -2025,7 +2013,7 @@ mod tests {
         s.add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
             .unwrap();
         // Someone holds the connection logins and writes use.
-        let held = s.conn.lock().unwrap();
+        let held = s.sqlite().unwrap().0.lock().unwrap();
         let rows = s
             .read("greenhouse", |t| {
                 t.count(&t.table("devices")?, &Query::default())

@@ -10,5 +10,6 @@ mod operations;
 mod protocol;
 mod python;
 mod routing;
+mod shared_database;
 mod tables;
 mod web;

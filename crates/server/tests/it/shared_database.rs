@@ -1,0 +1,107 @@
+//! Servers and the CLI sharing one PostgreSQL database (`--database`): the
+//! storage a cluster's nodes have in common.
+
+use std::time::{Duration, Instant};
+
+use ferrolink_proto::message::Privilege;
+use ferrolink_testkit::{RawClient, TestServer};
+use serde_json::json;
+
+use crate::cli::ferrolink;
+
+async fn node(url: &str) -> TestServer {
+    let url = url.to_owned();
+    TestServer::start_with(move |c| {
+        c.database = Some(url);
+        c.revocation_poll = Duration::from_millis(250);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_database_share_keys_and_revocations() {
+    let url = ferrolink_testkit::postgres::database();
+    let a = node(&url).await;
+    let b = node(&url).await;
+    // A key made through one node's database works on the other, and keys
+    // made at the other node's start work on the first.
+    let key = a.create_key("demo", Privilege::Server, Some("pico-9"));
+    let (mut on_b, _) = RawClient::authenticated(&b.url(), &key).await;
+    let (_on_a, _) = RawClient::authenticated(&a.url(), &b.server_key).await;
+    on_b.send_json(&json!({"type": "REGISTER", "name": "blink"}))
+        .await;
+
+    // The operator revokes it with the CLI against the same database.
+    let revoked_at = Instant::now();
+    let (ok, out, err) = ferrolink(
+        a.data_dir(),
+        &["--database", &url, "key", "revoke", "pico-9"],
+    );
+    assert!(ok, "{out}{err}");
+    let (fatal, _) = on_b.recv_until_closed().await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        revoked_at.elapsed()
+    );
+    assert!(fatal.expect("told why").contains("was revoked on"));
+    for node in [&a, &b] {
+        let mut again = RawClient::connect(&node.url()).await;
+        again.send_json(&json!({"key": key, "v": 8})).await;
+        let reply = again.recv_json().await;
+        assert!(
+            reply["error"].as_str().unwrap().contains("was revoked"),
+            "{reply}"
+        );
+    }
+}
+
+#[test]
+fn the_cli_manages_apps_and_keys_in_postgres_and_says_what_it_cannot_do_there() {
+    let url = ferrolink_testkit::postgres::database();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--database", url.as_str()];
+        all.extend_from_slice(args);
+        ferrolink(dir.path(), &all)
+    };
+    let (ok, _, err) = run(&["app", "create", "plant"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&[
+        "key",
+        "create",
+        "--app",
+        "plant",
+        "--privilege",
+        "server",
+        "--device",
+        "pump",
+    ]);
+    assert!(ok, "{err}");
+    let secret = out.lines().last().unwrap().to_owned();
+    let (ok, listed, _) = run(&["key", "list", "--app", "plant"]);
+    assert!(ok);
+    assert!(listed.contains("pump"), "{listed}");
+    assert!(!listed.contains(&secret), "secrets are never listed");
+    // Nothing went into the data directory's SQLite database.
+    assert!(!dir.path().join(ferrolink::storage::DB_FILE).exists());
+
+    let (ok, _, err) = run(&["table", "list", "--app", "plant"]);
+    assert!(!ok);
+    assert!(err.contains("without --database"), "{err}");
+    let (ok, _, err) = run(&["backup", "/tmp/never"]);
+    assert!(!ok);
+    assert!(err.contains("pg_dump"), "{err}");
+    let (ok, _, err) = ferrolink(
+        dir.path(),
+        &[
+            "--database",
+            "postgres://ferrolink:pw@127.0.0.1:1/none",
+            "app",
+            "list",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    assert!(!err.contains(":pw@"), "the password is not shown: {err}");
+}
