@@ -21,6 +21,10 @@ pub struct ServerConfig {
     /// the data directory's SQLite database. Data tables are not available
     /// with it yet.
     pub database: Option<String>,
+    /// A `nats://` URL: calls for functions this server does not hold go
+    /// to the other servers connected to the same NATS server (with a
+    /// shared `database`), and theirs come here (docs/cluster.md).
+    pub cluster: Option<String>,
     /// Deadline of a routed call; past it the caller gets `anvil.server.TimeoutError`.
     pub call_timeout: Duration,
     /// Largest websocket message accepted, in bytes.
@@ -127,6 +131,7 @@ impl ServerConfig {
             listen,
             data_dir: data_dir.into(),
             database: None,
+            cluster: None,
             call_timeout: Duration::from_secs(30),
             max_frame_bytes: 4 * 1024 * 1024,
             max_pending_calls: 1024,

@@ -33,6 +33,7 @@ pub mod auth;
 mod buffers;
 mod calls;
 mod clock;
+mod cluster;
 mod config;
 mod edge;
 pub mod keys;
@@ -85,6 +86,9 @@ pub enum StartError {
         /// The dashboard's address.
         addr: SocketAddr,
     },
+    /// The cluster's NATS URL cannot be used.
+    #[error("{0}")]
+    Cluster(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -213,6 +217,12 @@ impl Server {
         let every = config.cert_reload_every;
         let data_dir = config.data_dir.clone();
         let state = Arc::new(ServerState::new(config, store, origin, admin_https)?);
+        if let Some(url) = &state.config.cluster {
+            let cluster = cluster::Cluster::join(url, Arc::downgrade(&state))
+                .await
+                .map_err(StartError::Cluster)?;
+            let _ = state.cluster.set(Arc::new(cluster));
+        }
         let mut background = vec![
             tokio::spawn(state.clone().watch_keys()),
             tokio::spawn(state.clone().purge_sessions()),

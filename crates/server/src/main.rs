@@ -332,6 +332,12 @@ struct ServeArgs {
     /// needs TLS. Port 0 picks a free port.
     #[arg(long, env = "FERROLINK_ADMIN_LISTEN", default_value = "127.0.0.1:3031", value_parser = parse_admin_listen)]
     admin_listen: AdminListen,
+    /// The NATS server of a cluster (nats://HOST:PORT): calls for functions
+    /// no connection here provides go to the servers that do, over NATS,
+    /// and theirs come here. Give every server the same --database too
+    /// (docs/cluster.md).
+    #[arg(long, env = "FERROLINK_CLUSTER", value_name = "URL")]
+    cluster: Option<String>,
     /// Deadline of a routed call, in milliseconds.
     #[arg(long, env = "FERROLINK_CALL_TIMEOUT_MS", default_value_t = 30_000)]
     call_timeout_ms: u64,
@@ -1337,6 +1343,7 @@ fn init_logging(format: LogFormat) {
 fn server_config(data: &Path, database: Option<&str>, args: ServeArgs) -> Result<ServerConfig> {
     let mut config = ServerConfig::new(args.listen, data);
     config.database = database.map(str::to_owned);
+    config.cluster = args.cluster.clone();
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
     config.max_frame_bytes = args.max_frame_bytes;
     config.max_pending_calls = args.max_pending_calls.max(1);

@@ -63,6 +63,8 @@ pub(crate) fn format_date(secs: i64) -> String {
 
 pub(crate) struct ServerState {
     pub(crate) config: ServerConfig,
+    /// This server's part in a cluster (`--cluster`), once joined.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     pub(crate) store: Arc<Store>,
     /// The app's data tables over the uplink.
     pub(crate) tables: crate::tables::Service,
@@ -156,6 +158,7 @@ impl ServerState {
         let connections = crate::edge::limits::Counter::new(config.limits.clone());
         let hosts = host_names(&config, &origin);
         Ok(Self {
+            cluster: std::sync::OnceLock::new(),
             config,
             tables: crate::tables::Service::new(&store)?,
             store,

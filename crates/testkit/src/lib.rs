@@ -17,6 +17,7 @@
 pub mod browser;
 pub mod http;
 pub mod mitm;
+pub mod nats;
 pub mod pebble;
 pub mod pki;
 pub mod postgres;

@@ -112,6 +112,24 @@ impl Console {
         args: &str,
         kwargs: &str,
     ) -> serde_json::Value {
+        let (_, body) = self.call_raw(state, function, args, kwargs, None, 1).await;
+        serde_json::from_str(&format!("{{{body}"))
+            .unwrap_or_else(|_| error_json(error_type::INTERNAL, "the answer was not JSON"))
+    }
+
+    /// [`Console::call`] with raw `objects` (if any) at nesting `depth`,
+    /// answering with the outcome
+    /// (`ok` or the error type) and the reply's body as the provider sent
+    /// it (`"response":…}` or `"error":…}`: the reply frame after its id).
+    pub(crate) async fn call_raw(
+        &self,
+        state: &ServerState,
+        function: &str,
+        args: &str,
+        kwargs: &str,
+        objects: Option<&str>,
+        depth: u8,
+    ) -> (String, String) {
         let app = state.app(&self.peer.app);
         let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
@@ -123,8 +141,8 @@ impl Console {
                 command: function,
                 args,
                 kwargs,
-                objects: None,
-                depth: 1,
+                objects,
+                depth,
                 origin: None,
             };
             let result =
@@ -139,7 +157,7 @@ impl Console {
             Err(Refused {
                 error_type,
                 message,
-            }) => return error_json(error_type, &message),
+            }) => return (error_type.to_owned(), error_body(error_type, &message)),
         };
         // Whatever ends this wait — the answer, the deadline, or the HTTP
         // client going away (the handler's future is then dropped) — the
@@ -149,35 +167,27 @@ impl Console {
             waiting: &self.waiting,
             call: f.call,
         };
-        match tokio::time::timeout_at(state.to_tokio(f.deadline), rx).await {
-            Ok(Ok(answer)) => {
-                state.call_finished(
-                    &self.peer.app,
-                    &self.peer.label,
-                    function,
-                    started.elapsed(),
-                    answer.outcome.as_str(),
-                );
-                serde_json::from_str(&format!("{{{}", answer.body))
-                    .unwrap_or_else(|_| error_json(error_type::INTERNAL, "the answer was not JSON"))
-            }
-            _ => {
-                state.call_finished(
-                    &self.peer.app,
-                    &self.peer.label,
-                    function,
-                    started.elapsed(),
-                    error_type::TIMEOUT,
-                );
-                error_json(
+        let (outcome, body) = match tokio::time::timeout_at(state.to_tokio(f.deadline), rx).await {
+            Ok(Ok(answer)) => (answer.outcome.as_str().to_owned(), answer.body),
+            _ => (
+                error_type::TIMEOUT.to_owned(),
+                error_body(
                     error_type::TIMEOUT,
                     &format!(
                         "call to \"{function}\" got no answer within {} s",
                         state.config.call_timeout.as_secs_f64()
                     ),
-                )
-            }
-        }
+                ),
+            ),
+        };
+        state.call_finished(
+            &self.peer.app,
+            &self.peer.label,
+            function,
+            started.elapsed(),
+            &outcome,
+        );
+        (outcome, body)
     }
 }
 
@@ -198,4 +208,11 @@ impl Drop for Forget<'_> {
 
 fn error_json(error_type: &str, message: &str) -> serde_json::Value {
     serde_json::json!({ "error": { "type": error_type, "message": message } })
+}
+
+/// A reply body (the frame after its id) for an error the server makes up.
+fn error_body(error_type: &str, message: &str) -> String {
+    let mut body = String::with_capacity(message.len() + 96);
+    ferrolink_proto::encode::reply_body_error(&mut body, error_type, message);
+    body
 }

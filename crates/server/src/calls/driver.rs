@@ -708,6 +708,11 @@ impl Core {
                         code: CLOSE_POLICY,
                     });
                 }
+                if let Some(cluster) = self.state.cluster.get()
+                    && !crate::names::is_pattern(&name)
+                {
+                    cluster.provide(&self.peer.app, &name, self.peer.device.as_deref());
+                }
                 let mut registered = self
                     .peer
                     .registered
@@ -1001,7 +1006,15 @@ impl Core {
             Ending::Fatal { text, .. } => ("Uplink disconnected".to_owned(), Some(text.clone())),
             Ending::PeerGone | Ending::PeerClosed(_) => ("Uplink disconnected".to_owned(), None),
         };
-        self.app.unregister_all(&self.peer, &self.peer.registered());
+        let registered = self.peer.registered();
+        self.app.unregister_all(&self.peer, &registered);
+        if let Some(cluster) = self.state.cluster.get() {
+            let exact: Vec<Box<str>> = registered
+                .into_iter()
+                .filter(|n| !crate::names::is_pattern(n))
+                .collect();
+            cluster.withdraw(&self.peer.app, &exact, self.peer.device.as_deref());
+        }
         if self.peer.browser.is_some() {
             self.app.remove_browser(&self.peer);
             self.state.monitor.changed();

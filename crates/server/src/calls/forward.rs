@@ -100,6 +100,10 @@ fn route_and_send(
     admission::admit_call(&facts, name, request.depth)?;
     let provider = match app.route(name, device) {
         Route::Provider(p) => p,
+        // Not held here: another server of the cluster may hold it.
+        Route::Stale | Route::Missing if state.cluster.get().is_some() => {
+            return forward_to_cluster(state, caller, name, device, &request, now);
+        }
         Route::Stale => {
             return Err(Refused {
                 error_type: error_type::UPLINK_DISCONNECTED,
@@ -156,4 +160,35 @@ fn route_and_send(
             message: "Uplink disconnected".to_owned(),
         }),
     }
+}
+
+/// Sends the call to whichever server of the cluster provides `name`.
+fn forward_to_cluster(
+    state: &ServerState,
+    caller: &Arc<Peer>,
+    name: &str,
+    device: Option<&str>,
+    request: &Request<'_>,
+    now: Instant,
+) -> Result<Forwarded, Refused> {
+    let Some(cluster) = state.cluster.get() else {
+        unreachable!("checked by the caller")
+    };
+    let call = state.next_call_id();
+    let deadline = now + state.config.call_timeout;
+    cluster.call(
+        state,
+        caller,
+        &crate::cluster::Outgoing {
+            call,
+            name,
+            device,
+            args: request.args,
+            kwargs: request.kwargs,
+            objects: request.objects,
+            depth: request.depth,
+            deadline,
+        },
+    )?;
+    Ok(Forwarded { call, deadline })
 }

@@ -4,6 +4,7 @@
 mod acme;
 mod browser;
 mod cli;
+mod cluster;
 mod hostile;
 mod keys;
 mod operations;

@@ -1,0 +1,564 @@
+//! Calls between servers over NATS (`serve --cluster nats://…`).
+//!
+//! A server that holds providers of a function name subscribes for it on
+//! NATS — `ferrolink.call.<app>.<name>` in a queue group, so that one of
+//! the servers holding the name answers each call, and
+//! `ferrolink.call.<app>.<name>.<device>` for calls addressed to one
+//! device (app, name and device hex-encoded, as names may hold any
+//! character). A call for a name no local connection provides goes out as
+//! a NATS request with the call's deadline; its arguments travel as the
+//! caller sent them (`args`, `kwargs` and `objects` one after the other,
+//! split by length headers), the
+//! answer comes back as the provider's reply body, and the caller's driver
+//! receives it like any local answer. Local calls never touch NATS.
+//!
+//! The serving side forwards a request through `calls::forward` like any
+//! other caller (a connection-less caller per app and privilege,
+//! `calls::console`), so admission, routing and the in-flight bound apply.
+//!
+//! Not yet: names registered as regular expressions are reachable only on
+//! their own server, and the browser user of a session's calls does not
+//! cross servers (docs/cluster.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+use ferrolink_proto::Instant;
+use ferrolink_proto::admission::Refused;
+use ferrolink_proto::error_type;
+use ferrolink_proto::message::Privilege;
+
+use crate::calls::console::Console;
+use crate::calls::peer::{Answer, Outbound, Outcome, Peer};
+use crate::state::ServerState;
+
+/// The queue group every server's shared-name subscriptions join.
+const QUEUE: &str = "ferrolink";
+
+/// Headers of a call request and its answer.
+const ARGS_LEN: &str = "Ferrolink-Args-Len";
+const KWARGS_LEN: &str = "Ferrolink-Kwargs-Len";
+const PRIVILEGE: &str = "Ferrolink-Privilege";
+const DEPTH: &str = "Ferrolink-Depth";
+const OUTCOME: &str = "Ferrolink-Outcome";
+
+/// This server's part in a cluster.
+pub(crate) struct Cluster {
+    client: async_nats::Client,
+    /// Subscriptions held: per subject, how many local registrations want
+    /// it and the task that serves it.
+    subscriptions: Mutex<HashMap<String, (usize, tokio::task::JoinHandle<()>)>>,
+    /// Connection-less callers that serve requests from other servers.
+    callers: Mutex<HashMap<(String, Privilege), Arc<Console>>>,
+    state: Weak<ServerState>,
+}
+
+fn hex(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() * 2);
+    for b in s.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The subject of `name` in `app`, and of `name` on `device`.
+fn subject(app: &str, name: &str, device: Option<&str>) -> String {
+    match device {
+        Some(d) => format!("ferrolink.call.{}.{}.{}", hex(app), hex(name), hex(d)),
+        None => format!("ferrolink.call.{}.{}", hex(app), hex(name)),
+    }
+}
+
+impl Cluster {
+    /// Connects to the NATS server at `url` (in the background: the
+    /// server starts, and keeps trying, while NATS is away).
+    pub(crate) async fn join(url: &str, state: Weak<ServerState>) -> Result<Self, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name("ferrolink")
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(|e| format!("cannot use the cluster's NATS server at {url}: {e}"))?;
+        Ok(Self {
+            client,
+            subscriptions: Mutex::default(),
+            callers: Mutex::default(),
+            state,
+        })
+    }
+
+    /// Whether the NATS server is connected now.
+    pub(crate) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// A local connection (on `device`, if it has one) registered `name`
+    /// of `app`: serve calls for it from other servers.
+    pub(crate) fn provide(self: &Arc<Self>, app: &str, name: &str, device: Option<&str>) {
+        self.hold(subject(app, name, None), true);
+        if let Some(d) = device {
+            self.hold(subject(app, name, Some(d)), false);
+        }
+    }
+
+    /// A local connection's registrations ended.
+    pub(crate) fn withdraw(&self, app: &str, names: &[Box<str>], device: Option<&str>) {
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            let mut subjects = vec![subject(app, name, None)];
+            if let Some(d) = device {
+                subjects.push(subject(app, name, Some(d)));
+            }
+            for s in subjects {
+                if let Some((count, _)) = subs.get_mut(&s) {
+                    *count -= 1;
+                    if *count == 0
+                        && let Some((_, task)) = subs.remove(&s)
+                    {
+                        // Dropping the subscriber unsubscribes.
+                        task.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    fn hold(self: &Arc<Self>, subject: String, shared: bool) {
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((count, _)) = subs.get_mut(&subject) {
+            *count += 1;
+            return;
+        }
+        let cluster = Arc::downgrade(self);
+        let client = self.client.clone();
+        let s = subject.clone();
+        let task = tokio::spawn(async move {
+            let subscribed = if shared {
+                client.queue_subscribe(s.clone(), QUEUE.to_owned()).await
+            } else {
+                client.subscribe(s.clone()).await
+            };
+            let mut requests = match subscribed {
+                Ok(sub) => sub,
+                Err(e) => {
+                    tracing::warn!(subject = %s, error = %e, "cannot subscribe on NATS");
+                    return;
+                }
+            };
+            while let Some(request) = requests.next().await {
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move { cluster.serve(request).await });
+            }
+        });
+        subs.insert(subject, (1, task));
+    }
+
+    /// Answers a call from another server through the local providers.
+    async fn serve(&self, request: async_nats::Message) {
+        let Some(reply) = request.reply.clone() else {
+            return;
+        };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let (outcome, body) = match parse_request(&request) {
+            Ok(call) => {
+                let caller = self.caller(&state, &call.app, call.privilege);
+                caller
+                    .call_raw(
+                        &state,
+                        &call.command,
+                        call.args,
+                        call.kwargs,
+                        call.objects,
+                        call.depth,
+                    )
+                    .await
+            }
+            Err(message) => {
+                let mut body = String::new();
+                ferrolink_proto::encode::reply_body_error(
+                    &mut body,
+                    error_type::INTERNAL,
+                    &message,
+                );
+                (error_type::INTERNAL.to_owned(), body)
+            }
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(OUTCOME, outcome.as_str());
+        if let Err(e) = self
+            .client
+            .publish_with_headers(reply, headers, Bytes::from(body))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot answer a call from another server");
+        }
+    }
+
+    fn caller(&self, state: &ServerState, app: &str, privilege: Privilege) -> Arc<Console> {
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (app.to_owned(), privilege);
+        if let Some(c) = callers.get(&key)
+            && c.is_open()
+        {
+            return c.clone();
+        }
+        let c = Console::start(state, app, privilege, "cluster");
+        callers.insert(key, c.clone());
+        c
+    }
+
+    /// Sends `out` (call `out.call` of `caller`) to whichever server
+    /// provides its name; the answer reaches `caller` as an
+    /// [`Outbound::Answer`]. Refused at once when NATS is not connected.
+    pub(crate) fn call(
+        &self,
+        state: &ServerState,
+        caller: &Arc<Peer>,
+        out: &Outgoing<'_>,
+    ) -> Result<(), Refused> {
+        let &Outgoing {
+            call,
+            name,
+            device,
+            args,
+            kwargs,
+            objects,
+            depth,
+            deadline,
+        } = out;
+        if !self.connected() {
+            return Err(Refused {
+                error_type: error_type::UPLINK_DISCONNECTED,
+                message: format!(
+                    "no local provider of \"{name}\", and this server is not connected to the cluster's NATS server; try again shortly"
+                ),
+            });
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ARGS_LEN, args.len().to_string().as_str());
+        headers.insert(KWARGS_LEN, kwargs.len().to_string().as_str());
+        headers.insert(
+            PRIVILEGE,
+            match caller.privilege {
+                Privilege::Server => "server",
+                Privilege::Client => "client",
+            },
+        );
+        headers.insert(DEPTH, depth.to_string().as_str());
+        let objects = objects.unwrap_or_default();
+        let mut payload = String::with_capacity(args.len() + kwargs.len() + objects.len());
+        payload.push_str(args);
+        payload.push_str(kwargs);
+        payload.push_str(objects);
+        let wait = deadline
+            .as_millis()
+            .saturating_sub(state.now().as_millis())
+            .max(1);
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(Bytes::from(payload))
+            .timeout(Some(Duration::from_millis(wait)));
+        let subject = subject(&caller.app, name, device);
+        let client = self.client.clone();
+        let caller = caller.clone();
+        let missing = match device {
+            Some(d) => format!(
+                "No server function matching \"{name}\" has been registered by device \"{d}\""
+            ),
+            None => format!("No server function matching \"{name}\" has been registered"),
+        };
+        tokio::spawn(async move {
+            use async_nats::RequestErrorKind as Kind;
+            let answer = match client.send_request(subject, request).await {
+                Ok(reply) => {
+                    let outcome = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(OUTCOME))
+                        .map_or("ok", |v| v.as_str())
+                        .to_owned();
+                    match String::from_utf8(reply.payload.to_vec()) {
+                        Ok(body) => Answer {
+                            call,
+                            body,
+                            outcome: if outcome == "ok" {
+                                Outcome::Ok
+                            } else {
+                                Outcome::Error(outcome.into())
+                            },
+                        },
+                        Err(_) => Answer::error(
+                            call,
+                            error_type::INTERNAL,
+                            "another server's answer was not UTF-8",
+                        ),
+                    }
+                }
+                Err(e) => match e.kind() {
+                    Kind::NoResponders => {
+                        Answer::error(call, error_type::NO_SERVER_FUNCTION, &missing)
+                    }
+                    // The caller's own deadline answers it.
+                    Kind::TimedOut => return,
+                    Kind::MaxPayloadExceeded => Answer::error(
+                        call,
+                        error_type::INTERNAL,
+                        "the arguments are larger than the cluster's NATS server carries (its max_payload); send smaller arguments or raise max_payload",
+                    ),
+                    _ => Answer::error(
+                        call,
+                        error_type::UPLINK_DISCONNECTED,
+                        &format!("the call could not reach another server: {e}"),
+                    ),
+                },
+            };
+            let _ = caller.enqueue(Outbound::Answer(answer));
+        });
+        Ok(())
+    }
+}
+
+/// A call for another server.
+pub(crate) struct Outgoing<'a> {
+    /// The server's id for the call (the caller waits under it).
+    pub(crate) call: u64,
+    /// The function, and the device it is addressed to.
+    pub(crate) name: &'a str,
+    pub(crate) device: Option<&'a str>,
+    /// Raw JSON, as the caller sent them.
+    pub(crate) args: &'a str,
+    pub(crate) kwargs: &'a str,
+    pub(crate) objects: Option<&'a str>,
+    /// How deep it is nested (1 = top level).
+    pub(crate) depth: u8,
+    pub(crate) deadline: Instant,
+}
+
+/// A call from another server.
+struct RemoteCall<'a> {
+    app: String,
+    command: String,
+    privilege: Privilege,
+    depth: u8,
+    args: &'a str,
+    kwargs: &'a str,
+    objects: Option<&'a str>,
+}
+
+/// Reads a request: its subject names the app and function (and device);
+/// its headers the caller's privilege, the nesting depth and where the
+/// arguments end.
+fn parse_request(m: &async_nats::Message) -> Result<RemoteCall<'_>, String> {
+    let unhex = |s: &str| -> Option<String> {
+        if !s.len().is_multiple_of(2) {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+            .collect();
+        String::from_utf8(bytes?).ok()
+    };
+    let bad = |what: &str| format!("a call from another server had {what}");
+    let parts: Vec<&str> = m.subject.as_str().split('.').collect();
+    let (app, name, device) = match parts.as_slice() {
+        ["ferrolink", "call", app, name] => (*app, *name, None),
+        ["ferrolink", "call", app, name, device] => (*app, *name, Some(*device)),
+        _ => return Err(bad("an unknown subject")),
+    };
+    let app = unhex(app).ok_or_else(|| bad("a bad app"))?;
+    let mut command = unhex(name).ok_or_else(|| bad("a bad function name"))?;
+    if let Some(d) = device {
+        command.push('@');
+        command.push_str(&unhex(d).ok_or_else(|| bad("a bad device name"))?);
+    }
+    let header = |h: &str| {
+        m.headers
+            .as_ref()
+            .and_then(|map| map.get(h))
+            .map(|v| v.as_str().to_owned())
+    };
+    let privilege = match header(PRIVILEGE).as_deref() {
+        Some("server") => Privilege::Server,
+        Some("client") => Privilege::Client,
+        _ => return Err(bad("no caller privilege")),
+    };
+    let depth: u8 = header(DEPTH)
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| bad("no call depth"))?;
+    let length = |h: &str| -> Result<usize, String> {
+        header(h)
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| bad("no argument length"))
+    };
+    let (args_len, kwargs_len) = (length(ARGS_LEN)?, length(KWARGS_LEN)?);
+    let payload = std::str::from_utf8(&m.payload).map_err(|_| bad("arguments not in UTF-8"))?;
+    let parts = args_len.checked_add(kwargs_len).and_then(|end| {
+        Some((
+            payload.get(..args_len)?,
+            payload.get(args_len..end)?,
+            payload.get(end..)?,
+        ))
+    });
+    let Some((args, kwargs, objects)) = parts else {
+        return Err(bad("a wrong argument length"));
+    };
+    // Checked, not decoded: the provider receives them as they came.
+    let valid = |s: &str, open: char| {
+        s.starts_with(open) && serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok()
+    };
+    if !valid(args, '[') || !valid(kwargs, '{') || !(objects.is_empty() || valid(objects, '[')) {
+        return Err(bad("arguments that are not a JSON array, object and array"));
+    }
+    let objects = (!objects.is_empty()).then_some(objects);
+    Ok(RemoteCall {
+        app,
+        command,
+        privilege,
+        depth,
+        args,
+        kwargs,
+        objects,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_carry_any_name_as_one_token_each() {
+        let s = subject("my.app", "do it.*>", Some("pico 1"));
+        let tokens: Vec<&str> = s.split('.').collect();
+        assert_eq!(tokens.len(), 5, "{s}");
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.bytes().all(|b| b.is_ascii_alphanumeric()))
+        );
+        assert_ne!(subject("a", "b", None), subject("a", "b", Some("c")));
+    }
+
+    fn message(subject: &str, headers: &[(&str, &str)], payload: &[u8]) -> async_nats::Message {
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        async_nats::Message {
+            subject: subject.into(),
+            reply: Some("inbox".into()),
+            payload: Bytes::copy_from_slice(payload),
+            headers: Some(map),
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn requests_are_read_back_and_bad_ones_refused_without_panicking() {
+        let good = subject("demo", "add", Some("pico"));
+        let headers = [
+            (PRIVILEGE, "client"),
+            (DEPTH, "2"),
+            (ARGS_LEN, "5"),
+            (KWARGS_LEN, "9"),
+        ];
+        let m = message(&good, &headers, br#"[1,2]{"u":"C"}[{"type":["Long"]}]"#);
+        let call = parse_request(&m).unwrap();
+        assert_eq!(
+            (
+                call.app.as_str(),
+                call.command.as_str(),
+                call.privilege,
+                call.depth
+            ),
+            ("demo", "add@pico", Privilege::Client, 2)
+        );
+        assert_eq!((call.args, call.kwargs), ("[1,2]", r#"{"u":"C"}"#));
+        assert_eq!(call.objects, Some(r#"[{"type":["Long"]}]"#));
+
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8]);
+        let hostile: &[Case<'_>] = &[
+            ("ferrolink.call.zz.00", &headers, br#"[1,2]{"u":"C"}"#),
+            ("elsewhere", &headers, br#"[1,2]{"u":"C"}"#),
+            (
+                &good,
+                &[
+                    (PRIVILEGE, "root"),
+                    (DEPTH, "1"),
+                    (ARGS_LEN, "5"),
+                    (KWARGS_LEN, "8"),
+                ],
+                br#"[1,2]{"u":"C"}"#,
+            ),
+            (
+                &good,
+                &[
+                    (PRIVILEGE, "client"),
+                    (DEPTH, "1"),
+                    (ARGS_LEN, "18446744073709551615"),
+                    (KWARGS_LEN, "8"),
+                ],
+                b"[]{}",
+            ),
+            (
+                &good,
+                &[
+                    (PRIVILEGE, "client"),
+                    (DEPTH, "1"),
+                    (ARGS_LEN, "2"),
+                    (KWARGS_LEN, "1"),
+                ],
+                "[]é{}".as_bytes(),
+            ),
+            (
+                &good,
+                &[
+                    (PRIVILEGE, "client"),
+                    (DEPTH, "1"),
+                    (ARGS_LEN, "2"),
+                    (KWARGS_LEN, "2"),
+                ],
+                b"[]\xff\xfe",
+            ),
+            (
+                &good,
+                &[
+                    (PRIVILEGE, "client"),
+                    (DEPTH, "1"),
+                    (ARGS_LEN, "3"),
+                    (KWARGS_LEN, "2"),
+                ],
+                b"[1,{}",
+            ),
+            (
+                &good,
+                &[
+                    (PRIVILEGE, "client"),
+                    (DEPTH, "999"),
+                    (ARGS_LEN, "2"),
+                    (KWARGS_LEN, "2"),
+                ],
+                b"[]{}",
+            ),
+            (&good, &[], b"[]{}"),
+        ];
+        for (subject, headers, payload) in hostile {
+            let m = message(subject, headers, payload);
+            assert!(
+                parse_request(&m).is_err(),
+                "{subject} {headers:?} {payload:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Servers in a cluster: one PostgreSQL database and one NATS server, calls
+//! routed between servers (docs/cluster.md).
+
+use std::time::{Duration, Instant};
+
+use ferrolink_proto::message::Privilege;
+use ferrolink_testkit::nats::TestNats;
+use ferrolink_testkit::python::PyProcess;
+use ferrolink_testkit::{RawClient, TestServer};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn node(database: &str, nats: &str) -> TestServer {
+    let (database, nats) = (database.to_owned(), nats.to_owned());
+    TestServer::start_with(move |c| {
+        c.database = Some(database);
+        c.cluster = Some(nats);
+    })
+    .await
+}
+
+/// Calls `command` from a raw client on `server` until another server's
+/// provider answers (its NATS subscription is made as it registers).
+async fn until_served(server: &TestServer, key: &str, command: &str, args: serde_json::Value) {
+    let (mut c, _) = RawClient::authenticated(&server.url(), key).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.send_json(
+            &json!({"type": "CALL", "id": "probe", "command": command, "args": args, "kwargs": {}}),
+        )
+        .await;
+        let reply = c.recv_json().await;
+        if reply.get("response").is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never served: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_client_calls_across_servers_both_ways() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    // The device (provider) on server A, the caller on server B.
+    let mut provider = PyProcess::spawn("provider.py", &[&a.url(), &a.server_key]);
+    provider.expect_line("READY", WAIT);
+    until_served(&b, &b.client_key, "add", json!([1, 2])).await;
+    let mut caller = PyProcess::spawn("caller.py", &[&b.url(), &b.server_key, "basics"]);
+    let r = caller.result(WAIT);
+    assert_eq!(r["add"], json!({"ok": 5}), "{r}");
+    assert_eq!(r["unicode"]["ok"], "héllo wörld ✓ 日本語 🚀");
+    assert_eq!(
+        r["kwargs"]["ok"],
+        json!({"args": [1], "kwargs": {"unit": "C", "nested": {"a": [1, 2]}}})
+    );
+    assert_eq!(r["value_error"]["error_type"], "ValueError", "{r}");
+    assert_eq!(r["anvil_error"]["error"], "NoServerFunctionError", "{r}");
+    // A name no server provides: NATS has no responder, the caller is told
+    // at once.
+    assert_eq!(r["missing"]["error"], "NoServerFunctionError");
+    assert_eq!(
+        r["missing"]["message"],
+        "No server function matching \"no_such_function\" has been registered"
+    );
+    // The device on A calls back a function the caller registered on B,
+    // inside B's call to A.
+    assert_eq!(r["nested"]["ok"], "logged 21.5", "{r}");
+    assert_eq!(r["big_int"]["ok"].as_f64(), Some(2f64.powi(70)), "{r}");
+}
+
+/// Answers the next call `p` receives with `who`.
+async fn answer(p: &mut RawClient, who: &str) {
+    let call = p.recv_json().await;
+    assert_eq!(call["type"], "CALL", "{call}");
+    p.send_json(&json!({"id": call["id"], "response": who}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_is_addressed_by_name_on_another_server_and_unknown_names_fail_fast() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    let key_1 = a.create_key("demo", Privilege::Server, Some("pump-1"));
+    let key_2 = a.create_key("demo", Privilege::Server, Some("pump-2"));
+    // Two devices provide the same name, one on each server.
+    let (mut one, _) = RawClient::authenticated(&a.url(), &key_1).await;
+    let (mut two, _) = RawClient::authenticated(&b.url(), &key_2).await;
+    for p in [&mut one, &mut two] {
+        p.send_json(&json!({"type": "REGISTER", "name": "whoami"}))
+            .await;
+    }
+    // A caller on a third server.
+    let c = node(&database, &nats.url()).await;
+    let (mut caller, _) = RawClient::authenticated(&c.url(), &c.client_key).await;
+    // Their NATS subscriptions are made as they register.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    caller
+        .send_json(&json!({"type": "CALL", "id": "1", "command": "whoami@pump-2", "args": [], "kwargs": {}}))
+        .await;
+    answer(&mut two, "pump-2").await;
+    assert_eq!(caller.recv_json().await["response"], "pump-2");
+    caller
+        .send_json(&json!({"type": "CALL", "id": "2", "command": "whoami@pump-1", "args": [], "kwargs": {}}))
+        .await;
+    answer(&mut one, "pump-1").await;
+    assert_eq!(caller.recv_json().await["response"], "pump-1");
+
+    let started = Instant::now();
+    caller
+        .send_json(&json!({"type": "CALL", "id": "3", "command": "whoami@pump-9", "args": [], "kwargs": {}}))
+        .await;
+    let reply = caller.recv_json().await;
+    assert_eq!(
+        reply["error"]["type"], "anvil.server.NoServerFunctionError",
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_arguments_cross_and_a_provider_that_dies_fails_its_remote_caller_at_once() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    let mut provider = PyProcess::spawn("provider.py", &[&a.url(), &a.server_key]);
+    provider.expect_line("READY", WAIT);
+    until_served(&b, &b.client_key, "add", json!([1, 2])).await;
+    let size = (512 * 1024).to_string();
+    let mut caller = PyProcess::spawn("caller.py", &[&b.url(), &b.client_key, "large", &size]);
+    let r = caller.result(WAIT);
+    assert_eq!(r["length"]["ok"], 512 * 1024, "{r}");
+    assert_eq!(r["echo_len"], 512 * 1024);
+
+    let mut caller = PyProcess::spawn("caller.py", &[&b.url(), &b.client_key, "hang"]);
+    caller.expect_line("CALLING", WAIT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    provider.kill();
+    let r = caller.result(WAIT);
+    assert_eq!(r["error"], "UplinkDisconnectedError", "{r}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_nats_local_calls_work_remote_ones_fail_fast_and_all_come_back() {
+    let mut nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    let (mut on_a, _) = RawClient::authenticated(&a.url(), &a.server_key).await;
+    on_a.send_json(&json!({"type": "REGISTER", "name": "ping"}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut local, _) = RawClient::authenticated(&a.url(), &a.client_key).await;
+    let (mut remote, _) = RawClient::authenticated(&b.url(), &b.client_key).await;
+    let call =
+        |id: &str| json!({"type": "CALL", "id": id, "command": "ping", "args": [], "kwargs": {}});
+
+    remote.send_json(&call("r1")).await;
+    answer(&mut on_a, "pong").await;
+    assert_eq!(remote.recv_json().await["response"], "pong");
+
+    // NATS goes away.
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    remote.send_json(&call("r2")).await;
+    let reply = remote.recv_json().await;
+    assert_eq!(
+        reply["error"]["type"], "anvil.server.UplinkDisconnectedError",
+        "{reply}"
+    );
+    assert!(
+        reply["error"]["message"].as_str().unwrap().contains("NATS"),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    local.send_json(&call("l1")).await;
+    answer(&mut on_a, "pong").await;
+    assert_eq!(
+        local.recv_json().await["response"],
+        "pong",
+        "local calls go on"
+    );
+
+    // NATS is back on the same address: the servers reconnect by
+    // themselves and remote calls flow again.
+    nats.resume();
+    let back = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        remote.send_json(&call(&format!("again{n}"))).await;
+        // Either the provider gets it, or the caller is told at once.
+        let reply = tokio::select! {
+            reply = remote.recv_json() => reply,
+            () = answer(&mut on_a, "pong") => remote.recv_json().await,
+        };
+        if reply["response"] == "pong" {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "never reconnected: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
