@@ -16,6 +16,13 @@
 //! other caller (a connection-less caller per app and privilege,
 //! `calls::console`), so admission, routing and the in-flight bound apply.
 //!
+//! Servers that die: every server announces itself on
+//! `ferrolink.node.<id>` each second. Answers come to the calling server
+//! on its own subject (`ferrolink.reply.<id>.<call>`), and the serving
+//! server first says there that it took the call; a call taken by a
+//! server not heard from for [`NODE_SILENCE`] is answered
+//! `UplinkDisconnectedError` then, not at its deadline.
+//!
 //! Not yet: names registered as regular expressions are reachable only on
 //! their own server, and the browser user of a session's calls does not
 //! cross servers (docs/cluster.md).
@@ -39,12 +46,19 @@ use crate::state::ServerState;
 /// The queue group every server's shared-name subscriptions join.
 const QUEUE: &str = "ferrolink";
 
+/// How often a server announces itself, and the silence after which the
+/// calls it took are failed.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const NODE_SILENCE: Duration = Duration::from_millis(3_500);
+
 /// Headers of a call request and its answer.
 const ARGS_LEN: &str = "Ferrolink-Args-Len";
 const KWARGS_LEN: &str = "Ferrolink-Kwargs-Len";
 const PRIVILEGE: &str = "Ferrolink-Privilege";
 const DEPTH: &str = "Ferrolink-Depth";
 const OUTCOME: &str = "Ferrolink-Outcome";
+/// On the first message back: the id of the server that took the call.
+const TAKEN: &str = "Ferrolink-Taken";
 
 /// This server's part in a cluster.
 pub(crate) struct Cluster {
@@ -55,6 +69,22 @@ pub(crate) struct Cluster {
     /// Connection-less callers that serve requests from other servers.
     callers: Mutex<HashMap<(String, Privilege), Arc<Console>>>,
     state: Weak<ServerState>,
+    /// This server's id in the cluster (random, per start).
+    node: String,
+    /// Calls sent to other servers and not answered yet.
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Other servers: when each was last heard from.
+    nodes: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// A call waiting for another server's answer.
+struct Pending {
+    caller: Arc<Peer>,
+    /// The server that took it, once it said so.
+    node: Option<String>,
+    deadline: Instant,
+    /// The text of `NoServerFunctionError` if no server has the name.
+    missing: String,
 }
 
 fn hex(s: &str) -> String {
@@ -77,19 +107,176 @@ fn subject(app: &str, name: &str, device: Option<&str>) -> String {
 impl Cluster {
     /// Connects to the NATS server at `url` (in the background: the
     /// server starts, and keeps trying, while NATS is away).
-    pub(crate) async fn join(url: &str, state: Weak<ServerState>) -> Result<Self, String> {
+    pub(crate) async fn join(url: &str, state: Weak<ServerState>) -> Result<Arc<Self>, String> {
         let client = async_nats::ConnectOptions::new()
             .name("ferrolink")
             .retry_on_initial_connect()
             .connect(url)
             .await
             .map_err(|e| format!("cannot use the cluster's NATS server at {url}: {e}"))?;
-        Ok(Self {
+        let node = format!("{:016x}", rand::random::<u64>());
+        tracing::info!(node = %node, nats = %url, "joining the cluster");
+        let cluster = Arc::new(Self {
             client,
             subscriptions: Mutex::default(),
             callers: Mutex::default(),
             state,
-        })
+            node,
+            pending: Mutex::default(),
+            nodes: Mutex::default(),
+        });
+        let replies = cluster
+            .client
+            .subscribe(format!("ferrolink.reply.{}.*", cluster.node))
+            .await
+            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        let beats = cluster
+            .client
+            .subscribe("ferrolink.node.*")
+            .await
+            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        tokio::spawn(Self::receive_replies(Arc::downgrade(&cluster), replies));
+        tokio::spawn(Self::watch_nodes(Arc::downgrade(&cluster), beats));
+        Ok(cluster)
+    }
+
+    /// Delivers answers (and "taken by" notes) to the calls waiting here.
+    async fn receive_replies(cluster: Weak<Self>, mut replies: async_nats::Subscriber) {
+        while let Some(m) = replies.next().await {
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            let Some(call) = m
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|c| c.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            cluster.on_reply(call, &m);
+        }
+    }
+
+    fn on_reply(&self, call: u64, m: &async_nats::Message) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let header = |h: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|map| map.get(h))
+                .map(|v| v.as_str().to_owned())
+        };
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            if let Some(p) = pending.remove(&call) {
+                let answer = Answer::error(call, error_type::NO_SERVER_FUNCTION, &p.missing);
+                let _ = p.caller.enqueue(Outbound::Answer(answer));
+            }
+            return;
+        }
+        if let Some(node) = header(TAKEN) {
+            if let Some(p) = pending.get_mut(&call) {
+                p.node = Some(node);
+            }
+            return;
+        }
+        let Some(p) = pending.remove(&call) else {
+            return; // answered already, or past its deadline
+        };
+        drop(pending);
+        let outcome = header(OUTCOME).unwrap_or_else(|| "ok".to_owned());
+        let answer = match String::from_utf8(m.payload.to_vec()) {
+            Ok(body) => Answer {
+                call,
+                body,
+                outcome: if outcome == "ok" {
+                    Outcome::Ok
+                } else {
+                    Outcome::Error(outcome.into())
+                },
+            },
+            Err(_) => Answer::error(
+                call,
+                error_type::INTERNAL,
+                "another server's answer was not UTF-8",
+            ),
+        };
+        let _ = p.caller.enqueue(Outbound::Answer(answer));
+    }
+
+    /// Announces this server each [`HEARTBEAT`], notes the others', and
+    /// fails the calls taken by servers gone silent.
+    async fn watch_nodes(cluster: Weak<Self>, mut beats: async_nats::Subscriber) {
+        let mut tick = tokio::time::interval(HEARTBEAT / 2);
+        let mut beat = 0u32;
+        loop {
+            tokio::select! {
+                m = beats.next() => {
+                    let Some(m) = m else { return };
+                    let Some(cluster) = cluster.upgrade() else { return };
+                    if let Some(node) = m.subject.strip_prefix("ferrolink.node.") {
+                        let mut nodes = cluster.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                        // Bounded by the servers of the cluster; a stale
+                        // entry is dropped once silent.
+                        nodes.insert(node.to_owned(), std::time::Instant::now());
+                    }
+                }
+                _ = tick.tick() => {
+                    let Some(cluster) = cluster.upgrade() else { return };
+                    beat += 1;
+                    if beat.is_multiple_of(2) {
+                        let subject = format!("ferrolink.node.{}", cluster.node);
+                        let _ = cluster.client.publish(subject, Bytes::new()).await;
+                    }
+                    cluster.sweep();
+                }
+            }
+        }
+    }
+
+    /// Fails the calls taken by servers not heard from for
+    /// [`NODE_SILENCE`], and forgets calls past their deadline (their
+    /// callers were answered by their own drivers).
+    fn sweep(&self) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let now = state.now();
+        let silent: Vec<String> = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes.retain(|_, seen| seen.elapsed() < NODE_SILENCE * 10);
+            nodes
+                .iter()
+                .filter(|(_, seen)| seen.elapsed() >= NODE_SILENCE)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let connected = self.connected();
+        let mut failed = Vec::new();
+        {
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|call, p| {
+                if p.deadline <= now {
+                    return false;
+                }
+                let gone = p
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| silent.contains(n) || (!nodes.contains_key(n) && !connected));
+                if gone {
+                    failed.push((*call, p.caller.clone()));
+                }
+                !gone
+            });
+        }
+        for (call, caller) in failed {
+            let answer = Answer::error(
+                call,
+                error_type::UPLINK_DISCONNECTED,
+                "the server that held this function's provider stopped answering; call again (its devices reconnect to another server)",
+            );
+            let _ = caller.enqueue(Outbound::Answer(answer));
+        }
     }
 
     /// Whether the NATS server is connected now.
@@ -168,6 +355,12 @@ impl Cluster {
         let Some(state) = self.state.upgrade() else {
             return;
         };
+        let mut taken = async_nats::HeaderMap::new();
+        taken.insert(TAKEN, self.node.as_str());
+        let _ = self
+            .client
+            .publish_with_headers(reply.clone(), taken, Bytes::new())
+            .await;
         let (outcome, body) = match parse_request(&request) {
             Ok(call) => {
                 let caller = self.caller(&state, &call.app, call.privilege);
@@ -220,8 +413,7 @@ impl Cluster {
     /// provides its name; the answer reaches `caller` as an
     /// [`Outbound::Answer`]. Refused at once when NATS is not connected.
     pub(crate) fn call(
-        &self,
-        state: &ServerState,
+        self: &Arc<Self>,
         caller: &Arc<Peer>,
         out: &Outgoing<'_>,
     ) -> Result<(), Refused> {
@@ -259,69 +451,55 @@ impl Cluster {
         payload.push_str(args);
         payload.push_str(kwargs);
         payload.push_str(objects);
-        let wait = deadline
-            .as_millis()
-            .saturating_sub(state.now().as_millis())
-            .max(1);
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(Bytes::from(payload))
-            .timeout(Some(Duration::from_millis(wait)));
         let subject = subject(&caller.app, name, device);
-        let client = self.client.clone();
-        let caller = caller.clone();
         let missing = match device {
             Some(d) => format!(
                 "No server function matching \"{name}\" has been registered by device \"{d}\""
             ),
             None => format!("No server function matching \"{name}\" has been registered"),
         };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                call,
+                Pending {
+                    caller: caller.clone(),
+                    node: None,
+                    deadline,
+                    missing,
+                },
+            );
+        let reply = format!("ferrolink.reply.{}.{call}", self.node);
+        let client = self.client.clone();
+        let caller = caller.clone();
+        let cluster = self.clone();
         tokio::spawn(async move {
-            use async_nats::RequestErrorKind as Kind;
-            let answer = match client.send_request(subject, request).await {
-                Ok(reply) => {
-                    let outcome = reply
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(OUTCOME))
-                        .map_or("ok", |v| v.as_str())
-                        .to_owned();
-                    match String::from_utf8(reply.payload.to_vec()) {
-                        Ok(body) => Answer {
-                            call,
-                            body,
-                            outcome: if outcome == "ok" {
-                                Outcome::Ok
-                            } else {
-                                Outcome::Error(outcome.into())
-                            },
-                        },
-                        Err(_) => Answer::error(
-                            call,
-                            error_type::INTERNAL,
-                            "another server's answer was not UTF-8",
-                        ),
-                    }
-                }
-                Err(e) => match e.kind() {
-                    Kind::NoResponders => {
-                        Answer::error(call, error_type::NO_SERVER_FUNCTION, &missing)
-                    }
-                    // The caller's own deadline answers it.
-                    Kind::TimedOut => return,
-                    Kind::MaxPayloadExceeded => Answer::error(
+            let sent = client
+                .publish_with_reply_and_headers(subject, reply, headers, Bytes::from(payload))
+                .await;
+            if let Err(e) = sent {
+                cluster
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&call);
+                let answer = if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                {
+                    Answer::error(
                         call,
                         error_type::INTERNAL,
                         "the arguments are larger than the cluster's NATS server carries (its max_payload); send smaller arguments or raise max_payload",
-                    ),
-                    _ => Answer::error(
+                    )
+                } else {
+                    Answer::error(
                         call,
                         error_type::UPLINK_DISCONNECTED,
                         &format!("the call could not reach another server: {e}"),
-                    ),
-                },
-            };
-            let _ = caller.enqueue(Outbound::Answer(answer));
+                    )
+                };
+                let _ = caller.enqueue(Outbound::Answer(answer));
+            }
         });
         Ok(())
     }

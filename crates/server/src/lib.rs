@@ -60,6 +60,12 @@ pub use ferrolink_proto::server_session::SessionConfig;
 use crate::state::ServerState;
 use crate::storage::{Store, StoreError};
 
+/// How long a server of a cluster may be silent on NATS before the calls
+/// it took are failed with `UplinkDisconnectedError` (docs/cluster.md).
+pub fn cluster_node_silence() -> std::time::Duration {
+    cluster::NODE_SILENCE
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -221,7 +227,7 @@ impl Server {
             let cluster = cluster::Cluster::join(url, Arc::downgrade(&state))
                 .await
                 .map_err(StartError::Cluster)?;
-            let _ = state.cluster.set(Arc::new(cluster));
+            let _ = state.cluster.set(cluster);
         }
         let mut background = vec![
             tokio::spawn(state.clone().watch_keys()),

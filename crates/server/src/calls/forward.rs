@@ -177,7 +177,6 @@ fn forward_to_cluster(
     let call = state.next_call_id();
     let deadline = now + state.config.call_timeout;
     cluster.call(
-        state,
         caller,
         &crate::cluster::Outgoing {
             call,

@@ -225,3 +225,34 @@ async fn without_nats_local_calls_work_remote_ones_fail_fast_and_all_come_back()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_mid_call_fails_its_remote_callers_within_seconds() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    // Server B as a process of its own, to be killed with SIGKILL.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, lines) = crate::cli::spawn_serve(
+        dir.path(),
+        &["--database", &database, "--cluster", &nats.url()],
+        "uplink: ",
+    );
+    let b_url = crate::cli::field(&lines, "uplink: ");
+    let key = a.create_key("demo", Privilege::Server, None);
+    let mut provider = PyProcess::spawn("provider.py", &[&b_url, &key]);
+    provider.expect_line("READY", WAIT);
+    until_served(&a, &a.client_key, "add", json!([1, 2])).await;
+    let mut caller = PyProcess::spawn("caller.py", &[&a.url(), &a.client_key, "hang"]);
+    caller.expect_line("CALLING", WAIT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    b.0.kill().unwrap();
+    let r = caller.result(WAIT);
+    assert_eq!(r["error"], "UplinkDisconnectedError", "{r}");
+    assert!(
+        killed.elapsed() < ferrolink::cluster_node_silence() + Duration::from_secs(2),
+        "answered after {:?}",
+        killed.elapsed()
+    );
+}
