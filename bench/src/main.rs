@@ -40,6 +40,7 @@ use ferrolink_proto::Message as Proto;
 use ferrolink_proto::codec::{DecodeLimits, decode};
 use ferrolink_proto::message::Outcome;
 
+mod cluster;
 mod hostile;
 mod tables;
 
@@ -85,6 +86,11 @@ struct Args {
     /// reading, concurrent wrong passwords, wrong keys next to devices).
     #[arg(long)]
     hostile: bool,
+    /// Measure calls routed between two servers of a cluster instead (one
+    /// PostgreSQL database, started for the run, and Debian's
+    /// nats-server): against one server and NATS request/reply alone.
+    #[arg(long)]
+    cluster: bool,
     /// Measure the data-table storage instead (inserts against plain
     /// SQLite, chart queries), with this many rows.
     #[arg(long, value_name = "ROWS", num_args = 0..=1, default_missing_value = "1000000")]
@@ -167,8 +173,9 @@ fn start_server_with(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
     Ok(Server {
         child,
         url: url.context("no uplink line")?,
-        server_key: sk.context("no server key")?,
-        client_key: ck.context("no client key")?,
+        // A server on a database another one created prints no keys.
+        server_key: sk.unwrap_or_default(),
+        client_key: ck.unwrap_or_default(),
         _dir: dir,
     })
 }
@@ -355,7 +362,11 @@ async fn provide(mut ws: Ws) -> Result<()> {
 
 /// Where routed calls go: the ferrolink server, or the minimal forwarder.
 struct Endpoint {
+    /// Where the caller connects.
     url: String,
+    /// Where the provider connects (another server of a cluster), if not
+    /// `url`.
+    provider_url: Option<String>,
     server_key: String,
     client_key: String,
     /// Where the routing side's CPU time is read.
@@ -367,6 +378,8 @@ struct Endpoint {
 enum Cpu {
     /// A whole process (the ferrolink server).
     Process(u32),
+    /// Two whole processes (two servers of a cluster).
+    Processes(u32, u32),
     /// The threads of this process whose name starts with `forwarder`.
     ForwarderThreads,
 }
@@ -383,6 +396,10 @@ fn cpu_seconds(cpu: Cpu) -> Result<f64> {
     }
     let total = match cpu {
         Cpu::Process(pid) => ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?,
+        Cpu::Processes(a, b) => {
+            ticks(&std::fs::read_to_string(format!("/proc/{a}/stat"))?)?
+                + ticks(&std::fs::read_to_string(format!("/proc/{b}/stat"))?)?
+        }
         Cpu::ForwarderThreads => {
             let mut sum = 0;
             for task in std::fs::read_dir("/proc/self/task")? {
@@ -467,7 +484,8 @@ async fn pump(
 
 /// Calls `echo` with a `size`-byte string, keeping `in_flight` calls open.
 async fn routed(server: &Endpoint, size: usize, in_flight: usize, secs: f64) -> Result<Figures> {
-    let mut provider = connect(&server.url, &server.server_key).await?;
+    let provider_url = server.provider_url.as_deref().unwrap_or(&server.url);
+    let mut provider = connect(provider_url, &server.server_key).await?;
     provider
         .send(Message::text(r#"{"type":"REGISTER","name":"echo"}"#))
         .await?;
@@ -684,7 +702,7 @@ async fn open_uplink(
 }
 
 /// Debian's `nats-server` on a loopback port, as a child process.
-struct Nats {
+pub(crate) struct Nats {
     child: Child,
     url: String,
 }
@@ -696,7 +714,7 @@ impl Drop for Nats {
     }
 }
 
-async fn start_nats() -> Result<Nats> {
+pub(crate) async fn start_nats() -> Result<Nats> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -840,6 +858,9 @@ fn main() -> Result<()> {
         if args.hostile {
             return hostile::run(&args.server).await;
         }
+        if args.cluster {
+            return cluster::run(&args).await;
+        }
         let server = start_server(&args.server)?;
         println!("# ferrolink benchmark\n");
         println!(
@@ -852,12 +873,14 @@ fn main() -> Result<()> {
         );
         let ferrolink = Endpoint {
             url: server.url.clone(),
+            provider_url: None,
             server_key: server.server_key.clone(),
             client_key: server.client_key.clone(),
             cpu: Cpu::Process(server.child.id()),
         };
         let forwarder = Endpoint {
             url: minimal_forwarder().await?,
+            provider_url: None,
             server_key: "provider".into(),
             client_key: "caller".into(),
             cpu: Cpu::ForwarderThreads,

@@ -113,9 +113,14 @@ impl Cluster {
             .retry_on_initial_connect()
             .connect(url)
             .await
-            .map_err(|e| format!("cannot use the cluster's NATS server at {url}: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot use the cluster's NATS server at {}: {e}",
+                    crate::storage::redact_url(url)
+                )
+            })?;
         let node = format!("{:016x}", rand::random::<u64>());
-        tracing::info!(node = %node, nats = %url, "joining the cluster");
+        tracing::info!(node = %node, nats = %crate::storage::redact_url(url), "joining the cluster");
         let cluster = Arc::new(Self {
             client,
             subscriptions: Mutex::default(),

@@ -708,11 +708,6 @@ impl Core {
                         code: CLOSE_POLICY,
                     });
                 }
-                if let Some(cluster) = self.state.cluster.get()
-                    && !crate::names::is_pattern(&name)
-                {
-                    cluster.provide(&self.peer.app, &name, self.peer.device.as_deref());
-                }
                 let mut registered = self
                     .peer
                     .registered
@@ -720,6 +715,12 @@ impl Core {
                     .unwrap_or_else(|p| p.into_inner());
                 if !registered.iter().any(|n| **n == *name) {
                     tracing::debug!(conn = self.peer.id, name = %shown(&name), "registered");
+                    // Once per name and connection, as `finish` withdraws.
+                    if let Some(cluster) = self.state.cluster.get()
+                        && !crate::names::is_pattern(&name)
+                    {
+                        cluster.provide(&self.peer.app, &name, self.peer.device.as_deref());
+                    }
                     registered.push(name.into());
                     drop(registered);
                     self.state.monitor.changed();

@@ -192,6 +192,11 @@ const PG_MIGRATIONS: &[&str] = &[r#"
         FOR EACH STATEMENT EXECUTE FUNCTION ferrolink_changed();
 "#];
 
+/// `url` with any password replaced by `***`, for messages and logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    sql::redact(url)
+}
+
 /// Whether `database` names a PostgreSQL database.
 pub fn is_postgres_url(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
