@@ -39,16 +39,36 @@ async fn until_served(server: &TestServer, key: &str, command: &str, args: serde
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_official_client_calls_across_servers_both_ways() {
+/// Servers A and B on one database and NATS server, with the official
+/// client's `provider.py` on A and its functions reachable from B.
+struct ProviderOnA {
+    _nats: TestNats,
+    _a: TestServer,
+    b: TestServer,
+    provider: PyProcess,
+}
+
+async fn provider_on_a() -> ProviderOnA {
     let nats = TestNats::start();
     let database = ferrolink_testkit::postgres::database();
     let a = node(&database, &nats.url()).await;
     let b = node(&database, &nats.url()).await;
-    // The device (provider) on server A, the caller on server B.
     let mut provider = PyProcess::spawn("provider.py", &[&a.url(), &a.server_key]);
     provider.expect_line("READY", WAIT);
     until_served(&b, &b.client_key, "add", json!([1, 2])).await;
+    ProviderOnA {
+        _nats: nats,
+        _a: a,
+        b,
+        provider,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_client_calls_across_servers_both_ways() {
+    // The device (provider) on server A, the caller on server B.
+    let servers = provider_on_a().await;
+    let b = &servers.b;
     let mut caller = PyProcess::spawn("caller.py", &[&b.url(), &b.server_key, "basics"]);
     let r = caller.result(WAIT);
     assert_eq!(r["add"], json!({"ok": 5}), "{r}");
@@ -129,13 +149,8 @@ async fn a_device_is_addressed_by_name_on_another_server_and_unknown_names_fail_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn large_arguments_cross_and_a_provider_that_dies_fails_its_remote_caller_at_once() {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
-    let mut provider = PyProcess::spawn("provider.py", &[&a.url(), &a.server_key]);
-    provider.expect_line("READY", WAIT);
-    until_served(&b, &b.client_key, "add", json!([1, 2])).await;
+    let mut servers = provider_on_a().await;
+    let b = &servers.b;
     let size = (512 * 1024).to_string();
     let mut caller = PyProcess::spawn("caller.py", &[&b.url(), &b.client_key, "large", &size]);
     let r = caller.result(WAIT);
@@ -146,7 +161,7 @@ async fn large_arguments_cross_and_a_provider_that_dies_fails_its_remote_caller_
     caller.expect_line("CALLING", WAIT);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
-    provider.kill();
+    servers.provider.kill();
     let r = caller.result(WAIT);
     assert_eq!(r["error"], "UplinkDisconnectedError", "{r}");
     assert!(
