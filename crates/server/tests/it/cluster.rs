@@ -271,3 +271,52 @@ async fn a_server_killed_mid_call_fails_its_remote_callers_within_seconds() {
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_server_under_500_calls_in_flight_answers_every_caller() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, lines) = crate::cli::spawn_serve(
+        dir.path(),
+        &["--database", &database, "--cluster", &nats.url()],
+        "uplink: ",
+    );
+    let b_url = crate::cli::field(&lines, "uplink: ");
+    // A provider on B that takes calls and never answers.
+    let key = a.create_key("demo", Privilege::Server, None);
+    let (mut provider, _) = RawClient::authenticated(&b_url, &key).await;
+    provider
+        .send_json(&json!({"type": "REGISTER", "name": "slow"}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 500 calls from a caller on A, all taken by B's provider.
+    let (mut caller, _) = RawClient::authenticated(&a.url(), &a.client_key).await;
+    for i in 0..500 {
+        caller
+            .send_json(&json!({"type": "CALL", "id": format!("c{i}"), "command": "slow", "args": [i], "kwargs": {}}))
+            .await;
+    }
+    for _ in 0..500 {
+        assert_eq!(provider.recv_json().await["type"], "CALL");
+    }
+    let killed = Instant::now();
+    b.0.kill().unwrap();
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < 500 {
+        let reply = tokio::time::timeout(Duration::from_secs(10), caller.recv_json())
+            .await
+            .expect("every call is answered; none hangs");
+        assert_eq!(
+            reply["error"]["type"], "anvil.server.UplinkDisconnectedError",
+            "{reply}"
+        );
+        assert!(answered.insert(reply["id"].as_str().unwrap().to_owned()));
+    }
+    assert!(
+        killed.elapsed() < ferrolink::cluster_node_silence() + Duration::from_secs(2),
+        "answered after {:?}",
+        killed.elapsed()
+    );
+}
