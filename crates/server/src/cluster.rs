@@ -59,6 +59,11 @@ const DEPTH: &str = "Ferrolink-Depth";
 const OUTCOME: &str = "Ferrolink-Outcome";
 /// On the first message back: the id of the server that took the call.
 const TAKEN: &str = "Ferrolink-Taken";
+/// On an event: the server that raised it, its target sessions
+/// (comma-separated) and channel.
+const NODE: &str = "Ferrolink-Node";
+const SESSIONS: &str = "Ferrolink-Sessions";
+const CHANNEL: &str = "Ferrolink-Channel";
 
 /// This server's part in a cluster.
 pub(crate) struct Cluster {
@@ -140,9 +145,104 @@ impl Cluster {
             .subscribe("ferrolink.node.*")
             .await
             .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        let events = cluster
+            .client
+            .subscribe("ferrolink.event.*")
+            .await
+            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        tokio::spawn(Self::receive_events(Arc::downgrade(&cluster), events));
         tokio::spawn(Self::receive_replies(Arc::downgrade(&cluster), replies));
         tokio::spawn(Self::watch_nodes(Arc::downgrade(&cluster), beats));
         Ok(cluster)
+    }
+
+    /// Sends an event raised here (its finished `frame`) to the browser
+    /// sessions of `app` on the other servers with one of the ids
+    /// `sessions` or subscribed to `channel`.
+    pub(crate) fn publish_event(
+        &self,
+        app: &str,
+        sessions: &[String],
+        channel: Option<&str>,
+        frame: &str,
+    ) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(NODE, self.node.as_str());
+        // Session ids are the server's own (letters and digits); anything
+        // else names no session anywhere.
+        let ids: Vec<&str> = sessions
+            .iter()
+            .map(String::as_str)
+            .filter(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            .collect();
+        headers.insert(SESSIONS, ids.join(",").as_str());
+        if let Some(c) = channel {
+            headers.insert(CHANNEL, hex(c).as_str());
+        }
+        let subject = format!("ferrolink.event.{}", hex(app));
+        let client = self.client.clone();
+        let frame = Bytes::from(frame.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = client.publish_with_headers(subject, headers, frame).await {
+                tracing::warn!(error = %e, "cannot send an event to the other servers");
+            }
+        });
+    }
+
+    /// Delivers events raised on other servers to the sessions here.
+    async fn receive_events(cluster: Weak<Self>, mut events: async_nats::Subscriber) {
+        while let Some(m) = events.next().await {
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            let Some(state) = cluster.state.upgrade() else {
+                return;
+            };
+            let header = |h: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|map| map.get(h))
+                    .map(|v| v.as_str().to_owned())
+            };
+            if header(NODE).as_deref() == Some(cluster.node.as_str()) {
+                continue; // raised here, delivered here already
+            }
+            let unhex_text = |s: &str| {
+                let bytes: Option<Vec<u8>> = (0..s.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+                    .collect();
+                bytes.and_then(|b| String::from_utf8(b).ok())
+            };
+            let Some(app) = m
+                .subject
+                .strip_prefix("ferrolink.event.")
+                .and_then(unhex_text)
+            else {
+                continue;
+            };
+            let Ok(frame) = std::str::from_utf8(&m.payload) else {
+                continue;
+            };
+            let sessions: Vec<String> = header(SESSIONS)
+                .unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let channel = header(CHANNEL).and_then(|c| unhex_text(&c));
+            let runtime = state.app(&app);
+            crate::calls::builtins::event_targets_here(
+                &runtime,
+                &sessions,
+                channel.as_deref(),
+                frame,
+            );
+        }
     }
 
     /// Delivers answers (and "taken by" notes) to the calls waiting here.

@@ -112,23 +112,6 @@ fn raise_event(cx: &Context<'_>, call: &Call<'_>) -> BuiltinResult {
             "raise_event: session_id must be a string, session_ids a list of strings, channel a string".to_owned(),
         )
     })?;
-    let targets = match (t.session_id, t.session_ids, t.channel) {
-        (None, None, None) => cx.origin.iter().cloned().collect(),
-        (id, ids, channel) => {
-            let mut all: Vec<String> = ids.unwrap_or_default();
-            all.extend(id);
-            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            let mut targets = cx.app.browsers_for(&Target::Sessions(&refs));
-            if let Some(ch) = channel {
-                for c in cx.app.browsers_for(&Target::Channel(&ch)) {
-                    if !targets.iter().any(|t| t.id == c.id) {
-                        targets.push(c);
-                    }
-                }
-            }
-            targets
-        }
-    };
     let mut frame = format!(
         "{{\"id\":\"evt{}\",\"event\":{{\"name\":",
         cx.state.next_call_id()
@@ -137,12 +120,21 @@ fn raise_event(cx: &Context<'_>, call: &Call<'_>) -> BuiltinResult {
     frame.push_str(",\"payload\":");
     frame.push_str(payload);
     frame.push_str("},\"objects\":[]}");
-    let mut delivered = 0;
-    for target in &targets {
-        if target.enqueue(Outbound::Frame(frame.clone())).is_ok() {
-            delivered += 1;
+    let delivered = match (t.session_id, t.session_ids, t.channel) {
+        (None, None, None) => {
+            let targets: Vec<_> = cx.origin.iter().cloned().collect();
+            deliver_event(&targets, &frame)
         }
-    }
+        (id, ids, channel) => {
+            let mut sessions: Vec<String> = ids.unwrap_or_default();
+            sessions.extend(id);
+            // Sessions on the other servers of a cluster get it too.
+            if let Some(cluster) = cx.state.cluster.get() {
+                cluster.publish_event(&cx.peer.app, &sessions, channel.as_deref(), &frame);
+            }
+            event_targets_here(cx.app, &sessions, channel.as_deref(), &frame)
+        }
+    };
     cx.state
         .monitor
         .event(&cx.peer.app, &cx.peer.label, &name, payload, delivered);
@@ -199,4 +191,33 @@ fn trust_bundle(cx: &Context<'_>, call: &Call<'_>) -> BuiltinResult {
         Some(b) if have.is_none_or(|h| b.sequence > h) => b.reply.clone(),
         _ => "null".to_owned(),
     })
+}
+
+/// Queues an event `frame` to `targets`; how many took it.
+fn deliver_event(targets: &[Arc<Peer>], frame: &str) -> usize {
+    targets
+        .iter()
+        .filter(|t| t.enqueue(Outbound::Frame(frame.to_owned())).is_ok())
+        .count()
+}
+
+/// Queues an event `frame` to the browser sessions of `app` on this
+/// server with one of the ids `sessions` or subscribed to `channel` (`*`:
+/// all), each once; how many took it.
+pub(crate) fn event_targets_here(
+    app: &AppRuntime,
+    sessions: &[String],
+    channel: Option<&str>,
+    frame: &str,
+) -> usize {
+    let refs: Vec<&str> = sessions.iter().map(String::as_str).collect();
+    let mut targets = app.browsers_for(&Target::Sessions(&refs));
+    if let Some(ch) = channel {
+        for c in app.browsers_for(&Target::Channel(ch)) {
+            if !targets.iter().any(|t| t.id == c.id) {
+                targets.push(c);
+            }
+        }
+    }
+    deliver_event(&targets, frame)
 }

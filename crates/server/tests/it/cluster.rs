@@ -320,3 +320,45 @@ async fn killing_a_server_under_500_calls_in_flight_answers_every_caller() {
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_raised_on_one_server_reach_sessions_on_the_others() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    let (mut here, _) = crate::web::session(&a, None).await;
+    let (mut there, there_id) = crate::web::session(&b, None).await;
+    let (mut other, _) = crate::web::session(&b, None).await;
+    let (mut device, _) = RawClient::authenticated(&a.url(), &a.server_key).await;
+    let raise = |id: &str, kwargs: serde_json::Value| {
+        json!({"type": "CALL", "id": id, "command": "anvil.private.raise_event",
+               "args": ["temperature", {"celsius": 21.5}], "kwargs": kwargs})
+    };
+    // Every session of the app, on both servers.
+    device.send_json(&raise("1", json!({"channel": "*"}))).await;
+    assert_eq!(
+        device.recv_json().await["response"],
+        serde_json::Value::Null
+    );
+    for s in [&mut here, &mut there, &mut other] {
+        let e = s.recv_json().await;
+        assert_eq!(
+            e["event"],
+            json!({"name": "temperature", "payload": {"celsius": 21.5}})
+        );
+    }
+    // One session on the other server, by id.
+    device
+        .send_json(&raise("2", json!({"session_id": there_id["id"]})))
+        .await;
+    device.recv_json().await;
+    assert_eq!(there.recv_json().await["event"]["name"], "temperature");
+    assert!(
+        other
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert!(here.recv_within(Duration::from_millis(100)).await.is_none());
+}

@@ -34,7 +34,10 @@ async fn post_json(
 }
 
 /// Opens a browser session as a page of the server would.
-async fn session(server: &TestServer, cookie: Option<&str>) -> (RawClient, serde_json::Value) {
+pub(crate) async fn session(
+    server: &TestServer,
+    cookie: Option<&str>,
+) -> (RawClient, serde_json::Value) {
     let origin = server.origin();
     let mut headers = vec![("origin", origin.as_str())];
     if let Some(c) = cookie {
