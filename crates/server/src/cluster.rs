@@ -420,8 +420,30 @@ impl Cluster {
         }
     }
 
-    fn hold(self: &Arc<Self>, subject: String, shared: bool) {
+    /// Takes no more calls from other servers (the server is draining):
+    /// every subscription for a name goes; calls already taken are
+    /// answered.
+    pub(crate) fn stop_serving(&self) {
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, (_, task)) in subs.drain() {
+            task.abort();
+        }
+    }
+
+    /// This server's id in the cluster.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn hold(self: &Arc<Self>, subject: String, shared: bool) {
+        let draining = self
+            .state
+            .upgrade()
+            .is_none_or(|s| s.draining.load(std::sync::atomic::Ordering::Relaxed));
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        if draining {
+            return;
+        }
         if let Some((count, _)) = subs.get_mut(&subject) {
             *count += 1;
             return;

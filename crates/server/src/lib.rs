@@ -373,6 +373,10 @@ impl Server {
         self.state
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // In a cluster, other servers stop sending calls here at once.
+        if let Some(cluster) = self.state.cluster.get() {
+            cluster.stop_serving();
+        }
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + grace;
         while self.state.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {

@@ -185,8 +185,20 @@ async fn uplink_endpoint(
 }
 
 async fn health(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    // In a cluster: this server's id and whether NATS is connected.
+    let cluster = state.cluster.get().map_or(String::new(), |c| {
+        format!(
+            ",\"node\":\"{}\",\"cluster\":\"{}\"",
+            c.node(),
+            if c.connected() {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        )
+    });
     let body = format!(
-        "{{\"status\":\"ok\",\"uplinks\":{},\"connections\":{}}}",
+        "{{\"status\":\"ok\",\"uplinks\":{},\"connections\":{}{cluster}}}",
         state.live_connections(),
         state.connections.open()
     );

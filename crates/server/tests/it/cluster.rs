@@ -190,9 +190,25 @@ async fn without_nats_local_calls_work_remote_ones_fail_fast_and_all_come_back()
     answer(&mut on_a, "pong").await;
     assert_eq!(remote.recv_json().await["response"], "pong");
 
+    let health = |server: &TestServer| {
+        let addr = server.addr();
+        async move {
+            ferrolink_testkit::http::request(addr, "GET", "/_/health", &[], None)
+                .await
+                .json()
+        }
+    };
+    let (ha, hb) = (health(&a).await, health(&b).await);
+    assert_eq!(
+        (&ha["cluster"], &hb["cluster"]),
+        (&json!("connected"), &json!("connected"))
+    );
+    assert_ne!(ha["node"], hb["node"], "each server has its own id");
+
     // NATS goes away.
     nats.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(health(&b).await["cluster"], "disconnected");
     let started = Instant::now();
     remote.send_json(&call("r2")).await;
     let reply = remote.recv_json().await;
