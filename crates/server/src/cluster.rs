@@ -20,8 +20,9 @@
 //! `ferrolink.node.<id>` each second. Answers come to the calling server
 //! on its own subject (`ferrolink.reply.<id>.<call>`), and the serving
 //! server first says there that it took the call; a call taken by a
-//! server not heard from for [`NODE_SILENCE`] is answered
-//! `UplinkDisconnectedError` then, not at its deadline.
+//! server not heard from for [`NODE_SILENCE`] — or that no server said it
+//! took within that time — is answered `UplinkDisconnectedError` then, not
+//! at its deadline.
 //!
 //! Not yet: names registered as regular expressions are reachable only on
 //! their own server, and the browser user of a session's calls does not
@@ -87,6 +88,9 @@ struct Pending {
     caller: Arc<Peer>,
     /// The server that took it, once it said so.
     node: Option<String>,
+    /// When it was sent: a call no server has said it took within
+    /// [`NODE_SILENCE`] was lost with the server that received it.
+    sent: std::time::Instant,
     deadline: Instant,
     /// The text of `NoServerFunctionError` if no server has the name.
     missing: String,
@@ -364,10 +368,12 @@ impl Cluster {
                 if p.deadline <= now {
                     return false;
                 }
-                let gone = p
-                    .node
-                    .as_ref()
-                    .is_some_and(|n| silent.contains(n) || (!nodes.contains_key(n) && !connected));
+                let gone = match &p.node {
+                    Some(n) => silent.contains(n) || (!nodes.contains_key(n) && !connected),
+                    // Taking a call is said at once; silence means the
+                    // server that received it died first.
+                    None => p.sent.elapsed() >= NODE_SILENCE,
+                };
                 if gone {
                     failed.push((*call, p.caller.clone()));
                 }
@@ -593,6 +599,7 @@ impl Cluster {
                 Pending {
                     caller: caller.clone(),
                     node: None,
+                    sent: std::time::Instant::now(),
                     deadline,
                     missing,
                 },

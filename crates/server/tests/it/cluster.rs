@@ -378,3 +378,66 @@ async fn events_raised_on_one_server_reach_sessions_on_the_others() {
     );
     assert!(here.recv_within(Duration::from_millis(100)).await.is_none());
 }
+
+/// A TCP proxy on a free loopback port that sends each connection to the
+/// first of `backends` that accepts it: the one address devices know.
+async fn front(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for b in backends {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(b).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_whose_server_is_killed_comes_back_through_another_server() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, lines) = crate::cli::spawn_serve(
+        dir.path(),
+        &["--database", &database, "--cluster", &nats.url()],
+        "uplink: ",
+    );
+    let b_url = crate::cli::field(&lines, "uplink: ");
+    let b_addr: std::net::SocketAddr = b_url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/_/uplink")
+        .parse()
+        .unwrap();
+    // Devices dial one address; it reaches B while B is up, else A.
+    let front = front(vec![b_addr, a.addr()]).await;
+    let key = a.create_key("demo", Privilege::Server, Some("pump"));
+    let device = ferrolink_client::Client::builder(format!("ws://{front}/_/uplink"), &key)
+        .register_raw("level", |_req: ferrolink_client::Request| async move {
+            Ok::<_, ferrolink_client::HandlerError>(json!(42))
+        })
+        .connect()
+        .await
+        .unwrap();
+    // A caller on A reaches the device on B.
+    until_served(&a, &a.client_key, "level@pump", json!([])).await;
+    let killed = Instant::now();
+    b.0.kill().unwrap();
+    // The device reconnects through the same address, now to A, within
+    // the client's backoff (0.5 s doubling); calls flow again.
+    until_served(&a, &a.client_key, "level@pump", json!([])).await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "back after {:?}",
+        killed.elapsed()
+    );
+    drop(device);
+}
