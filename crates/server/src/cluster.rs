@@ -105,6 +105,18 @@ fn hex(s: &str) -> String {
     out
 }
 
+/// The text [`hex`] encoded, if `s` is that.
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 /// The subject of `name` in `app`, and of `name` on `device`.
 fn subject(app: &str, name: &str, device: Option<&str>) -> String {
     match device {
@@ -215,18 +227,7 @@ impl Cluster {
             if header(NODE).as_deref() == Some(cluster.node.as_str()) {
                 continue; // raised here, delivered here already
             }
-            let unhex_text = |s: &str| {
-                let bytes: Option<Vec<u8>> = (0..s.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-                    .collect();
-                bytes.and_then(|b| String::from_utf8(b).ok())
-            };
-            let Some(app) = m
-                .subject
-                .strip_prefix("ferrolink.event.")
-                .and_then(unhex_text)
-            else {
+            let Some(app) = m.subject.strip_prefix("ferrolink.event.").and_then(unhex) else {
                 continue;
             };
             let Ok(frame) = std::str::from_utf8(&m.payload) else {
@@ -238,7 +239,7 @@ impl Cluster {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect();
-            let channel = header(CHANNEL).and_then(|c| unhex_text(&c));
+            let channel = header(CHANNEL).and_then(|c| unhex(&c));
             let runtime = state.app(&app);
             crate::calls::builtins::event_targets_here(
                 &runtime,
@@ -670,16 +671,6 @@ struct RemoteCall<'a> {
 /// its headers the caller's privilege, the nesting depth and where the
 /// arguments end.
 fn parse_request(m: &async_nats::Message) -> Result<RemoteCall<'_>, String> {
-    let unhex = |s: &str| -> Option<String> {
-        if !s.len().is_multiple_of(2) {
-            return None;
-        }
-        let bytes: Option<Vec<u8>> = (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-            .collect();
-        String::from_utf8(bytes?).ok()
-    };
     let bad = |what: &str| format!("a call from another server had {what}");
     let parts: Vec<&str> = m.subject.as_str().split('.').collect();
     let (app, name, device) = match parts.as_slice() {
