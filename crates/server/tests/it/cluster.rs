@@ -20,6 +20,22 @@ async fn node(database: &str, nats: &str) -> TestServer {
     .await
 }
 
+/// A server of the cluster as a process of its own (to be killed with
+/// SIGKILL): it, its uplink URL, and its data directory.
+fn server_process(
+    database: &str,
+    nats: &TestNats,
+) -> (crate::cli::Serve, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, lines) = crate::cli::spawn_serve(
+        dir.path(),
+        &["--database", database, "--cluster", &nats.url()],
+        "uplink: ",
+    );
+    let url = crate::cli::field(&lines, "uplink: ");
+    (serve, url, dir)
+}
+
 /// Calls `command` from a raw client on `server` until another server's
 /// provider answers (its NATS subscription is made as it registers).
 async fn until_served(server: &TestServer, key: &str, command: &str, args: serde_json::Value) {
@@ -263,13 +279,7 @@ async fn a_server_killed_mid_call_fails_its_remote_callers_within_seconds() {
     let database = ferrolink_testkit::postgres::database();
     let a = node(&database, &nats.url()).await;
     // Server B as a process of its own, to be killed with SIGKILL.
-    let dir = tempfile::tempdir().unwrap();
-    let (mut b, lines) = crate::cli::spawn_serve(
-        dir.path(),
-        &["--database", &database, "--cluster", &nats.url()],
-        "uplink: ",
-    );
-    let b_url = crate::cli::field(&lines, "uplink: ");
+    let (mut b, b_url, _dir) = server_process(&database, &nats);
     let key = a.create_key("demo", Privilege::Server, None);
     let mut provider = PyProcess::spawn("provider.py", &[&b_url, &key]);
     provider.expect_line("READY", WAIT);
@@ -293,13 +303,7 @@ async fn killing_a_server_under_500_calls_in_flight_answers_every_caller() {
     let nats = TestNats::start();
     let database = ferrolink_testkit::postgres::database();
     let a = node(&database, &nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut b, lines) = crate::cli::spawn_serve(
-        dir.path(),
-        &["--database", &database, "--cluster", &nats.url()],
-        "uplink: ",
-    );
-    let b_url = crate::cli::field(&lines, "uplink: ");
+    let (mut b, b_url, _dir) = server_process(&database, &nats);
     // A provider on B that takes calls and never answers.
     let key = a.create_key("demo", Privilege::Server, None);
     let (mut provider, _) = RawClient::authenticated(&b_url, &key).await;
@@ -405,13 +409,7 @@ async fn a_device_whose_server_is_killed_comes_back_through_another_server() {
     let nats = TestNats::start();
     let database = ferrolink_testkit::postgres::database();
     let a = node(&database, &nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut b, lines) = crate::cli::spawn_serve(
-        dir.path(),
-        &["--database", &database, "--cluster", &nats.url()],
-        "uplink: ",
-    );
-    let b_url = crate::cli::field(&lines, "uplink: ");
+    let (mut b, b_url, _dir) = server_process(&database, &nats);
     let b_addr: std::net::SocketAddr = b_url
         .trim_start_matches("ws://")
         .trim_end_matches("/_/uplink")
