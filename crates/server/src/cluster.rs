@@ -63,6 +63,10 @@ const TAKEN: &str = "Ferrolink-Taken";
 /// On an event: the server that raised it, its target sessions
 /// (comma-separated) and channel.
 const NODE: &str = "Ferrolink-Node";
+/// On a call made for a browser session: its id, and its user's email
+/// (hex-encoded) if one is logged in.
+const SESSION: &str = "Ferrolink-Session";
+const USER: &str = "Ferrolink-User";
 const SESSIONS: &str = "Ferrolink-Sessions";
 const CHANNEL: &str = "Ferrolink-Channel";
 
@@ -498,16 +502,18 @@ impl Cluster {
         let (outcome, body) = match parse_request(&request) {
             Ok(call) => {
                 let caller = self.caller(&state, &call.app, call.privilege);
-                caller
-                    .call_raw(
-                        &state,
-                        &call.command,
-                        call.args,
-                        call.kwargs,
-                        call.objects,
-                        call.depth,
-                    )
-                    .await
+                let origin = call.session.map(|(id, email)| {
+                    remote_session(&state, &call.app, call.privilege, id, email)
+                });
+                let request = crate::calls::forward::Request {
+                    command: &call.command,
+                    args: call.args,
+                    kwargs: call.kwargs,
+                    objects: call.objects,
+                    depth: call.depth,
+                    origin,
+                };
+                caller.call_raw(&state, request).await
             }
             Err(message) => {
                 let mut body = String::new();
@@ -560,6 +566,7 @@ impl Cluster {
             objects,
             depth,
             deadline,
+            session,
         } = out;
         if !self.connected() {
             return Err(Refused {
@@ -580,6 +587,12 @@ impl Cluster {
             },
         );
         headers.insert(DEPTH, depth.to_string().as_str());
+        if let Some(b) = session {
+            headers.insert(SESSION, b.id.as_str());
+            if let Some(email) = &b.email {
+                headers.insert(USER, hex(email).as_str());
+            }
+        }
         let objects = objects.unwrap_or_default();
         let mut payload = String::with_capacity(args.len() + kwargs.len() + objects.len());
         payload.push_str(args);
@@ -654,6 +667,41 @@ pub(crate) struct Outgoing<'a> {
     /// How deep it is nested (1 = top level).
     pub(crate) depth: u8,
     pub(crate) deadline: Instant,
+    /// The browser session it acts for, if any.
+    pub(crate) session: Option<&'a crate::calls::peer::BrowserSession>,
+}
+
+/// A record standing for a browser session open on another server, for
+/// the calls made on its behalf here (`get_current_user_email`; events
+/// with no target go back to it over NATS).
+fn remote_session(
+    state: &ServerState,
+    app: &str,
+    privilege: Privilege,
+    id: String,
+    email: Option<String>,
+) -> Arc<Peer> {
+    Arc::new(Peer::new(
+        state.next_conn_id(),
+        crate::calls::peer::PeerSetup {
+            key_id: crate::keys::KeyId(String::new()),
+            device: None,
+            privilege,
+            library: None,
+            protocol_version: 8,
+            ip: "cluster".to_owned(),
+            app: app.to_owned(),
+            browser: Some(Box::new(crate::calls::peer::BrowserSession {
+                id,
+                email,
+                channels: Mutex::default(),
+                elsewhere: true,
+            })),
+        },
+        &state.config.environment,
+        state.config.max_queued_bytes,
+        state.now(),
+    ))
 }
 
 /// A call from another server.
@@ -665,6 +713,8 @@ struct RemoteCall<'a> {
     args: &'a str,
     kwargs: &'a str,
     objects: Option<&'a str>,
+    /// The browser session it acts for: its id and user.
+    session: Option<(String, Option<String>)>,
 }
 
 /// Reads a request: its subject names the app and function (and device);
@@ -723,6 +773,16 @@ fn parse_request(m: &async_nats::Message) -> Result<RemoteCall<'_>, String> {
         return Err(bad("arguments that are not a JSON array, object and array"));
     }
     let objects = (!objects.is_empty()).then_some(objects);
+    let session = match header(SESSION) {
+        Some(id) => {
+            let email = match header(USER) {
+                Some(h) => Some(unhex(&h).ok_or_else(|| bad("a bad user"))?),
+                None => None,
+            };
+            Some((id, email))
+        }
+        None => None,
+    };
     Ok(RemoteCall {
         app,
         command,
@@ -731,6 +791,7 @@ fn parse_request(m: &async_nats::Message) -> Result<RemoteCall<'_>, String> {
         args,
         kwargs,
         objects,
+        session,
     })
 }
 

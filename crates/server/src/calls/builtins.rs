@@ -121,10 +121,18 @@ fn raise_event(cx: &Context<'_>, call: &Call<'_>) -> BuiltinResult {
     frame.push_str(payload);
     frame.push_str("},\"objects\":[]}");
     let delivered = match (t.session_id, t.session_ids, t.channel) {
-        (None, None, None) => {
-            let targets: Vec<_> = cx.origin.iter().cloned().collect();
-            deliver_event(&targets, &frame)
-        }
+        (None, None, None) => match (&cx.origin, cx.state.cluster.get()) {
+            // The browser is on another server of the cluster.
+            (Some(o), Some(cluster)) if o.browser.as_ref().is_some_and(|b| b.elsewhere) => {
+                let id = o.browser.as_ref().map(|b| b.id.clone()).unwrap_or_default();
+                cluster.publish_event(&cx.peer.app, &[id], None, &frame);
+                0
+            }
+            _ => {
+                let targets: Vec<_> = cx.origin.iter().cloned().collect();
+                deliver_event(&targets, &frame)
+            }
+        },
         (id, ids, channel) => {
             let mut sessions: Vec<String> = ids.unwrap_or_default();
             sessions.extend(id);

@@ -112,24 +112,29 @@ impl Console {
         args: &str,
         kwargs: &str,
     ) -> serde_json::Value {
-        let (_, body) = self.call_raw(state, function, args, kwargs, None, 1).await;
+        let request = Request {
+            command: function,
+            args,
+            kwargs,
+            objects: None,
+            depth: 1,
+            origin: None,
+        };
+        let (_, body) = self.call_raw(state, request).await;
         serde_json::from_str(&format!("{{{body}"))
             .unwrap_or_else(|_| error_json(error_type::INTERNAL, "the answer was not JSON"))
     }
 
-    /// [`Console::call`] with raw `objects` (if any) at nesting `depth`,
-    /// answering with the outcome
-    /// (`ok` or the error type) and the reply's body as the provider sent
-    /// it (`"response":…}` or `"error":…}`: the reply frame after its id).
+    /// Forwards `request` (with its objects, depth and browser session, if
+    /// any) and waits for the answer: the outcome (`ok` or the error type)
+    /// and the reply's body as the provider sent it (`"response":…}` or
+    /// `"error":…}`: the reply frame after its id).
     pub(crate) async fn call_raw(
         &self,
         state: &ServerState,
-        function: &str,
-        args: &str,
-        kwargs: &str,
-        objects: Option<&str>,
-        depth: u8,
+        request: Request<'_>,
     ) -> (String, String) {
+        let function = request.command;
         let app = state.app(&self.peer.app);
         let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
@@ -137,14 +142,6 @@ impl Console {
             // Held across `forward` so the answer cannot come before its
             // waiter is in the table.
             let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            let request = Request {
-                command: function,
-                args,
-                kwargs,
-                objects,
-                depth,
-                origin: None,
-            };
             let result =
                 forward::forward(state, &app, &self.peer, waiting.len(), request, state.now());
             if let Ok(f) = &result {

@@ -187,6 +187,7 @@ fn forward_to_cluster(
             objects: request.objects,
             depth: request.depth,
             deadline,
+            session: request.origin.as_ref().and_then(|o| o.browser.as_deref()),
         },
     )?;
     Ok(Forwarded { call, deadline })

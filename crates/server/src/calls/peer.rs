@@ -181,6 +181,10 @@ pub(crate) struct BrowserSession {
     pub(crate) email: Option<String>,
     /// Event channels this session subscribed to.
     pub(crate) channels: Mutex<std::collections::HashSet<Box<str>>>,
+    /// Whether the session is open on another server of the cluster (this
+    /// record stands for it in a call from there; events for it go back
+    /// over NATS).
+    pub(crate) elsewhere: bool,
 }
 
 /// Who a connection is, as known when it was accepted.

@@ -119,6 +119,7 @@ pub(crate) async fn session_endpoint(
         id: auth::new_token()[..22].to_owned(),
         email,
         channels: std::sync::Mutex::default(),
+        elsewhere: false,
     };
     let st = state.clone();
     Ok(crate::web::websocket::upgrade(

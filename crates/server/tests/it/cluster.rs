@@ -439,3 +439,76 @@ async fn a_device_whose_server_is_killed_comes_back_through_another_server() {
     );
     drop(device);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_user_on_one_server_is_seen_by_a_device_on_another() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    // The device on A asks who the browser's user is (a nested call), and
+    // raises an event with no target (back to the calling browser).
+    let device = ferrolink_client::Client::builder(a.url(), &a.server_key)
+        .register_raw("whoami", |req: ferrolink_client::Request| async move {
+            let email: Option<String> = req
+                .context
+                .call("anvil.private.users.get_current_user_email", ())
+                .await
+                .map_err(|e| ferrolink_client::HandlerError::new("Exception", e.to_string()))?;
+            let _: serde_json::Value = req
+                .context
+                .call("anvil.private.raise_event", ("seen", &email))
+                .await
+                .map_err(|e| ferrolink_client::HandlerError::new("Exception", e.to_string()))?;
+            Ok::<_, ferrolink_client::HandlerError>(json!({ "email": email }))
+        })
+        .connect()
+        .await
+        .unwrap();
+    until_served(&b, &b.server_key, "whoami", json!([])).await;
+    // A user signs up and opens a session on B.
+    let signup = crate::web::post_json(
+        &b,
+        "/_/auth/signup?app=demo",
+        json!({"email": "ada@example.org", "password": "analytical1843"}),
+        None,
+    )
+    .await;
+    let cookie = signup.cookie("flk_u_demo").unwrap();
+    let (mut page, _) = crate::web::session(&b, Some(&cookie)).await;
+    page.send_json(
+        &json!({"type": "CALL", "id": "1", "command": "whoami", "args": [], "kwargs": {}}),
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(page.recv_json().await);
+    }
+    let event = got
+        .iter()
+        .find(|m| m.get("event").is_some())
+        .expect("the event came back");
+    assert_eq!(
+        event["event"],
+        json!({"name": "seen", "payload": "ada@example.org"})
+    );
+    let reply = got.iter().find(|m| m["id"] == "1").expect("the answer");
+    assert_eq!(
+        reply["response"],
+        json!({"email": "ada@example.org"}),
+        "{reply}"
+    );
+    // An anonymous page on B: no user on A either.
+    let (mut anonymous, _) = crate::web::session(&b, None).await;
+    anonymous
+        .send_json(
+            &json!({"type": "CALL", "id": "2", "command": "whoami", "args": [], "kwargs": {}}),
+        )
+        .await;
+    let mut reply = anonymous.recv_json().await;
+    if reply.get("event").is_some() {
+        reply = anonymous.recv_json().await;
+    }
+    assert_eq!(reply["response"], json!({"email": null}), "{reply}");
+    device.disconnect().await;
+}

@@ -9,7 +9,7 @@ use ferrolink_testkit::http::{Response, request};
 use ferrolink_testkit::{RawClient, TestServer};
 use serde_json::json;
 
-async fn post_json(
+pub(crate) async fn post_json(
     server: &TestServer,
     path: &str,
     body: serde_json::Value,
