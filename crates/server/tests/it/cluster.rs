@@ -223,8 +223,14 @@ async fn without_nats_local_calls_work_remote_ones_fail_fast_and_all_come_back()
 
     // NATS goes away.
     nats.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(health(&b).await["cluster"], "disconnected");
+    let stopped = Instant::now();
+    while health(&b).await["cluster"] != "disconnected" {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "B never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let started = Instant::now();
     remote.send_json(&call("r2")).await;
     let reply = remote.recv_json().await;
