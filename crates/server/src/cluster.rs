@@ -109,6 +109,14 @@ fn hex(s: &str) -> String {
     out
 }
 
+/// The value of header `name` of `m`, if it has one.
+fn header(m: &async_nats::Message, name: &str) -> Option<String> {
+    m.headers
+        .as_ref()
+        .and_then(|map| map.get(name))
+        .map(|v| v.as_str().to_owned())
+}
+
 /// The text [`hex`] encoded, if `s` is that.
 fn unhex(s: &str) -> Option<String> {
     if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -222,12 +230,7 @@ impl Cluster {
             let Some(state) = cluster.state.upgrade() else {
                 return;
             };
-            let header = |h: &str| {
-                m.headers
-                    .as_ref()
-                    .and_then(|map| map.get(h))
-                    .map(|v| v.as_str().to_owned())
-            };
+            let header = |h: &str| header(&m, h);
             if header(NODE).as_deref() == Some(cluster.node.as_str()) {
                 continue; // raised here, delivered here already
             }
@@ -274,12 +277,7 @@ impl Cluster {
 
     fn on_reply(&self, call: u64, m: &async_nats::Message) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let header = |h: &str| {
-            m.headers
-                .as_ref()
-                .and_then(|map| map.get(h))
-                .map(|v| v.as_str().to_owned())
-        };
+        let header = |h: &str| header(m, h);
         if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             if let Some(p) = pending.remove(&call) {
                 let answer = Answer::error(call, error_type::NO_SERVER_FUNCTION, &p.missing);
@@ -734,12 +732,7 @@ fn parse_request(m: &async_nats::Message) -> Result<RemoteCall<'_>, String> {
         command.push('@');
         command.push_str(&unhex(d).ok_or_else(|| bad("a bad device name"))?);
     }
-    let header = |h: &str| {
-        m.headers
-            .as_ref()
-            .and_then(|map| map.get(h))
-            .map(|v| v.as_str().to_owned())
-    };
+    let header = |h: &str| header(m, h);
     let privilege = match header(PRIVILEGE).as_deref() {
         Some("server") => Privilege::Server,
         Some("client") => Privilege::Client,

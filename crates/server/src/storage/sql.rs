@@ -284,6 +284,16 @@ fn pg_row(r: &postgres::Row) -> Result<Row, postgres::Error> {
     Ok(Row(row))
 }
 
+/// Parameters copied for the PostgreSQL thread.
+fn owned(params: &[Param<'_>]) -> Vec<Value> {
+    params.iter().map(|p| Value::owned(*p)).collect()
+}
+
+/// `params` as the postgres crate takes them.
+fn refs(params: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    params.iter().map(|p| p as _).collect()
+}
+
 type PgJob = Box<dyn FnOnce(&mut Option<postgres::Client>) + Send>;
 
 /// A PostgreSQL connection on a thread of its own, made again when it is
@@ -387,21 +397,15 @@ impl Postgres {
 
     pub(crate) fn exec(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, DbError> {
         let sql = sql.to_owned();
-        let params: Vec<Value> = params.iter().map(|p| Value::owned(*p)).collect();
-        self.run(move |c| {
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p as _).collect();
-            Ok(c.execute(sql.as_str(), &refs)?)
-        })
+        let params = owned(params);
+        self.run(move |c| Ok(c.execute(sql.as_str(), &refs(&params))?))
     }
 
     pub(crate) fn rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
         let sql = sql.to_owned();
-        let params: Vec<Value> = params.iter().map(|p| Value::owned(*p)).collect();
+        let params = owned(params);
         self.run(move |c| {
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p as _).collect();
-            let rows = c.query(sql.as_str(), &refs)?;
+            let rows = c.query(sql.as_str(), &refs(&params))?;
             rows.iter()
                 .map(|r| pg_row(r).map_err(DbError::from))
                 .collect()
