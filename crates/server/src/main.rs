@@ -101,6 +101,18 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Copy a single server's SQLite database (apps, keys, users, trust
+    /// bundles, data tables and their rows) into an empty PostgreSQL
+    /// database, for a cluster (docs/cluster.md). Stop the server first.
+    Migrate {
+        /// `sqlite:DIR`, the data directory of the server to copy (default:
+        /// --data).
+        #[arg(long, value_name = "sqlite:DIR")]
+        from: Option<String>,
+        /// `postgres://…`, an empty database (default: --database).
+        #[arg(long, value_name = "postgres://…")]
+        to: Option<String>,
+    },
     /// Call a function and print its JSON result (errors: exit 1).
     Call(CallArgs),
     /// Run a simulated Pico W: registers blink_morse(text),
@@ -757,6 +769,47 @@ fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Backup { dest } => operations::backup(&cli.data, &dest),
+        Command::Migrate { from, to } => {
+            let from = match from {
+                None => cli.data.clone(),
+                Some(f) => match f.strip_prefix("sqlite:") {
+                    Some(dir) => PathBuf::from(dir),
+                    None => {
+                        return Err(usage(format!(
+                            "--from {f}: give sqlite:DIR, the data directory of the server to copy"
+                        )));
+                    }
+                },
+            };
+            let to = to.or(cli.database.clone()).ok_or_else(|| {
+                usage("give the database to copy into: --to postgres://…".to_owned())
+            })?;
+            if !ferrolink::storage::is_postgres_url(&to) {
+                return Err(usage(format!(
+                    "--to: expected a postgres:// URL, not {}",
+                    ferrolink::storage::redact_url(&to)
+                )));
+            }
+            // No server may write the source while it is copied.
+            let _lock = operations::lock_data_dir(&from)?;
+            let target = Store::open_database(&from, Some(&to))?;
+            let moved = target
+                .migrate_from_sqlite(&from.join(ferrolink::storage::DB_FILE))
+                .with_context(|| format!("cannot migrate {}", from.display()))?;
+            for (table, n) in &moved.records {
+                println!("{table}: {n}");
+            }
+            println!(
+                "data tables: {} with {} rows",
+                moved.data_tables, moved.data_rows
+            );
+            println!(
+                "copied {} into {}; start the servers with --database pointing there",
+                from.display(),
+                target.location()
+            );
+            Ok(())
+        }
         Command::Restore { src, replace } => operations::restore(&src, &cli.data, replace),
         Command::App(cmd) => {
             let store = open(&cli.data, cli.database.as_deref())?;

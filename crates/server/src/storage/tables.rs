@@ -17,9 +17,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{OptionalExtension as _, params, types::Value as Sql};
+use std::cell::RefCell;
+
+use rusqlite::types::Value as Sql;
 use serde_json::{Map, Value};
 
+use super::table_sql::{Conn, sqlite_error};
 use super::{Store, StoreError};
 
 /// Longest text or simple-object value accepted, in bytes.
@@ -58,14 +61,6 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
-    fn sql(&self) -> &'static str {
-        match self {
-            Self::Text | Self::Date | Self::SimpleObject | Self::Links(_) | Self::Media => "TEXT",
-            Self::Number | Self::DateTime => "REAL",
-            Self::Bool | Self::Link(_) => "INTEGER",
-        }
-    }
-
     /// The table a link column points to.
     pub fn linked(&self) -> Option<&str> {
         match self {
@@ -314,7 +309,7 @@ impl TableMeta {
     /// column's id and what SQLite stores.
     fn convert(
         &self,
-        conn: &rusqlite::Connection,
+        conn: &Conn<'_>,
         values: &Map<String, Value>,
     ) -> Result<Vec<(String, Sql)>, StoreError> {
         let mut out = Vec::with_capacity(values.len());
@@ -609,7 +604,7 @@ fn media_sql(column: &Column, value: &Value) -> Result<(Sql, Sql), StoreError> {
 
 /// Checks `value` against `kind` and converts it to what SQLite stores.
 fn to_sql(
-    conn: &rusqlite::Connection,
+    conn: &Conn<'_>,
     column: &Column,
     linked: Option<i64>,
     value: &Value,
@@ -690,30 +685,29 @@ fn to_sql(
 }
 
 /// The id of table `name` of `app`, if it exists.
-fn table_id(conn: &rusqlite::Connection, app: &str, name: &str) -> rusqlite::Result<Option<i64>> {
-    conn.query_row(
+fn table_id(conn: &Conn<'_>, app: &str, name: &str) -> Result<Option<i64>, StoreError> {
+    conn.int(
         "SELECT id FROM data_tables WHERE app = ?1 AND name = ?2",
-        params![app, name],
-        |r| r.get(0),
+        &[text(app), text(name)],
     )
-    .optional()
+}
+
+/// A text parameter.
+fn text(s: &str) -> Sql {
+    Sql::Text(s.to_owned())
 }
 
 fn check_row(
-    conn: &rusqlite::Connection,
+    conn: &Conn<'_>,
     target: &str,
     linked: Option<i64>,
     id: i64,
 ) -> Result<(), StoreError> {
     let table = linked.ok_or_else(|| bad(format!("the linked table \"{target}\" is gone")))?;
-    let found: Option<i64> = conn
-        .query_row(
-            &format!("SELECT _id FROM tbl_{table} WHERE _id = ?1"),
-            [id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| bad(e.to_string()))?;
+    let found = conn.int(
+        &format!("SELECT _id FROM tbl_{table} WHERE _id = ?1"),
+        &[Sql::Integer(id)],
+    )?;
     found
         .map(|_| ())
         .ok_or_else(|| bad(format!("table \"{target}\" has no row {id}")))
@@ -762,30 +756,12 @@ fn from_sql(kind: &ColumnType, v: rusqlite::types::ValueRef<'_>) -> Value {
         _ => Value::Null,
     }
 }
-/// Maps a failure inside a table operation: a lost race with another
-/// transaction is a [`StoreError::Conflict`], anything else names the file.
-fn sql_error(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-            StoreError::Conflict
-        }
-        Some(rusqlite::ErrorCode::OperationInterrupted) => bad(format!(
-            "the query ran for over {} s and was stopped; narrow it (a range of an indexed number, date or datetime column, fewer conditions, a smaller page)",
-            QUERY_TIME.as_secs()
-        )),
-        _ => StoreError::Sqlite {
-            path: path.to_owned(),
-            source: e,
-        },
-    }
-}
-
 /// Read-only connections kept for table reads.
 const READERS: usize = 8;
 
-/// How long one table operation may run before SQLite is told to stop it:
-/// the database has one connection for the whole server, so a slow query
-/// must not hold it (and every login behind it) for long.
+/// How long one table operation may run before the database is told to
+/// stop it: a slow query must not hold a connection (on SQLite, the one
+/// every login needs) for long.
 pub const QUERY_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs `f` with SQLite interrupting any statement still running
@@ -806,22 +782,51 @@ fn bounded_for<T>(
     out
 }
 
+/// PostgreSQL's own bound on each statement of a transaction
+/// ([`QUERY_TIME`]), and how long a row lock is waited for before the
+/// transaction counts as having lost a race.
+fn pg_limits() -> String {
+    format!(
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = 2000;",
+        QUERY_TIME.as_millis()
+    )
+}
+
 /// Table operations of one app on one connection, inside a transaction the
 /// caller opened ([`Store::read`], [`Store::write`], [`TableTransaction::run`]).
 pub struct Tables<'c> {
-    conn: &'c rusqlite::Connection,
+    conn: Conn<'c>,
     app: &'c str,
-    path: &'c std::path::Path,
 }
 
 /// A transaction that spans several calls (Anvil's `in_transaction`), on a
-/// connection of its own. It sees one snapshot of the database; its first
-/// write takes SQLite's write lock, and a write that finds the lock taken
-/// or the snapshot stale fails at once with [`StoreError::Conflict`] (the
-/// caller retries the whole transaction). Dropping it rolls it back.
-pub struct TableTransaction {
-    conn: rusqlite::Connection,
-    path: std::path::PathBuf,
+/// connection of its own. It sees one snapshot of the database; a write
+/// that finds the data changed under it, or (on SQLite) the write lock
+/// taken, fails at once with [`StoreError::Conflict`] (the caller retries
+/// the whole transaction). On PostgreSQL it is `SERIALIZABLE`. Dropping it
+/// rolls it back.
+pub struct TableTransaction(Held);
+
+impl Drop for TableTransaction {
+    fn drop(&mut self) {
+        if let Held::Postgres { client, .. } = std::mem::replace(&mut self.0, Held::Dropped) {
+            // Closing the connection rolls back whatever is uncommitted.
+            super::table_sql::close(client.into_inner());
+        }
+    }
+}
+
+enum Held {
+    Sqlite {
+        conn: rusqlite::Connection,
+        path: std::path::PathBuf,
+    },
+    Postgres {
+        client: RefCell<postgres::Client>,
+        shown: String,
+    },
+    /// What is left while it is dropped.
+    Dropped,
 }
 
 impl TableTransaction {
@@ -832,60 +837,70 @@ impl TableTransaction {
         app: &str,
         f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let path = self.path.clone();
-        let sp = self
-            .conn
-            .savepoint()
-            .map_err(|e| E::from(sql_error(&path, e)))?;
-        let out = bounded(&sp, || {
-            f(&Tables {
-                conn: &sp,
-                app,
-                path: &path,
-            })
-        })?;
-        sp.commit().map_err(|e| E::from(sql_error(&path, e)))?;
-        Ok(out)
+        match &mut self.0 {
+            Held::Sqlite { conn, path } => {
+                let sp = conn
+                    .savepoint()
+                    .map_err(|e| E::from(sqlite_error(path, e)))?;
+                let out = bounded(&sp, || {
+                    f(&Tables {
+                        conn: Conn::Sqlite { conn: &sp, path },
+                        app,
+                    })
+                })?;
+                sp.commit().map_err(|e| E::from(sqlite_error(path, e)))?;
+                Ok(out)
+            }
+            Held::Postgres { client, shown } => {
+                let t = Tables {
+                    conn: Conn::Postgres { client, shown },
+                    app,
+                };
+                t.conn.batch("SAVEPOINT op").map_err(E::from)?;
+                match f(&t) {
+                    Ok(out) => {
+                        t.conn.batch("RELEASE SAVEPOINT op").map_err(E::from)?;
+                        Ok(out)
+                    }
+                    Err(e) => {
+                        t.conn
+                            .batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+                            .map_err(E::from)?;
+                        Err(e)
+                    }
+                }
+            }
+            Held::Dropped => unreachable!("a transaction used while dropped"),
+        }
     }
 
     /// Commits; [`StoreError::Conflict`] if another writer got in first.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(|e| sql_error(&self.path, e))
+        match &self.0 {
+            Held::Sqlite { conn, path } => conn
+                .execute_batch("COMMIT")
+                .map_err(|e| sqlite_error(path, e)),
+            Held::Postgres { client, shown } => Conn::Postgres { client, shown }.batch("COMMIT"),
+            Held::Dropped => unreachable!("a transaction used while dropped"),
+        }
     }
 }
 
 impl Store {
-    /// Runs `f` in an immediate transaction, committed when it answers
-    /// `Ok(Ok(_))` and rolled back otherwise (a refused value leaves
-    /// nothing written).
-    fn transaction<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<Result<T, StoreError>>,
-    ) -> Result<Result<T, StoreError>, StoreError> {
-        let (conn, path) = self.sqlite()?;
-        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        let sql = |source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let result = f(&tx).map_err(sql)?;
-        if result.is_ok() {
-            tx.commit().map_err(sql)?;
-        }
-        Ok(result)
-    }
-
-    /// Runs `f` on the tables of `app`, reading only.
+    /// Runs `f` on the tables of `app`, reading only, in one snapshot.
     pub fn read<T, E: From<StoreError>>(
         &self,
         app: &str,
         f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        if let Some(pool) = &self.pg_tables {
+            return self.on_postgres(
+                pool,
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                app,
+                f,
+            );
+        }
         let (_, path) = self.sqlite().map_err(E::from)?;
         // A reader from the pool, or a new one; it goes back afterwards
         // (there are at most as many as reads run at once).
@@ -898,22 +913,21 @@ impl Store {
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
-                .map_err(|e| E::from(sql_error(path, e)))?;
+                .map_err(|e| E::from(sqlite_error(path, e)))?;
                 c.busy_timeout(std::time::Duration::from_secs(10))
-                    .map_err(|e| E::from(sql_error(path, e)))?;
+                    .map_err(|e| E::from(sqlite_error(path, e)))?;
                 c
             }
         };
         // One snapshot for the whole read.
         let out = conn
             .execute_batch("BEGIN")
-            .map_err(|e| E::from(sql_error(path, e)))
+            .map_err(|e| E::from(sqlite_error(path, e)))
             .and_then(|()| {
                 bounded(&conn, || {
                     f(&Tables {
-                        conn: &conn,
+                        conn: Conn::Sqlite { conn: &conn, path },
                         app,
-                        path,
                     })
                 })
             });
@@ -932,34 +946,84 @@ impl Store {
         app: &str,
         f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        if let Some(pool) = &self.pg_tables {
+            return self.on_postgres(pool, "BEGIN", app, f);
+        }
         let (conn, path) = self.sqlite().map_err(E::from)?;
         let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| E::from(sql_error(path, e)))?;
+            .map_err(|e| E::from(sqlite_error(path, e)))?;
         let out = bounded(&tx, || {
             f(&Tables {
-                conn: &tx,
+                conn: Conn::Sqlite { conn: &tx, path },
                 app,
-                path,
             })
         })?;
-        tx.commit().map_err(|e| E::from(sql_error(path, e)))?;
+        tx.commit().map_err(|e| E::from(sqlite_error(path, e)))?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a transaction `begin` opens on a pooled PostgreSQL
+    /// connection: committed if `f` succeeds, rolled back if not.
+    fn on_postgres<T, E: From<StoreError>>(
+        &self,
+        pool: &super::table_sql::PgPool,
+        begin: &str,
+        app: &str,
+        f: impl FnOnce(&Tables<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let client = RefCell::new(pool.take().map_err(E::from)?);
+        let t = Tables {
+            conn: Conn::Postgres {
+                client: &client,
+                shown: &pool.shown,
+            },
+            app,
+        };
+        t.conn
+            .batch(&format!("{begin}; {}", pg_limits()))
+            .map_err(E::from)?;
+        let out = f(&t);
+        let ended = match &out {
+            Ok(_) => t.conn.batch("COMMIT"),
+            Err(_) => t.conn.batch("ROLLBACK"),
+        };
+        if ended.is_ok() {
+            pool.give(client.into_inner());
+        }
+        let out = out?;
+        ended.map_err(E::from)?;
         Ok(out)
     }
 
     /// Opens a transaction that spans several calls, on its own
     /// connection (see [`TableTransaction`]).
     pub fn begin(&self) -> Result<TableTransaction, StoreError> {
+        if let Some(pool) = &self.pg_tables {
+            let client = RefCell::new(pool.take()?);
+            Conn::Postgres {
+                client: &client,
+                shown: &pool.shown,
+            }
+            .batch(&format!(
+                "BEGIN ISOLATION LEVEL SERIALIZABLE; {}",
+                pg_limits()
+            ))?;
+            return Ok(TableTransaction(Held::Postgres {
+                client,
+                shown: pool.shown.clone(),
+            }));
+        }
         let path = self.sqlite()?.1.to_owned();
-        let conn = rusqlite::Connection::open(&path).map_err(|e| sql_error(&path, e))?;
+        let conn = rusqlite::Connection::open(&path).map_err(|e| sqlite_error(&path, e))?;
         // No waiting for the write lock: a transaction that finds it taken
         // has lost the race, and its caller retries.
         conn.busy_timeout(std::time::Duration::ZERO)
-            .map_err(|e| sql_error(&path, e))?;
+            .map_err(|e| sqlite_error(&path, e))?;
         conn.execute_batch("PRAGMA foreign_keys = ON; BEGIN DEFERRED")
-            .map_err(|e| sql_error(&path, e))?;
-        Ok(TableTransaction { conn, path })
+            .map_err(|e| sqlite_error(&path, e))?;
+        Ok(TableTransaction(Held::Sqlite { conn, path }))
     }
 
     /// Sets what client keys and browser pages may do with a table, and
@@ -973,12 +1037,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write(app, |t| {
             let meta = t.table(table)?;
-            t.conn
-                .execute(
-                    "UPDATE data_tables SET client_access = ?1, client_login = ?2 WHERE id = ?3",
-                    params![access.as_str(), login, meta.id],
-                )
-                .map_err(|e| t.err(e))?;
+            t.conn.exec(
+                "UPDATE data_tables SET client_access = ?1, client_login = ?2 WHERE id = ?3",
+                &[
+                    text(access.as_str()),
+                    Sql::Integer(login.into()),
+                    Sql::Integer(meta.id),
+                ],
+            )?;
             Ok(())
         })
     }
@@ -1005,57 +1071,77 @@ impl Store {
             }
         }
         self.app(app)?;
-        self.transaction(|tx| {
+        self.write(app, |t| {
+            let tx = &t.conn;
             if table_id(tx, app, name)?.is_some() {
-                return Ok(Err(bad(format!("app \"{app}\" already has a table \"{name}\""))));
+                return Err(bad(format!("app \"{app}\" already has a table \"{name}\"")));
             }
             for c in columns {
-                if let Some(t) = c.kind.linked()
-                    && t != name
-                    && table_id(tx, app, t)?.is_none()
+                if let Some(linked) = c.kind.linked()
+                    && linked != name
+                    && table_id(tx, app, linked)?.is_none()
                 {
-                    return Ok(Err(bad(format!(
-                        "column \"{}\" links to table \"{t}\", which app \"{app}\" does not have; create it first",
+                    return Err(bad(format!(
+                        "column \"{}\" links to table \"{linked}\", which app \"{app}\" does not have; create it first",
                         c.name
-                    ))));
+                    )));
                 }
             }
-            tx.execute(
-                "INSERT INTO data_tables (app, name, created_at) VALUES (?1, ?2, ?3)",
-                params![app, name, super::now_secs()],
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.execute_batch(&format!(
-                "CREATE TABLE tbl_{id} (_id INTEGER PRIMARY KEY AUTOINCREMENT)"
-            ))?;
+            let id = tx
+                .int(
+                    "INSERT INTO data_tables (app, name, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+                    &[text(app), text(name), Sql::Integer(super::now_secs())],
+                )?
+                .ok_or_else(|| bad("the new table has no id".to_owned()))?;
+            tx.batch(&format!("CREATE TABLE tbl_{id} ({})", tx.row_id()))?;
             for c in columns {
                 Self::insert_column(tx, id, c)?;
             }
-            Ok(Ok(()))
-        })?
+            Ok(())
+        })
     }
 
-    fn insert_column(tx: &rusqlite::Connection, table: i64, c: &Column) -> rusqlite::Result<()> {
-        tx.execute(
-            "INSERT INTO data_columns (table_id, name, kind, linked) VALUES (?1, ?2, ?3, ?4)",
-            params![table, c.name, c.kind.to_string(), c.kind.linked()],
-        )?;
-        let cid = tx.last_insert_rowid();
-        tx.execute_batch(&format!(
+    fn insert_column(tx: &Conn<'_>, table: i64, c: &Column) -> Result<(), StoreError> {
+        let cid = tx
+            .int(
+                "INSERT INTO data_columns (table_id, name, kind, linked) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                &[
+                    Sql::Integer(table),
+                    text(&c.name),
+                    Sql::Text(c.kind.to_string()),
+                    c.kind.linked().map_or(Sql::Null, text),
+                ],
+            )?
+            .ok_or_else(|| bad("the new column has no id".to_owned()))?;
+        Self::add_sql_column(tx, table, cid, &c.kind)
+    }
+
+    /// Adds the SQL column(s) and index of app column `cid` of kind `kind`
+    /// to `tbl_<table>`.
+    pub(super) fn add_sql_column(
+        tx: &Conn<'_>,
+        table: i64,
+        cid: i64,
+        kind: &ColumnType,
+    ) -> Result<(), StoreError> {
+        tx.batch(&format!(
             "ALTER TABLE tbl_{table} ADD COLUMN c_{cid} {}",
-            c.kind.sql()
+            tx.column_type(kind)
         ))?;
         // A media column keeps its bytes beside its description, so rows
         // are read without them.
-        if c.kind == ColumnType::Media {
-            tx.execute_batch(&format!("ALTER TABLE tbl_{table} ADD COLUMN d_{cid} BLOB"))?;
+        if *kind == ColumnType::Media {
+            tx.batch(&format!(
+                "ALTER TABLE tbl_{table} ADD COLUMN d_{cid} {}",
+                tx.bytes_type()
+            ))?;
         }
         // Time and number columns are what series are searched and ordered by.
         if matches!(
-            c.kind,
+            kind,
             ColumnType::DateTime | ColumnType::Date | ColumnType::Number
         ) {
-            tx.execute_batch(&format!(
+            tx.batch(&format!(
                 "CREATE INDEX tbl_{table}_c_{cid} ON tbl_{table}(c_{cid})"
             ))?;
         }
@@ -1079,12 +1165,10 @@ impl Store {
                     "table \"{table}\" already has a column \"{to}\""
                 )));
             }
-            t.conn
-                .execute(
-                    "UPDATE data_columns SET name = ?1 WHERE id = ?2",
-                    params![to, c.id],
-                )
-                .map_err(|e| t.err(e))?;
+            t.conn.exec(
+                "UPDATE data_columns SET name = ?1 WHERE id = ?2",
+                &[text(to), Sql::Integer(c.id)],
+            )?;
             Ok(())
         })
     }
@@ -1101,10 +1185,11 @@ impl Store {
             if c.column.kind == ColumnType::Media {
                 sql.push_str(&format!("ALTER TABLE tbl_{tid} DROP COLUMN d_{cid};"));
             }
-            t.conn.execute_batch(&sql).map_err(|e| t.err(e))?;
-            t.conn
-                .execute("DELETE FROM data_columns WHERE id = ?1", [cid])
-                .map_err(|e| t.err(e))?;
+            t.conn.batch(&sql)?;
+            t.conn.exec(
+                "DELETE FROM data_columns WHERE id = ?1",
+                &[Sql::Integer(cid)],
+            )?;
             Ok(())
         })
     }
@@ -1112,23 +1197,18 @@ impl Store {
     /// The columns of other tables of `app` that link to `table`, as
     /// `table.column`.
     fn links_to(t: &Tables<'_>, table: &TableMeta) -> Result<Vec<String>, StoreError> {
-        let mut stmt = t
-            .conn
-            .prepare(
-                "SELECT d.name, c.name FROM data_columns c JOIN data_tables d ON d.id = c.table_id
-                 WHERE d.app = ?1 AND c.linked = ?2 AND d.id != ?3 ORDER BY d.name, c.name",
-            )
-            .map_err(|e| t.err(e))?;
-        let rows = stmt
-            .query_map(params![t.app, table.name, table.id], |r| {
-                Ok(format!(
-                    "{}.{}",
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?
-                ))
+        let rows = t.conn.rows(
+            "SELECT d.name, c.name FROM data_columns c JOIN data_tables d ON d.id = c.table_id
+             WHERE d.app = ?1 AND c.linked = ?2 AND d.id != ?3 ORDER BY d.name, c.name",
+            &[text(t.app), text(&table.name), Sql::Integer(table.id)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| match r.as_slice() {
+                [Sql::Text(table), Sql::Text(column)] => format!("{table}.{column}"),
+                other => format!("{other:?}"),
             })
-            .map_err(|e| t.err(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| t.err(e))
+            .collect())
     }
 
     /// Renames table `from` of `app` to `to`; link columns follow.
@@ -1136,23 +1216,22 @@ impl Store {
         validate_table_name(to)?;
         self.write(app, |t| {
             let meta = t.table(from)?;
-            if t.lookup("name", &to)?.is_some() {
+            if t.lookup("name", text(to))?.is_some() {
                 return Err(bad(format!("app \"{app}\" already has a table \"{to}\"")));
             }
-            let sql = |e| t.err(e);
-            t.conn
-                .execute("UPDATE data_tables SET name = ?1 WHERE id = ?2", params![to, meta.id])
-                .map_err(sql)?;
+            t.conn.exec(
+                "UPDATE data_tables SET name = ?1 WHERE id = ?2",
+                &[text(to), Sql::Integer(meta.id)],
+            )?;
             // Link columns name the table they point to (and spell it in
             // their type): both follow the new name.
-            t.conn
-                .execute(
-                    "UPDATE data_columns SET linked = ?1,
-                        kind = CASE WHEN kind LIKE 'links:%' THEN 'links:' || ?1 ELSE 'link:' || ?1 END
-                     WHERE linked = ?2 AND table_id IN (SELECT id FROM data_tables WHERE app = ?3)",
-                    params![to, from, app],
-                )
-                .map_err(sql)?;
+            t.conn.exec(
+                "UPDATE data_columns SET linked = ?1,
+                    kind = CASE WHEN kind LIKE 'links:%' THEN 'links:' || CAST(?1 AS TEXT)
+                                ELSE 'link:' || CAST(?1 AS TEXT) END
+                 WHERE linked = ?2 AND table_id IN (SELECT id FROM data_tables WHERE app = ?3)",
+                &[text(to), text(from), text(app)],
+            )?;
             Ok(())
         })
     }
@@ -1169,19 +1248,18 @@ impl Store {
                     links.join(", ")
                 )));
             }
-            t.conn
-                .execute_batch(&format!("DROP TABLE tbl_{}", meta.id))
-                .map_err(|e| t.err(e))?;
-            t.conn
-                .execute("DELETE FROM data_columns WHERE table_id = ?1", [meta.id])
-                .map_err(|e| t.err(e))?;
-            t.conn
-                .execute("DELETE FROM data_tables WHERE id = ?1", [meta.id])
-                .map_err(|e| t.err(e))?;
+            t.conn.batch(&format!("DROP TABLE tbl_{}", meta.id))?;
+            t.conn.exec(
+                "DELETE FROM data_columns WHERE table_id = ?1",
+                &[Sql::Integer(meta.id)],
+            )?;
+            t.conn.exec(
+                "DELETE FROM data_tables WHERE id = ?1",
+                &[Sql::Integer(meta.id)],
+            )?;
             Ok(())
         })
     }
-
     /// Adds a column to a table.
     pub fn add_column(&self, app: &str, table: &str, column: &Column) -> Result<(), StoreError> {
         self.write(app, |t| t.add_column(&t.table(table)?, column).map(drop))
@@ -1307,7 +1385,7 @@ impl Tables<'_> {
         }
         let buckets = buckets.clamp(1, 10_000);
         let t = self;
-        let c = t.conn;
+        let c = &t.conn;
         {
             {
                 let cat = t.table(table)?;
@@ -1348,21 +1426,21 @@ impl Tables<'_> {
                 // The rows stream in time order from the time column's index and
                 // are folded into buckets here: no sort, no temporary table.
                 let sql = format!(
-                    "SELECT c_{tid}, c_{vid} FROM tbl_{} INDEXED BY tbl_{}_c_{tid}
+                    "SELECT c_{tid}, c_{vid} FROM tbl_{}{}
                      WHERE c_{tid} >= ?1 AND c_{tid} < ?2 ORDER BY c_{tid}",
-                    cat.id, cat.id
+                    cat.id,
+                    c.indexed_by(&format!("tbl_{}_c_{tid}", cat.id))
                 );
-                let sqlerr = |e: rusqlite::Error| bad(e.to_string());
-                let mut stmt = c.prepare(&sql).map_err(sqlerr)?;
-                let mut rows = stmt.query(params![lo, hi]).map_err(sqlerr)?;
                 let mut out: Vec<Bucket> = Vec::new();
                 let mut sum = 0.0;
-                while let Some(r) = rows.next().map_err(sqlerr)? {
-                    let (Some(t), Some(v)) = (
-                        r.get::<_, Option<f64>>(0).map_err(sqlerr)?,
-                        r.get::<_, Option<f64>>(1).map_err(sqlerr)?,
-                    ) else {
-                        continue;
+                c.each(&sql, &[Sql::Real(lo), Sql::Real(hi)], |r| {
+                    let real = |v: &Sql| match *v {
+                        Sql::Real(f) => Some(f),
+                        Sql::Integer(i) => Some(i as f64),
+                        _ => None,
+                    };
+                    let (Some(t), Some(v)) = (real(&r[0]), real(&r[1])) else {
+                        return Ok(());
                     };
                     let b = (((t - origin) / width) as usize).min(buckets - 1);
                     let start = origin + b as f64 * width;
@@ -1387,7 +1465,8 @@ impl Tables<'_> {
                             });
                         }
                     }
-                }
+                    Ok(())
+                })?;
                 if let Some(last) = out.last_mut() {
                     last.mean = sum / last.count as f64;
                 }
@@ -1396,43 +1475,43 @@ impl Tables<'_> {
         }
     }
 
-    fn err(&self, e: rusqlite::Error) -> StoreError {
-        sql_error(self.path, e)
-    }
-
-    fn meta(
-        &self,
-        found: Option<(i64, String, String, bool)>,
-    ) -> Result<Option<TableMeta>, StoreError> {
-        let Some((id, name, access, login)) = found else {
+    fn meta(&self, found: Option<Vec<Sql>>) -> Result<Option<TableMeta>, StoreError> {
+        let Some(found) = found else {
             return Ok(None);
         };
-        let mut stmt = self
+        let [
+            Sql::Integer(id),
+            Sql::Text(name),
+            Sql::Text(access),
+            Sql::Integer(login),
+        ] = <[Sql; 4]>::try_from(found).map_err(|r| bad(format!("a catalogue row: {r:?}")))?
+        else {
+            return Err(bad("a catalogue row of unexpected types".to_owned()));
+        };
+        let columns = self
             .conn
-            .prepare_cached(
+            .rows(
                 "SELECT c.id, c.name, c.kind, t.id FROM data_columns c
                  LEFT JOIN data_tables t ON t.app = ?2 AND t.name = c.linked
                  WHERE c.table_id = ?1 ORDER BY c.id",
-            )
-            .map_err(|e| self.err(e))?;
-        let columns = stmt
-            .query_map(params![id, self.app], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?
-            .map(|r| {
-                let (id, name, kind, linked) = r.map_err(|e| self.err(e))?;
-                let kind = kind.parse::<ColumnType>().map_err(bad)?;
-                Ok(ColumnMeta {
-                    id,
-                    column: Column { name, kind },
-                    linked,
-                })
+                &[Sql::Integer(id), text(self.app)],
+            )?
+            .into_iter()
+            .map(|r| match <[Sql; 4]>::try_from(r) {
+                Ok([Sql::Integer(id), Sql::Text(name), Sql::Text(kind), linked]) => {
+                    Ok(ColumnMeta {
+                        id,
+                        column: Column {
+                            name,
+                            kind: kind.parse::<ColumnType>().map_err(bad)?,
+                        },
+                        linked: match linked {
+                            Sql::Integer(l) => Some(l),
+                            _ => None,
+                        },
+                    })
+                }
+                other => Err(bad(format!("a column row: {other:?}"))),
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Some(TableMeta {
@@ -1440,28 +1519,23 @@ impl Tables<'_> {
             name,
             columns,
             client_access: access.parse().unwrap_or(ClientAccess::None),
-            client_login: login,
+            client_login: login != 0,
         }))
     }
 
-    fn lookup(&self, by: &str, key: &dyn rusqlite::ToSql) -> Result<Option<TableMeta>, StoreError> {
-        let found = self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT id, name, client_access, client_login FROM data_tables WHERE app = ?1 AND {by} = ?2"
-                ),
-                params![self.app, key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
+    fn lookup(&self, by: &str, key: Sql) -> Result<Option<TableMeta>, StoreError> {
+        let found = self.conn.first(
+            &format!(
+                "SELECT id, name, client_access, client_login FROM data_tables WHERE app = ?1 AND {by} = ?2"
+            ),
+            &[text(self.app), key],
+        )?;
         self.meta(found)
     }
 
     /// Table `name` of the app, or an error that says how to create it.
     pub fn table(&self, name: &str) -> Result<TableMeta, StoreError> {
-        self.lookup("name", &name)?.ok_or_else(|| {
+        self.lookup("name", text(name))?.ok_or_else(|| {
             bad(format!(
                 "app \"{app}\" has no table \"{}\"; create it with `ferrolink table create --app {app} NAME --column NAME:TYPE ...`",
                 name.chars().take(80).collect::<String>(),
@@ -1472,22 +1546,22 @@ impl Tables<'_> {
 
     /// The app's table with id `id`, if it has one.
     pub fn table_by_id(&self, id: i64) -> Result<Option<TableMeta>, StoreError> {
-        self.lookup("id", &id)
+        self.lookup("id", Sql::Integer(id))
     }
 
     /// All the app's tables, by name.
     pub fn all(&self) -> Result<Vec<TableMeta>, StoreError> {
-        let names: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT name FROM data_tables WHERE app = ?1 ORDER BY name")
-                .map_err(|e| self.err(e))?;
-            stmt.query_map([self.app], |r| r.get(0))
-                .map_err(|e| self.err(e))?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(|e| self.err(e))?
-        };
-        names.iter().map(|n| self.table(n)).collect()
+        let names = self.conn.rows(
+            "SELECT name FROM data_tables WHERE app = ?1 ORDER BY name",
+            &[text(self.app)],
+        )?;
+        names
+            .iter()
+            .filter_map(|r| match r.first() {
+                Some(Sql::Text(n)) => Some(self.table(n)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Adds rows: all of them or none. Answers their ids.
@@ -1499,23 +1573,23 @@ impl Tables<'_> {
         let mut ids = Vec::with_capacity(rows.len());
         for values in rows {
             let (cols, vals): (Vec<String>, Vec<Sql>) =
-                meta.convert(self.conn, values)?.into_iter().unzip();
+                meta.convert(&self.conn, values)?.into_iter().unzip();
             let sql = if cols.is_empty() {
-                format!("INSERT INTO tbl_{} DEFAULT VALUES", meta.id)
+                format!("INSERT INTO tbl_{} DEFAULT VALUES RETURNING _id", meta.id)
             } else {
                 let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
                 format!(
-                    "INSERT INTO tbl_{} ({}) VALUES ({})",
+                    "INSERT INTO tbl_{} ({}) VALUES ({}) RETURNING _id",
                     meta.id,
                     cols.join(", "),
                     marks.join(", ")
                 )
             };
-            self.conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals.iter())))
-                .map_err(|e| self.err(e))?;
-            ids.push(self.conn.last_insert_rowid());
+            let id = self
+                .conn
+                .int(&sql, &vals)?
+                .ok_or_else(|| bad("the new row has no id".to_owned()))?;
+            ids.push(id);
         }
         Ok(ids)
     }
@@ -1528,7 +1602,7 @@ impl Tables<'_> {
         values: &Map<String, Value>,
     ) -> Result<bool, StoreError> {
         let (sets, mut vals): (Vec<String>, Vec<Sql>) = meta
-            .convert(self.conn, values)?
+            .convert(&self.conn, values)?
             .into_iter()
             .enumerate()
             .map(|(i, (col, v))| (format!("{col} = ?{}", i + 1), v))
@@ -1537,18 +1611,15 @@ impl Tables<'_> {
             return Ok(self.get(meta, id)?.is_some());
         }
         vals.push(Sql::Integer(id));
-        let changed = self
-            .conn
-            .execute(
-                &format!(
-                    "UPDATE tbl_{} SET {} WHERE _id = ?{}",
-                    meta.id,
-                    sets.join(", "),
-                    vals.len()
-                ),
-                rusqlite::params_from_iter(vals.iter()),
-            )
-            .map_err(|e| self.err(e))?;
+        let changed = self.conn.exec(
+            &format!(
+                "UPDATE tbl_{} SET {} WHERE _id = ?{}",
+                meta.id,
+                sets.join(", "),
+                vals.len()
+            ),
+            &vals,
+        )?;
         Ok(changed > 0)
     }
 
@@ -1568,22 +1639,17 @@ impl Tables<'_> {
                 c.column.kind
             )));
         }
-        let found: Option<(Option<String>, Option<Vec<u8>>)> = self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT c_{0}, d_{0} FROM tbl_{1} WHERE _id = ?1",
-                    c.id, meta.id
-                ),
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(match found {
-            Some((Some(description), Some(bytes))) => Some((
-                serde_json::from_str(&description).unwrap_or(Value::Null),
-                bytes,
+        let found = self.conn.first(
+            &format!(
+                "SELECT c_{0}, d_{0} FROM tbl_{1} WHERE _id = ?1",
+                c.id, meta.id
+            ),
+            &[Sql::Integer(id)],
+        )?;
+        Ok(match found.as_deref() {
+            Some([Sql::Text(description), Sql::Blob(bytes)]) => Some((
+                serde_json::from_str(description).unwrap_or(Value::Null),
+                bytes.clone(),
             )),
             _ => None,
         })
@@ -1592,9 +1658,11 @@ impl Tables<'_> {
     /// Deletes row `id`; answers whether it existed.
     pub fn delete_row(&self, meta: &TableMeta, id: i64) -> Result<bool, StoreError> {
         self.conn
-            .execute(&format!("DELETE FROM tbl_{} WHERE _id = ?1", meta.id), [id])
+            .exec(
+                &format!("DELETE FROM tbl_{} WHERE _id = ?1", meta.id),
+                &[Sql::Integer(id)],
+            )
             .map(|n| n > 0)
-            .map_err(|e| self.err(e))
     }
 
     /// Deletes the rows `query` finds; answers how many.
@@ -1602,12 +1670,7 @@ impl Tables<'_> {
         let mut vals = Vec::new();
         let cond = self.conditions(meta, &query.filters, &mut vals)?;
         self.conn
-            .execute(
-                &format!("DELETE FROM tbl_{} WHERE {cond}", meta.id),
-                rusqlite::params_from_iter(vals.iter()),
-            )
-            .map(|n| n as u64)
-            .map_err(|e| self.err(e))
+            .exec(&format!("DELETE FROM tbl_{} WHERE {cond}", meta.id), &vals)
     }
 
     /// How many rows `query` finds.
@@ -1626,26 +1689,21 @@ impl Tables<'_> {
         let cond = self.conditions(meta, &query.filters, &mut vals)?;
         let only = if id.is_some() { "_id = ?1 AND " } else { "" };
         self.conn
-            .query_row(
+            .int(
                 &format!("SELECT count(*) FROM tbl_{} WHERE {only}{cond}", meta.id),
-                rusqlite::params_from_iter(vals.iter()),
-                |r| r.get::<_, i64>(0),
+                &vals,
             )
-            .map(|n| n as u64)
-            .map_err(|e| self.err(e))
+            .map(|n| n.unwrap_or(0) as u64)
     }
 
     /// Whether the app lets its server code create columns by adding rows.
     pub fn auto_columns(&self) -> Result<bool, StoreError> {
         self.conn
-            .query_row(
+            .int(
                 "SELECT auto_columns FROM apps WHERE name = ?1",
-                [self.app],
-                |r| r.get(0),
+                &[text(self.app)],
             )
-            .optional()
-            .map(|on| on.unwrap_or(false))
-            .map_err(|e| self.err(e))
+            .map(|on| on.unwrap_or(0) != 0)
     }
 
     /// Adds `column` to `meta`'s table inside the caller's transaction and
@@ -1664,7 +1722,7 @@ impl Tables<'_> {
         if let Some(linked) = column.kind.linked() {
             self.table(linked)?;
         }
-        Store::insert_column(self.conn, meta.id, column).map_err(|e| self.err(e))?;
+        Store::insert_column(&self.conn, meta.id, column)?;
         self.table(&meta.name)
     }
 
@@ -1695,10 +1753,16 @@ impl Tables<'_> {
         let mut order = String::new();
         for (name, ascending) in &query.order {
             let c = meta.column(name)?;
+            // Unset values first going up, as SQLite sorts them; PostgreSQL
+            // is told so.
             order.push_str(&format!(
                 "c_{} {}, ",
                 c.id,
-                if *ascending { "ASC" } else { "DESC" }
+                if *ascending {
+                    "ASC NULLS FIRST"
+                } else {
+                    "DESC NULLS LAST"
+                }
             ));
         }
         order.push_str("_id");
@@ -1722,20 +1786,18 @@ impl Tables<'_> {
             "SELECT {selected} FROM tbl_{} WHERE {cond} ORDER BY {order} LIMIT {limit} OFFSET {offset}",
             meta.id
         );
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(vals.iter()))
-            .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let id: i64 = r.get(0).map_err(|e| self.err(e))?;
+        self.conn.each(&sql, vals, |r| {
+            let Some(&Sql::Integer(id)) = r.first() else {
+                return Err(bad(format!("a row without an id: {:?}", r.first())));
+            };
             let mut values = Map::new();
-            for (i, c) in meta.columns.iter().enumerate() {
-                let v = r.get_ref(i + 1).map_err(|e| self.err(e))?;
-                values.insert(c.column.name.clone(), from_sql(&c.column.kind, v));
+            for (c, v) in meta.columns.iter().zip(&r[1..]) {
+                values.insert(c.column.name.clone(), from_sql(&c.column.kind, v.into()));
             }
             out.push((id, values));
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -1748,7 +1810,7 @@ impl Tables<'_> {
         vals: &mut Vec<Sql>,
     ) -> Result<String, StoreError> {
         let mut budget = MAX_CONDITIONS;
-        self.join(meta, filters, " AND ", "1", vals, &mut budget)
+        self.join(meta, filters, " AND ", "TRUE", vals, &mut budget)
     }
 
     fn join(
@@ -1810,10 +1872,7 @@ impl Tables<'_> {
                                 wrong(c, "search it with rows of the linked table")
                             })?;
                             let mark = push(vals, Sql::Integer(id));
-                            parts.push(format!(
-                                "EXISTS (SELECT 1 FROM json_each(c_{}) WHERE value = {mark})",
-                                c.id
-                            ));
+                            parts.push(self.conn.list_holds(&format!("c_{}", c.id), &mark));
                         }
                         format!("({})", parts.join(" AND "))
                     }
@@ -1824,7 +1883,7 @@ impl Tables<'_> {
                         format!("c_{} = {}", c.id, push(vals, Sql::Integer(id)))
                     }
                     _ => {
-                        let v = to_sql(self.conn, &c.column, c.linked, value)?;
+                        let v = to_sql(&self.conn, &c.column, c.linked, value)?;
                         format!("c_{} = {}", c.id, push(vals, v))
                     }
                 }
@@ -1843,7 +1902,7 @@ impl Tables<'_> {
                 if value.is_null() {
                     return Err(wrong(c, "compare it with a value, not None"));
                 }
-                let v = to_sql(self.conn, &c.column, c.linked, value)?;
+                let v = to_sql(&self.conn, &c.column, c.linked, value)?;
                 let op = match cmp {
                     Cmp::Gt => ">",
                     Cmp::Ge => ">=",
@@ -1867,15 +1926,13 @@ impl Tables<'_> {
                             .to_owned(),
                     ));
                 }
-                if *ignore_case {
-                    format!("c_{} LIKE {}", c.id, push(vals, Sql::Text(pattern.clone())))
+                let pattern = if *ignore_case || self.conn.is_postgres() {
+                    pattern.clone()
                 } else {
-                    format!(
-                        "c_{} GLOB {}",
-                        c.id,
-                        push(vals, Sql::Text(like_to_glob(pattern)))
-                    )
-                }
+                    like_to_glob(pattern)
+                };
+                let mark = push(vals, Sql::Text(pattern));
+                self.conn.like(&format!("c_{}", c.id), &mark, *ignore_case)
             }
             Filter::Words { column, query } => {
                 let c = meta.column(column)?;
@@ -1891,19 +1948,22 @@ impl Tables<'_> {
                     .split_whitespace()
                     .map(|w| {
                         let mark = push(vals, Sql::Text(format!("%{}%", like_literal(w))));
-                        format!("c_{} LIKE {mark} ESCAPE '\\'", c.id)
+                        self.conn.contains(&format!("c_{}", c.id), &mark)
                     })
                     .collect();
                 if parts.is_empty() {
-                    "1".to_owned()
+                    "TRUE".to_owned()
                 } else {
                     format!("({})", parts.join(" AND "))
                 }
             }
-            Filter::All { of } => self.join(meta, of, " AND ", "1", vals, budget)?,
-            Filter::Any { of } => self.join(meta, of, " OR ", "0", vals, budget)?,
+            Filter::All { of } => self.join(meta, of, " AND ", "TRUE", vals, budget)?,
+            Filter::Any { of } => self.join(meta, of, " OR ", "FALSE", vals, budget)?,
             Filter::NoneOf { of } => {
-                format!("NOT {}", self.join(meta, of, " OR ", "(0)", vals, budget)?)
+                format!(
+                    "NOT {}",
+                    self.join(meta, of, " OR ", "(FALSE)", vals, budget)?
+                )
             }
         })
     }
@@ -1914,9 +1974,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Runs `check` on a store with the greenhouse tables, first in SQLite
+    /// and then in PostgreSQL.
+    fn both(check: impl Fn(&Store)) {
+        super::super::tests::on_both(|s| {
+            greenhouse(s);
+            check(s);
+        });
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        greenhouse(&store);
+        (dir, store)
+    }
+
+    fn greenhouse(store: &Store) {
         store.create_app("greenhouse").unwrap();
         store
             .create_table(
@@ -1938,7 +2012,6 @@ mod tests {
                 ],
             )
             .unwrap();
-        (dir, store)
     }
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -1955,56 +2028,150 @@ mod tests {
 
     #[test]
     fn tables_and_columns_are_renamed_and_dropped() {
-        let (_d, s) = store();
-        let dev = s
-            .add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
-            .unwrap()[0];
-        s.add_rows(
-            "greenhouse",
-            "readings",
-            &[obj(
-                json!({"celsius": 21.5, "device": dev, "t": "2026-12-02T10:00:00Z"}),
-            )],
-        )
-        .unwrap();
-        // A table others link to cannot go; renaming it carries the links.
-        let e = s.drop_table("greenhouse", "devices").unwrap_err();
-        assert!(e.to_string().contains("linked from readings.device"), "{e}");
-        s.rename_table("greenhouse", "devices", "sensors").unwrap();
-        let readings = s
-            .tables("greenhouse")
-            .unwrap()
-            .into_iter()
-            .find(|t| t.name == "readings")
+        both(|s| {
+            let dev = s
+                .add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
+                .unwrap()[0];
+            s.add_rows(
+                "greenhouse",
+                "readings",
+                &[obj(
+                    json!({"celsius": 21.5, "device": dev, "t": "2026-12-02T10:00:00Z"}),
+                )],
+            )
             .unwrap();
-        assert!(
-            readings
-                .columns
-                .iter()
-                .any(|c| c.kind.to_string() == "link:sensors")
+            // A table others link to cannot go; renaming it carries the links.
+            let e = s.drop_table("greenhouse", "devices").unwrap_err();
+            assert!(e.to_string().contains("linked from readings.device"), "{e}");
+            s.rename_table("greenhouse", "devices", "sensors").unwrap();
+            let readings = s
+                .tables("greenhouse")
+                .unwrap()
+                .into_iter()
+                .find(|t| t.name == "readings")
+                .unwrap();
+            assert!(
+                readings
+                    .columns
+                    .iter()
+                    .any(|c| c.kind.to_string() == "link:sensors")
+            );
+            let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
+            assert_eq!(row["device"], dev);
+            // Columns: renamed with their values, dropped with them (an
+            // indexed number column, and the link).
+            s.rename_column("greenhouse", "readings", "celsius", "temperature")
+                .unwrap();
+            let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
+            assert_eq!(row["temperature"], 21.5);
+            let e = s
+                .rename_column("greenhouse", "readings", "t", "temperature")
+                .unwrap_err();
+            assert!(e.to_string().contains("already has"), "{e}");
+            s.drop_column("greenhouse", "readings", "temperature")
+                .unwrap();
+            s.drop_column("greenhouse", "readings", "device").unwrap();
+            let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
+            assert!(!row.contains_key("temperature") && !row.contains_key("device"));
+            s.drop_table("greenhouse", "sensors").unwrap();
+            let e = s.count_rows("greenhouse", "sensors").unwrap_err();
+            assert!(e.to_string().contains("has no table \"sensors\""), "{e}");
+            // Hostile new names are refused like hostile first names.
+            assert!(s.rename_table("greenhouse", "readings", "x; DROP").is_err());
+        });
+    }
+
+    #[test]
+    fn transactions_that_race_lose_with_a_conflict_and_keep_nothing() {
+        both(|s| {
+            let count = |t: &Tables<'_>| t.count(&t.table("devices")?, &Query::default());
+            let add = |t: &Tables<'_>, name: &str| {
+                t.add_rows(&t.table("devices")?, &[obj(json!({"name": name}))])
+            };
+            let mut first = s.begin().unwrap();
+            let mut second = s.begin().unwrap();
+            // Both read, then both write what they read decided.
+            assert_eq!(first.run("greenhouse", count).unwrap(), 0);
+            assert_eq!(second.run("greenhouse", count).unwrap(), 0);
+            first.run("greenhouse", |t| add(t, "one")).unwrap();
+            let second_wrote = second.run("greenhouse", |t| add(t, "two"));
+            first.commit().unwrap();
+            let lost = match second_wrote {
+                Err(e) => e,
+                Ok(_) => second
+                    .commit()
+                    .expect_err("the second commit loses the race"),
+            };
+            assert!(matches!(lost, StoreError::Conflict), "{lost}");
+            let names: Vec<Value> = s
+                .search("greenhouse", "devices", &Map::new(), &all())
+                .unwrap()
+                .into_iter()
+                .map(|(_, r)| r["name"].clone())
+                .collect();
+            assert_eq!(names, vec![json!("one")]);
+            // A failed step inside a transaction is undone and the
+            // transaction goes on.
+            let mut third = s.begin().unwrap();
+            let refused = third.run("greenhouse", |t| {
+                add(t, "three")?;
+                add(t, "four")?;
+                t.add_rows(&t.table("devices")?, &[obj(json!({"name": 5}))])
+            });
+            assert!(refused.is_err());
+            third.run("greenhouse", |t| add(t, "five")).unwrap();
+            third.commit().unwrap();
+            assert_eq!(s.count_rows("greenhouse", "devices").unwrap(), 2);
+        });
+    }
+
+    #[test]
+    fn nodes_sharing_a_postgres_database_share_their_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = ferrolink_testkit::postgres::database();
+        let a = Store::open_database(dir.path(), Some(&url)).unwrap();
+        let b = Store::open_database(dir.path(), Some(&url)).unwrap();
+        greenhouse(&a);
+        let ids = a
+            .add_rows("greenhouse", "devices", &[obj(json!({"name": "on a"}))])
+            .unwrap();
+        b.add_rows("greenhouse", "devices", &[obj(json!({"name": "on b"}))])
+            .unwrap();
+        assert_eq!(a.count_rows("greenhouse", "devices").unwrap(), 2);
+        assert_eq!(
+            b.get_row("greenhouse", "devices", ids[0])
+                .unwrap()
+                .unwrap()
+                .1["name"],
+            json!("on a")
         );
-        let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
-        assert_eq!(row["device"], dev);
-        // Columns: renamed with their values, dropped with them (an
-        // indexed number column, and the link).
-        s.rename_column("greenhouse", "readings", "celsius", "temperature")
+        b.add_column("greenhouse", "devices", &"room:text".parse().unwrap())
             .unwrap();
-        let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
-        assert_eq!(row["temperature"], 21.5);
-        let e = s
-            .rename_column("greenhouse", "readings", "t", "temperature")
+        let tables = a.tables("greenhouse").unwrap();
+        let devices = tables.iter().find(|t| t.name == "devices").unwrap();
+        assert!(devices.columns.iter().any(|c| c.name == "room"));
+    }
+
+    #[test]
+    fn a_postgres_statement_past_its_time_is_a_clear_error() {
+        let url = ferrolink_testkit::postgres::database();
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let e = client
+            .batch_execute("SET statement_timeout = 50; SELECT pg_sleep(5)")
             .unwrap_err();
-        assert!(e.to_string().contains("already has"), "{e}");
-        s.drop_column("greenhouse", "readings", "temperature")
+        let e = super::super::table_sql::postgres_error("pg", e);
+        assert!(e.to_string().contains("was stopped; narrow it"), "{e}");
+        // A transaction that loses a race is a conflict, not a failure.
+        let mut a = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        a.batch_execute("CREATE TABLE t (n BIGINT); INSERT INTO t VALUES (1)")
             .unwrap();
-        s.drop_column("greenhouse", "readings", "device").unwrap();
-        let (_, row) = s.get_row("greenhouse", "readings", 1).unwrap().unwrap();
-        assert!(!row.contains_key("temperature") && !row.contains_key("device"));
-        s.drop_table("greenhouse", "sensors").unwrap();
-        let e = s.count_rows("greenhouse", "sensors").unwrap_err();
-        assert!(e.to_string().contains("has no table \"sensors\""), "{e}");
-        // Hostile new names are refused like hostile first names.
-        assert!(s.rename_table("greenhouse", "readings", "x; DROP").is_err());
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT * FROM t")
+            .unwrap();
+        a.batch_execute("UPDATE t SET n = 2").unwrap();
+        let e = client.batch_execute("UPDATE t SET n = 3").unwrap_err();
+        let e = super::super::table_sql::postgres_error("pg", e);
+        assert!(matches!(e, StoreError::Conflict), "{e}");
     }
 
     #[test]
@@ -2039,7 +2206,7 @@ mod tests {
         })
         .unwrap_err();
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
-        let e = sql_error(dir.path(), e);
+        let e = sqlite_error(dir.path(), e);
         assert!(e.to_string().contains("was stopped; narrow it"), "{e}");
         // The handler is gone afterwards: the connection runs queries again.
         assert_eq!(
@@ -2051,322 +2218,330 @@ mod tests {
 
     #[test]
     fn media_is_kept_beside_its_description_and_csv_round_trips() {
-        let (_d, s) = store();
-        s.create_table(
-            "greenhouse",
-            "photos",
-            &["name:text".parse().unwrap(), "image:media".parse().unwrap()],
-        )
-        .unwrap();
-        let png = json!({"mime": "image/png", "name": "p.png", "base64": "iVBORw0KGgo="});
-        let id = s
-            .add_rows(
+        both(|s| {
+            s.create_table(
                 "greenhouse",
                 "photos",
-                &[obj(json!({"name": "a", "image": png}))],
+                &["name:text".parse().unwrap(), "image:media".parse().unwrap()],
             )
-            .unwrap()[0];
-        let (_, row) = s.get_row("greenhouse", "photos", id).unwrap().unwrap();
-        assert_eq!(
-            row["image"],
-            json!({"mime": "image/png", "name": "p.png", "length": 8})
-        );
-        let (description, bytes) = s
-            .read("greenhouse", |t| t.media(&t.table("photos")?, id, "image"))
-            .unwrap()
             .unwrap();
-        assert_eq!(description["length"], 8);
-        assert_eq!(bytes, b"\x89PNG\r\n\x1a\n");
-        for bad in [
-            json!({"mime": "image/png"}),
-            json!({"mime": "image/png", "base64": "not base64!"}),
-            json!("a string"),
-        ] {
-            let e = s
-                .add_rows("greenhouse", "photos", &[obj(json!({"image": bad}))])
-                .unwrap_err();
-            assert!(e.to_string().contains("image"), "{e}");
-        }
-        // Searching media: only for unset.
-        let e = s
-            .search("greenhouse", "photos", &obj(json!({"image": png})), &all())
-            .unwrap_err();
-        assert!(e.to_string().contains("searched only for None"), "{e}");
-        s.update_row("greenhouse", "photos", id, &obj(json!({"image": null})))
-            .unwrap();
-        assert!(
-            s.read("greenhouse", |t| t.media(&t.table("photos")?, id, "image"))
+            let png = json!({"mime": "image/png", "name": "p.png", "base64": "iVBORw0KGgo="});
+            let id = s
+                .add_rows(
+                    "greenhouse",
+                    "photos",
+                    &[obj(json!({"name": "a", "image": png}))],
+                )
+                .unwrap()[0];
+            let (_, row) = s.get_row("greenhouse", "photos", id).unwrap().unwrap();
+            assert_eq!(
+                row["image"],
+                json!({"mime": "image/png", "name": "p.png", "length": 8})
+            );
+            let (description, bytes) = s
+                .read("greenhouse", |t| t.media(&t.table("photos")?, id, "image"))
                 .unwrap()
-                .is_none()
-        );
+                .unwrap();
+            assert_eq!(description["length"], 8);
+            assert_eq!(bytes, b"\x89PNG\r\n\x1a\n");
+            for bad in [
+                json!({"mime": "image/png"}),
+                json!({"mime": "image/png", "base64": "not base64!"}),
+                json!("a string"),
+            ] {
+                let e = s
+                    .add_rows("greenhouse", "photos", &[obj(json!({"image": bad}))])
+                    .unwrap_err();
+                assert!(e.to_string().contains("image"), "{e}");
+            }
+            // Searching media: only for unset.
+            let e = s
+                .search("greenhouse", "photos", &obj(json!({"image": png})), &all())
+                .unwrap_err();
+            assert!(e.to_string().contains("searched only for None"), "{e}");
+            s.update_row("greenhouse", "photos", id, &obj(json!({"image": null})))
+                .unwrap();
+            assert!(
+                s.read("greenhouse", |t| t.media(&t.table("photos")?, id, "image"))
+                    .unwrap()
+                    .is_none()
+            );
 
-        // CSV: what `csv` writes, `parse_csv` reads back.
-        let columns: Vec<Column> = ["title:text", "n:number", "ok:bool", "extra:simpleObject"]
-            .iter()
-            .map(|c| c.parse().unwrap())
-            .collect();
-        let rows = vec![
-            (
-                1,
-                obj(
-                    json!({"title": "a, \"quoted\"\nline", "n": 1.5, "ok": true, "extra": {"k": [1]}}),
+            // CSV: what `csv` writes, `parse_csv` reads back.
+            let columns: Vec<Column> = ["title:text", "n:number", "ok:bool", "extra:simpleObject"]
+                .iter()
+                .map(|c| c.parse().unwrap())
+                .collect();
+            let rows = vec![
+                (
+                    1,
+                    obj(
+                        json!({"title": "a, \"quoted\"\nline", "n": 1.5, "ok": true, "extra": {"k": [1]}}),
+                    ),
                 ),
-            ),
-            (
-                2,
-                obj(json!({"title": "=1+1", "n": null, "ok": false, "extra": null})),
-            ),
-        ];
-        let text = csv(&columns, &rows, false);
-        let back = parse_csv(&columns, &text).unwrap();
-        assert_eq!(
-            back,
-            rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()
-        );
-        assert!(csv(&columns, &rows, true).contains("'=1+1"));
-        let e = parse_csv(&columns, "title,kelvin\r\nx,1\r\n").unwrap_err();
-        assert!(e.to_string().contains("\"kelvin\""), "{e}");
-        let e = parse_csv(&columns, "title,n\r\nx,1\r\ny,lots\r\n").unwrap_err();
-        assert!(e.to_string().contains("CSV line 3, column \"n\""), "{e}");
+                (
+                    2,
+                    obj(json!({"title": "=1+1", "n": null, "ok": false, "extra": null})),
+                ),
+            ];
+            let text = csv(&columns, &rows, false);
+            let back = parse_csv(&columns, &text).unwrap();
+            assert_eq!(
+                back,
+                rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()
+            );
+            assert!(csv(&columns, &rows, true).contains("'=1+1"));
+            let e = parse_csv(&columns, "title,kelvin\r\nx,1\r\n").unwrap_err();
+            assert!(e.to_string().contains("\"kelvin\""), "{e}");
+            let e = parse_csv(&columns, "title,n\r\nx,1\r\ny,lots\r\n").unwrap_err();
+            assert!(e.to_string().contains("CSV line 3, column \"n\""), "{e}");
+        });
     }
 
     #[test]
     fn rows_round_trip_with_their_types() {
-        let (_d, s) = store();
-        let dev = s
-            .add_rows(
-                "greenhouse",
-                "devices",
-                &[obj(json!({"name": "pico-1", "active": true}))],
-            )
-            .unwrap()[0];
-        let id = s
-            .add_rows(
-                "greenhouse",
-                "readings",
-                &[obj(json!({
-                    "t": "2026-12-02T15:30:00+01:00",
-                    "celsius": 21.5,
-                    "device": dev,
-                    "extra": {"battery": [3.7, "ok"]},
-                    "day": "2026-12-02"
-                }))],
-            )
-            .unwrap()[0];
-        let (rid, row) = s.get_row("greenhouse", "readings", id).unwrap().unwrap();
-        assert_eq!(rid, id);
-        // Datetimes are kept in UTC, fixed width, so text order is time order.
-        assert_eq!(row["t"], "2026-12-02T14:30:00.000000Z");
-        assert_eq!(row["celsius"], 21.5);
-        assert_eq!(row["device"], dev);
-        assert_eq!(row["extra"], json!({"battery": [3.7, "ok"]}));
-        assert_eq!(row["day"], "2026-12-02");
-        let found = s
-            .search(
-                "greenhouse",
-                "devices",
-                &obj(json!({"active": true})),
-                &all(),
-            )
-            .unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].1["name"], "pico-1");
-        assert!(
-            s.get_row("greenhouse", "readings", id + 100)
-                .unwrap()
-                .is_none()
-        );
+        both(|s| {
+            let dev = s
+                .add_rows(
+                    "greenhouse",
+                    "devices",
+                    &[obj(json!({"name": "pico-1", "active": true}))],
+                )
+                .unwrap()[0];
+            let id = s
+                .add_rows(
+                    "greenhouse",
+                    "readings",
+                    &[obj(json!({
+                        "t": "2026-12-02T15:30:00+01:00",
+                        "celsius": 21.5,
+                        "device": dev,
+                        "extra": {"battery": [3.7, "ok"]},
+                        "day": "2026-12-02"
+                    }))],
+                )
+                .unwrap()[0];
+            let (rid, row) = s.get_row("greenhouse", "readings", id).unwrap().unwrap();
+            assert_eq!(rid, id);
+            // Datetimes are kept in UTC, fixed width, so text order is time order.
+            assert_eq!(row["t"], "2026-12-02T14:30:00.000000Z");
+            assert_eq!(row["celsius"], 21.5);
+            assert_eq!(row["device"], dev);
+            assert_eq!(row["extra"], json!({"battery": [3.7, "ok"]}));
+            assert_eq!(row["day"], "2026-12-02");
+            let found = s
+                .search(
+                    "greenhouse",
+                    "devices",
+                    &obj(json!({"active": true})),
+                    &all(),
+                )
+                .unwrap();
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[0].1["name"], "pico-1");
+            assert!(
+                s.get_row("greenhouse", "readings", id + 100)
+                    .unwrap()
+                    .is_none()
+            );
+        });
     }
 
     #[test]
     fn bad_values_are_refused_and_nothing_of_the_batch_is_written() {
-        let (_d, s) = store();
-        for (values, says) in [
-            (json!({"celsius": "warm"}), "column \"celsius\" is number"),
-            (json!({"t": "yesterday"}), "RFC 3339"),
-            (json!({"day": "2026-13-45"}), "YYYY-MM-DD"),
-            (json!({"device": 99}), "has no row 99"),
-            (json!({"humidity": 40}), "has no column \"humidity\""),
-            (
-                json!({"extra": "x".repeat(MAX_VALUE_BYTES + 10)}),
-                "at most",
-            ),
-        ] {
-            // A good row first: the bad one must take it down with it.
-            let batch = [obj(json!({"celsius": 20.0})), obj(values.clone())];
-            let err = s
-                .add_rows("greenhouse", "readings", &batch)
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(says), "{values}: {err}");
-        }
-        assert_eq!(s.count_rows("greenhouse", "readings").unwrap(), 0);
+        both(|s| {
+            for (values, says) in [
+                (json!({"celsius": "warm"}), "column \"celsius\" is number"),
+                (json!({"t": "yesterday"}), "RFC 3339"),
+                (json!({"day": "2026-13-45"}), "YYYY-MM-DD"),
+                (json!({"device": 99}), "has no row 99"),
+                (json!({"humidity": 40}), "has no column \"humidity\""),
+                (
+                    json!({"extra": "x".repeat(MAX_VALUE_BYTES + 10)}),
+                    "at most",
+                ),
+            ] {
+                // A good row first: the bad one must take it down with it.
+                let batch = [obj(json!({"celsius": 20.0})), obj(values.clone())];
+                let err = s
+                    .add_rows("greenhouse", "readings", &batch)
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(says), "{values}: {err}");
+            }
+            assert_eq!(s.count_rows("greenhouse", "readings").unwrap(), 0);
+        });
     }
 
     #[test]
     fn hostile_names_are_data_never_sql() {
-        let (_d, s) = store();
-        for name in [
-            "x; DROP TABLE apps",
-            "readings--",
-            "1abc",
-            "",
-            "a\"b",
-            &"n".repeat(65),
-        ] {
-            assert!(s.create_table("greenhouse", name, &[]).is_err(), "{name}");
-        }
-        // Column names may hold quotes and SQL: they are never in a query.
-        let evil: Column = "x\"); DROP TABLE data_tables; --:text".parse().unwrap();
-        s.add_column("greenhouse", "devices", &evil).unwrap();
-        let id = s
-            .add_rows(
-                "greenhouse",
-                "devices",
-                &[obj(
-                    json!({"x\"); DROP TABLE data_tables; --": "still data"}),
-                )],
-            )
-            .unwrap()[0];
-        let (_, row) = s.get_row("greenhouse", "devices", id).unwrap().unwrap();
-        assert_eq!(row["x\"); DROP TABLE data_tables; --"], "still data");
-        assert_eq!(s.tables("greenhouse").unwrap().len(), 2);
-        assert!(
-            s.search("greenhouse", "devices'--", &Map::new(), &all())
-                .is_err()
-        );
-        // Nothing crosses apps.
-        s.create_app("other").unwrap();
-        let err = s
-            .search("other", "devices", &Map::new(), &all())
-            .unwrap_err();
-        assert!(err.to_string().contains("no table \"devices\""), "{err}");
+        both(|s| {
+            for name in [
+                "x; DROP TABLE apps",
+                "readings--",
+                "1abc",
+                "",
+                "a\"b",
+                &"n".repeat(65),
+            ] {
+                assert!(s.create_table("greenhouse", name, &[]).is_err(), "{name}");
+            }
+            // Column names may hold quotes and SQL: they are never in a query.
+            let evil: Column = "x\"); DROP TABLE data_tables; --:text".parse().unwrap();
+            s.add_column("greenhouse", "devices", &evil).unwrap();
+            let id = s
+                .add_rows(
+                    "greenhouse",
+                    "devices",
+                    &[obj(
+                        json!({"x\"); DROP TABLE data_tables; --": "still data"}),
+                    )],
+                )
+                .unwrap()[0];
+            let (_, row) = s.get_row("greenhouse", "devices", id).unwrap().unwrap();
+            assert_eq!(row["x\"); DROP TABLE data_tables; --"], "still data");
+            assert_eq!(s.tables("greenhouse").unwrap().len(), 2);
+            assert!(
+                s.search("greenhouse", "devices'--", &Map::new(), &all())
+                    .is_err()
+            );
+            // Nothing crosses apps.
+            s.create_app("other").unwrap();
+            let err = s
+                .search("other", "devices", &Map::new(), &all())
+                .unwrap_err();
+            assert!(err.to_string().contains("no table \"devices\""), "{err}");
+        });
     }
 
     #[test]
     fn searches_order_and_page() {
-        let (_d, s) = store();
-        let rows: Vec<Map<String, Value>> = (0..25)
-            .map(|i| obj(json!({"celsius": f64::from((i * 7) % 25), "t": format!("2026-12-02T10:{i:02}:00Z")})))
-            .collect();
-        s.add_rows("greenhouse", "readings", &rows).unwrap();
-        let page = |offset, asc| Page {
-            order_by: Some(("celsius".to_owned(), asc)),
-            offset,
-            limit: 10,
-        };
-        let first = s
-            .search("greenhouse", "readings", &Map::new(), &page(0, true))
-            .unwrap();
-        let third = s
-            .search("greenhouse", "readings", &Map::new(), &page(20, true))
-            .unwrap();
-        assert_eq!(first.len(), 10);
-        assert_eq!(third.len(), 5);
-        assert_eq!(first[0].1["celsius"], 0.0);
-        assert_eq!(third[4].1["celsius"], 24.0);
-        let desc = s
-            .search("greenhouse", "readings", &Map::new(), &page(0, false))
-            .unwrap();
-        assert_eq!(desc[0].1["celsius"], 24.0);
-        assert_eq!(s.count_rows("greenhouse", "readings").unwrap(), 25);
+        both(|s| {
+            let rows: Vec<Map<String, Value>> = (0..25)
+                .map(|i| obj(json!({"celsius": f64::from((i * 7) % 25), "t": format!("2026-12-02T10:{i:02}:00Z")})))
+                .collect();
+            s.add_rows("greenhouse", "readings", &rows).unwrap();
+            let page = |offset, asc| Page {
+                order_by: Some(("celsius".to_owned(), asc)),
+                offset,
+                limit: 10,
+            };
+            let first = s
+                .search("greenhouse", "readings", &Map::new(), &page(0, true))
+                .unwrap();
+            let third = s
+                .search("greenhouse", "readings", &Map::new(), &page(20, true))
+                .unwrap();
+            assert_eq!(first.len(), 10);
+            assert_eq!(third.len(), 5);
+            assert_eq!(first[0].1["celsius"], 0.0);
+            assert_eq!(third[4].1["celsius"], 24.0);
+            let desc = s
+                .search("greenhouse", "readings", &Map::new(), &page(0, false))
+                .unwrap();
+            assert_eq!(desc[0].1["celsius"], 24.0);
+            assert_eq!(s.count_rows("greenhouse", "readings").unwrap(), 25);
+        });
     }
 
     #[test]
     fn rows_update_and_delete() {
-        let (_d, s) = store();
-        let id = s
-            .add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
-            .unwrap()[0];
-        s.update_row("greenhouse", "devices", id, &obj(json!({"active": false})))
-            .unwrap();
-        let (_, row) = s.get_row("greenhouse", "devices", id).unwrap().unwrap();
-        assert_eq!(row["active"], false);
-        assert_eq!(row["name"], "pico-1");
-        assert!(
-            s.update_row("greenhouse", "devices", id, &obj(json!({"active": "no"})))
-                .is_err()
-        );
-        assert!(s.delete_row("greenhouse", "devices", id).unwrap());
-        assert!(!s.delete_row("greenhouse", "devices", id).unwrap());
-        assert!(
-            s.update_row("greenhouse", "devices", id, &obj(json!({"name": "x"})))
-                .is_err()
-        );
+        both(|s| {
+            let id = s
+                .add_rows("greenhouse", "devices", &[obj(json!({"name": "pico-1"}))])
+                .unwrap()[0];
+            s.update_row("greenhouse", "devices", id, &obj(json!({"active": false})))
+                .unwrap();
+            let (_, row) = s.get_row("greenhouse", "devices", id).unwrap().unwrap();
+            assert_eq!(row["active"], false);
+            assert_eq!(row["name"], "pico-1");
+            assert!(
+                s.update_row("greenhouse", "devices", id, &obj(json!({"active": "no"})))
+                    .is_err()
+            );
+            assert!(s.delete_row("greenhouse", "devices", id).unwrap());
+            assert!(!s.delete_row("greenhouse", "devices", id).unwrap());
+            assert!(
+                s.update_row("greenhouse", "devices", id, &obj(json!({"name": "x"})))
+                    .is_err()
+            );
+        });
     }
 
     #[test]
     fn a_series_is_downsampled_into_buckets() {
-        let (_d, s) = store();
-        // One reading a minute for 100 minutes, celsius = minute.
-        let rows: Vec<Map<String, Value>> = (0..100)
-            .map(|m| obj(json!({"t": format!("2026-12-02T{:02}:{:02}:00Z", 10 + m / 60, m % 60), "celsius": f64::from(m)})))
-            .collect();
-        s.add_rows("greenhouse", "readings", &rows).unwrap();
-        let b = s
-            .downsample(
-                "greenhouse",
-                &Series {
-                    table: "readings",
-                    time: "t",
-                    value: "celsius",
-                    from: "2026-12-02T10:00:00Z",
-                    to: "2026-12-02T11:40:00Z",
-                    buckets: 10,
-                },
-            )
-            .unwrap();
-        assert_eq!(b.len(), 10);
-        assert_eq!(
-            (b[0].min, b[0].max, b[0].mean, b[0].count),
-            (0.0, 9.0, 4.5, 10)
-        );
-        assert_eq!((b[9].min, b[9].max, b[9].count), (90.0, 99.0, 10));
-        assert_eq!(b[1].start - b[0].start, 600.0);
-        // A narrower range only scans its rows.
-        let b = s
-            .downsample(
-                "greenhouse",
-                &Series {
-                    table: "readings",
-                    time: "t",
-                    value: "celsius",
-                    from: "2026-12-02T10:30:00Z",
-                    to: "2026-12-02T10:40:00Z",
-                    buckets: 2,
-                },
-            )
-            .unwrap();
-        assert_eq!(b.iter().map(|x| x.count).sum::<u64>(), 10);
-        assert_eq!(b[0].min, 30.0);
-        assert!(
-            s.downsample(
-                "greenhouse",
-                &Series {
-                    table: "readings",
-                    time: "celsius",
-                    value: "t",
-                    from: "2026-12-02T10:00:00Z",
-                    to: "2026-12-02T11:00:00Z",
-                    buckets: 5
-                }
-            )
-            .is_err()
-        );
+        both(|s| {
+            // One reading a minute for 100 minutes, celsius = minute.
+            let rows: Vec<Map<String, Value>> = (0..100)
+                .map(|m| obj(json!({"t": format!("2026-12-02T{:02}:{:02}:00Z", 10 + m / 60, m % 60), "celsius": f64::from(m)})))
+                .collect();
+            s.add_rows("greenhouse", "readings", &rows).unwrap();
+            let b = s
+                .downsample(
+                    "greenhouse",
+                    &Series {
+                        table: "readings",
+                        time: "t",
+                        value: "celsius",
+                        from: "2026-12-02T10:00:00Z",
+                        to: "2026-12-02T11:40:00Z",
+                        buckets: 10,
+                    },
+                )
+                .unwrap();
+            assert_eq!(b.len(), 10);
+            assert_eq!(
+                (b[0].min, b[0].max, b[0].mean, b[0].count),
+                (0.0, 9.0, 4.5, 10)
+            );
+            assert_eq!((b[9].min, b[9].max, b[9].count), (90.0, 99.0, 10));
+            assert_eq!(b[1].start - b[0].start, 600.0);
+            // A narrower range only scans its rows.
+            let b = s
+                .downsample(
+                    "greenhouse",
+                    &Series {
+                        table: "readings",
+                        time: "t",
+                        value: "celsius",
+                        from: "2026-12-02T10:30:00Z",
+                        to: "2026-12-02T10:40:00Z",
+                        buckets: 2,
+                    },
+                )
+                .unwrap();
+            assert_eq!(b.iter().map(|x| x.count).sum::<u64>(), 10);
+            assert_eq!(b[0].min, 30.0);
+            assert!(
+                s.downsample(
+                    "greenhouse",
+                    &Series {
+                        table: "readings",
+                        time: "celsius",
+                        value: "t",
+                        from: "2026-12-02T10:00:00Z",
+                        to: "2026-12-02T11:00:00Z",
+                        buckets: 5
+                    }
+                )
+                .is_err()
+            );
+        });
     }
 
     #[test]
     fn links_must_name_an_existing_table_of_the_app() {
-        let (_d, s) = store();
-        let err = s
-            .create_table(
-                "greenhouse",
-                "alerts",
-                &["reading:link:nowhere".parse().unwrap()],
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("create it first"), "{err}");
-        assert!("x:blob".parse::<Column>().is_err());
-        assert!("nocolon".parse::<Column>().is_err());
+        both(|s| {
+            let err = s
+                .create_table(
+                    "greenhouse",
+                    "alerts",
+                    &["reading:link:nowhere".parse().unwrap()],
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("create it first"), "{err}");
+            assert!("x:blob".parse::<Column>().is_err());
+            assert!("nocolon".parse::<Column>().is_err());
+        });
     }
 }

@@ -697,3 +697,75 @@ fn table_commands_create_fill_and_read_a_table() {
     let (_, out, _) = ferrolink(data, &["table", "list", "--app", "greenhouse"]);
     assert!(out.contains("rows=2"), "{out}");
 }
+
+/// `ferrolink migrate` moves a single server into PostgreSQL: refused
+/// while the server runs, then its keys and rows are served by a server on
+/// the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_moves_a_single_server_into_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (server, lines) = serve(data);
+    let server_key = field(&lines, "server key: ");
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "create",
+            "--app",
+            "demo",
+            "notes",
+            "--column",
+            "text:text",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = ferrolink(
+        data,
+        &[
+            "table",
+            "add-row",
+            "--app",
+            "demo",
+            "notes",
+            r#"{"text": "kept"}"#,
+        ],
+    );
+    assert!(ok, "{err}");
+    let url = ferrolink_testkit::postgres::database();
+    let source = format!("sqlite:{}", data.display());
+    let other = tempfile::tempdir().unwrap();
+    let migrate = |to: &str| ferrolink(other.path(), &["migrate", "--from", &source, "--to", to]);
+    let (ok, _, err) = migrate(&url);
+    assert!(!ok && err.contains("stop it first"), "{err}");
+    drop(server);
+    let (ok, _, err) = migrate("mysql://x");
+    assert!(!ok && err.contains("expected a postgres:// URL"), "{err}");
+    let (ok, out, err) = migrate(&url);
+    assert!(ok, "{err}");
+    assert!(out.contains("data tables: 1 with 1 rows"), "{out}");
+    assert!(out.contains("keys: 2"), "{out}");
+    // Twice: the target is no longer empty.
+    let (ok, _, err) = migrate(&url);
+    assert!(!ok && err.contains("already holds data"), "{err}");
+    // A server on the database: the old key works, no new demo keys.
+    let fresh = tempfile::tempdir().unwrap();
+    let (_server, lines) = spawn_serve(fresh.path(), &["--database", &url], "uplink: ");
+    assert!(!lines.iter().any(|l| l.contains("key:")), "{lines:?}");
+    let (_, reply) = RawClient::authenticated(&field(&lines, "uplink: "), &server_key).await;
+    assert_eq!(reply["app-info"]["id"], "demo");
+    let (ok, out, err) = ferrolink(
+        fresh.path(),
+        &[
+            "--database",
+            &url,
+            "table",
+            "rows",
+            "--app",
+            "demo",
+            "notes",
+            "--csv",
+        ],
+    );
+    assert!(ok && out.contains("kept"), "{out}{err}");
+}

@@ -518,3 +518,33 @@ async fn a_browser_user_on_one_server_is_seen_by_a_device_on_another() {
     assert_eq!(reply["response"], json!({"email": null}), "{reply}");
     device.disconnect().await;
 }
+
+/// Data tables live in the shared PostgreSQL database: rows the official
+/// client adds through server A are read through server C, and the other
+/// way round.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_clients_on_two_servers_see_each_others_rows() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let c = node(&database, &nats.url()).await;
+    let (dir, url) = (a.data_dir().to_owned(), database.clone());
+    tokio::task::spawn_blocking(move || {
+        let store = ferrolink::storage::Store::open_database(&dir, Some(&url)).unwrap();
+        crate::tables::make_tables_in(&store);
+    })
+    .await
+    .unwrap();
+    let log = |server: &TestServer, n: &str| {
+        let mut py = PyProcess::spawn("tables.py", &[&server.url(), &server.server_key, "log", n]);
+        py.expect_line("DONE", WAIT);
+    };
+    let count = |server: &TestServer| {
+        let mut py = PyProcess::spawn("tables.py", &[&server.url(), &server.server_key, "count"]);
+        py.result(WAIT)["count"].as_u64().unwrap()
+    };
+    log(&a, "30");
+    assert_eq!(count(&c), 30);
+    log(&c, "12");
+    assert_eq!(count(&a), 42);
+}

@@ -10,9 +10,14 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// The tables the Python scenarios expect (see python/tables.py).
+/// The tables the Python scenarios expect (see python/tables.py), in the
+/// SQLite database of data directory `data`.
 fn make_tables(data: &std::path::Path) {
-    let store = Store::open(data).unwrap();
+    make_tables_in(&Store::open(data).unwrap());
+}
+
+/// The same tables in `store`.
+pub(crate) fn make_tables_in(store: &Store) {
     let cols = |c: &[&str]| c.iter().map(|c| c.parse().unwrap()).collect::<Vec<_>>();
     store
         .create_table(
@@ -56,6 +61,26 @@ fn make_tables(data: &std::path::Path) {
 async fn the_official_client_uses_app_tables() {
     let server = TestServer::start().await;
     make_tables(server.data_dir());
+    official_client_scenario(&server).await;
+}
+
+/// The same scenario with the tables in PostgreSQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_client_uses_app_tables_in_postgres() {
+    let url = ferrolink_testkit::postgres::database();
+    let database = url.clone();
+    let server = TestServer::start_with(move |c| c.database = Some(database)).await;
+    let dir = server.data_dir().to_owned();
+    tokio::task::spawn_blocking(move || {
+        make_tables_in(&Store::open_database(&dir, Some(&url)).unwrap());
+    })
+    .await
+    .unwrap();
+    official_client_scenario(&server).await;
+}
+
+/// Every table operation of the official client, checked.
+async fn official_client_scenario(server: &TestServer) {
     let mut py = PyProcess::spawn("tables.py", &[&server.url(), &server.server_key, "all"]);
     let r = py.result(WAIT);
     let ok = |k: &str| r[k]["ok"].clone();
@@ -174,7 +199,6 @@ async fn the_official_client_uses_app_tables() {
     assert_eq!(r["media_too_big"]["error"], "QuotaExceededError", "{r}");
     assert_eq!(ok("media_rows"), 2, "{r}");
     assert_eq!(r["media_in_text_column"]["error"], "TableError", "{r}");
-    server.shutdown().await;
 }
 
 /// Calls `command` with `args` and `objects` on a raw connection and
