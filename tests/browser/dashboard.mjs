@@ -13,6 +13,7 @@ await run("dashboard", async ({ page, problems }) => {
   const row = page.locator(`#devices tr[data-device="${device}"]`);
   await row.locator(".status:text('online')").waitFor();
   assert.match(await row.innerText(), /blink_morse/);
+  assert.match(await row.innerText(), /this server/);
   await shot(page, "dashboard-online");
 
   await page.selectOption("#call select[name=app]", "demo");

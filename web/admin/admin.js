@@ -261,14 +261,20 @@ function renderFunctions() {
   $("#functions").replaceChildren(...(app?.functions ?? []).map((f) => { const o = el("option"); o.value = f.name; return o; }));
 }
 
+// Which server of a cluster holds a connection: "this server", or the
+// other server's id (alone, there is only this one).
+function serverOf(d) {
+  return !d.node || d.node === state.node ? "this server" : d.node;
+}
+
 function renderDevices() {
   const rows = [];
   const liveKeys = new Set();
   for (const d of state.devices) {
     liveKeys.add(d.key);
     const name = d.device ?? `key ${d.key}`;
-    rows.push(row([name, d.app, el("span", "online", "online status"), time(d.last_seen_ms), d.address, d.protocol_version,
-      d.library ?? "—", d.functions.join(", ") || "—"], { device: name, key: d.key }));
+    rows.push(row([name, d.app, el("span", "online", "online status"), serverOf(d), time(d.last_seen_ms), d.address,
+      d.protocol_version, d.library ?? "—", d.functions.join(", ") || "—"], { device: name, key: d.key }));
   }
   for (const k of state.keys) {
     // Devices that are not connected: active keys, and revoked ones that
@@ -279,7 +285,7 @@ function renderDevices() {
     const status = el("span", "offline", "offline status");
     const cell = k.revoked_at ? el("span") : status;
     if (k.revoked_at) cell.append(status, " (key revoked)");
-    rows.push(row([name, k.app, cell, time(k.last_seen_ms), k.last_address ?? "—", "—", "—", "—"],
+    rows.push(row([name, k.app, cell, "—", time(k.last_seen_ms), k.last_address ?? "—", "—", "—", "—"],
       { device: name, key: k.id }));
   }
   $("#devices tbody").replaceChildren(...rows);

@@ -61,6 +61,34 @@ pub(crate) enum Activity {
     Changed,
 }
 
+/// The live uplinks of this server as the dashboard lists them (and as
+/// this server answers other servers of its cluster that ask).
+pub(crate) fn uplinks(state: &crate::state::ServerState) -> Vec<serde_json::Value> {
+    let node = state.cluster.get().map(|c| c.node().to_owned());
+    state
+        .live_uplinks()
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "conn": c.id,
+                "app": &*c.app,
+                "key": c.key_id.0,
+                "device": c.device.as_deref(),
+                "privilege": c.privilege.frame_type(),
+                "library": c.library.as_deref(),
+                "address": &*c.ip,
+                "protocol_version": c.protocol_version,
+                "connected_at_ms": c.connected_at_ms,
+                "last_seen_ms": state.clock.to_unix_ms(ferrolink_proto::Instant::from_millis(
+                    c.last_seen.load(Ordering::Relaxed),
+                )),
+                "functions": c.registered().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                "node": node,
+            })
+        })
+        .collect()
+}
+
 /// The server's activity log, which every connection reports to.
 pub(crate) struct Monitor {
     clock: Clock,
@@ -72,6 +100,10 @@ pub(crate) struct Monitor {
     calls: Mutex<VecDeque<Arc<CallEntry>>>,
     events: Mutex<VecDeque<Arc<EventEntry>>>,
     tx: broadcast::Sender<Activity>,
+    /// How many times this server's connections, registrations or keys
+    /// changed (other servers of a cluster watch it to refresh their
+    /// dashboards).
+    changes: AtomicU64,
 }
 
 fn push<T>(ring: &Mutex<VecDeque<T>>, item: T, cap: usize) {
@@ -92,6 +124,7 @@ impl Monitor {
             calls: Mutex::new(VecDeque::with_capacity(CALLS_KEPT)),
             events: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
             tx: broadcast::channel(1024).0,
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -166,6 +199,18 @@ impl Monitor {
 
     /// Connections, registrations or keys changed.
     pub(crate) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.announce(Activity::Changed);
+    }
+
+    /// How many changes [`Monitor::changed`] has seen.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Something changed on another server of the cluster: live views
+    /// refresh (this server's own count stays).
+    pub(crate) fn changed_elsewhere(&self) {
         self.announce(Activity::Changed);
     }
 

@@ -46,6 +46,11 @@ use crate::state::ServerState;
 
 /// The queue group every server's shared-name subscriptions join.
 const QUEUE: &str = "ferrolink";
+/// Where a server asks every other for the uplinks it holds (for its
+/// dashboard).
+const UPLINKS: &str = "ferrolink.uplinks";
+/// How long a dashboard waits for the other servers' uplinks.
+const UPLINKS_WAIT: Duration = Duration::from_millis(500);
 
 /// How often a server announces itself, and the silence after which the
 /// calls it took are failed.
@@ -178,6 +183,12 @@ impl Cluster {
             .subscribe("ferrolink.event.*")
             .await
             .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        let asked = cluster
+            .client
+            .subscribe(UPLINKS)
+            .await
+            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        tokio::spawn(Self::answer_uplinks(Arc::downgrade(&cluster), asked));
         tokio::spawn(Self::receive_events(Arc::downgrade(&cluster), events));
         tokio::spawn(Self::receive_replies(Arc::downgrade(&cluster), replies));
         tokio::spawn(Self::watch_nodes(Arc::downgrade(&cluster), beats));
@@ -316,33 +327,137 @@ impl Cluster {
     }
 
     /// Announces this server each [`HEARTBEAT`], notes the others', and
-    /// fails the calls taken by servers gone silent.
+    /// fails the calls taken by servers gone silent. A heartbeat carries
+    /// the server's count of connection changes: when another server's
+    /// moves, or a server appears or falls silent, dashboards here refresh.
     async fn watch_nodes(cluster: Weak<Self>, mut beats: async_nats::Subscriber) {
         let mut tick = tokio::time::interval(HEARTBEAT / 2);
         let mut beat = 0u32;
+        // Each other server's last change count (bounded like `nodes`).
+        let mut changes: HashMap<String, u64> = HashMap::new();
+        let mut live = 0;
         loop {
             tokio::select! {
                 m = beats.next() => {
                     let Some(m) = m else { return };
                     let Some(cluster) = cluster.upgrade() else { return };
                     if let Some(node) = m.subject.strip_prefix("ferrolink.node.") {
-                        let mut nodes = cluster.nodes.lock().unwrap_or_else(|p| p.into_inner());
-                        // Bounded by the servers of the cluster; a stale
-                        // entry is dropped once silent.
-                        nodes.insert(node.to_owned(), std::time::Instant::now());
+                        if node == cluster.node {
+                            continue;
+                        }
+                        {
+                            let mut nodes = cluster.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                            // Bounded by the servers of the cluster; a stale
+                            // entry is dropped once silent.
+                            nodes.insert(node.to_owned(), std::time::Instant::now());
+                        }
+                        let count = std::str::from_utf8(&m.payload).ok().and_then(|t| t.parse().ok());
+                        if let Some(count) = count
+                            && changes.insert(node.to_owned(), count) != Some(count)
+                            && let Some(state) = cluster.state.upgrade()
+                        {
+                            state.monitor.changed_elsewhere();
+                        }
                     }
                 }
                 _ = tick.tick() => {
                     let Some(cluster) = cluster.upgrade() else { return };
+                    let Some(state) = cluster.state.upgrade() else { return };
                     beat += 1;
                     if beat.is_multiple_of(2) {
                         let subject = format!("ferrolink.node.{}", cluster.node);
-                        let _ = cluster.client.publish(subject, Bytes::new()).await;
+                        let count = Bytes::from(state.monitor.changes().to_string());
+                        let _ = cluster.client.publish(subject, count).await;
                     }
                     cluster.sweep();
+                    let now = cluster.live_nodes().len();
+                    if now != live {
+                        live = now;
+                        state.monitor.changed_elsewhere();
+                    }
+                    changes.retain(|n, _| cluster.nodes.lock().unwrap_or_else(|p| p.into_inner()).contains_key(n));
                 }
             }
         }
+    }
+
+    /// The other servers heard from within [`NODE_SILENCE`].
+    fn live_nodes(&self) -> Vec<String> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() < NODE_SILENCE)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Answers other servers asking for this server's uplinks.
+    async fn answer_uplinks(cluster: Weak<Self>, mut asked: async_nats::Subscriber) {
+        while let Some(m) = asked.next().await {
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            let (Some(reply), Some(state)) = (m.reply, cluster.state.upgrade()) else {
+                continue;
+            };
+            // The question names who asks: not this server.
+            if *m.payload == *cluster.node.as_bytes() {
+                continue;
+            }
+            let answer = serde_json::json!({
+                "node": cluster.node,
+                "uplinks": crate::activity::uplinks(&state),
+            });
+            let _ = cluster
+                .client
+                .publish(reply, Bytes::from(answer.to_string()))
+                .await;
+        }
+    }
+
+    /// The uplinks the other servers hold (each entry names its server's
+    /// `node`), and per server that answered within [`UPLINKS_WAIT`]
+    /// `{"node", "uplinks": count}`. Waits no longer than that, and not at
+    /// all once every live server has answered.
+    pub(crate) async fn uplinks_elsewhere(
+        &self,
+    ) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let expected = self.live_nodes().len();
+        let (mut uplinks, mut nodes) = (Vec::new(), Vec::new());
+        if expected == 0 || !self.connected() {
+            return (uplinks, nodes);
+        }
+        let inbox = self.client.new_inbox();
+        let Ok(mut answers) = self.client.subscribe(inbox.clone()).await else {
+            return (uplinks, nodes);
+        };
+        if self
+            .client
+            .publish_with_reply(UPLINKS, inbox, Bytes::from(self.node.clone()))
+            .await
+            .is_err()
+        {
+            return (uplinks, nodes);
+        }
+        let deadline = tokio::time::Instant::now() + UPLINKS_WAIT;
+        while nodes.len() < expected {
+            let Ok(Some(m)) = tokio::time::timeout_at(deadline, answers.next()).await else {
+                break;
+            };
+            let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&m.payload) else {
+                continue;
+            };
+            let (Some(node), Some(list)) = (answer["node"].as_str(), answer["uplinks"].as_array())
+            else {
+                continue;
+            };
+            if node == self.node {
+                continue;
+            }
+            nodes.push(serde_json::json!({"node": node, "uplinks": list.len()}));
+            uplinks.extend(list.iter().cloned());
+        }
+        (uplinks, nodes)
     }
 
     /// Fails the calls taken by servers not heard from for

@@ -73,7 +73,7 @@ impl Store {
             )));
         }
         // Brings the source to this version's schema.
-        drop(Store::open(dir)?);
+        drop(Self::open(dir)?);
         let sqlite_err = |e| super::table_sql::sqlite_error(source, e);
         let src = rusqlite::Connection::open_with_flags(
             source,
@@ -140,7 +140,7 @@ impl Store {
                     return Err(fail(format!("table {id} has a column row {c:?}")));
                 };
                 let kind: ColumnType = kind.parse().map_err(fail)?;
-                Store::add_sql_column(&to, id, *cid, &kind)?;
+                Self::add_sql_column(&to, id, *cid, &kind)?;
                 columns.push(format!("c_{cid}"));
                 if kind == ColumnType::Media {
                     columns.push(format!("d_{cid}"));

@@ -272,14 +272,36 @@ pub(crate) async fn overview(
     let op = require(&state, &headers).await?;
     let (apps, keys) = blocking(&state, |s| Ok((s.apps()?, s.keys(None)?))).await?;
     let runtimes: HashMap<String, _> = state.app_runtimes().into_iter().collect();
-    let live = state.live_uplinks();
+    // In a cluster, the other servers' uplinks too (each entry says which
+    // server holds it).
+    let (elsewhere, nodes) = match state.cluster.get() {
+        Some(c) => c.uplinks_elsewhere().await,
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut devices = crate::activity::uplinks(&state);
+    let here = devices.len();
+    devices.extend(elsewhere);
     let apps: Vec<Value> = apps
         .iter()
         .map(|a| {
             let rt = runtimes.get(&a.name);
-            let functions: Vec<Value> = rt
+            // Who provides each name, here and on the other servers.
+            let mut provided: std::collections::BTreeMap<String, Vec<String>> = rt
                 .map(|r| r.functions())
                 .unwrap_or_default()
+                .into_iter()
+                .collect();
+            for d in devices[here..].iter().filter(|d| d["app"] == a.name.as_str()) {
+                let who = d["device"]
+                    .as_str()
+                    .map_or_else(|| format!("key {}", d["key"].as_str().unwrap_or("?")), str::to_owned);
+                for f in d["functions"].as_array().into_iter().flatten() {
+                    if let Some(f) = f.as_str() {
+                        provided.entry(f.to_owned()).or_default().push(who.clone());
+                    }
+                }
+            }
+            let functions: Vec<Value> = provided
                 .into_iter()
                 .map(|(name, providers)| {
                     // Served by more than one device: calls are shared
@@ -309,26 +331,6 @@ pub(crate) async fn overview(
             })
         })
         .collect();
-    let devices: Vec<Value> = live
-        .iter()
-        .map(|c| {
-            json!({
-                "conn": c.id,
-                "app": &*c.app,
-                "key": c.key_id.0,
-                "device": c.device.as_deref(),
-                "privilege": c.privilege.frame_type(),
-                "library": c.library.as_deref(),
-                "address": &*c.ip,
-                "protocol_version": c.protocol_version,
-                "connected_at_ms": c.connected_at_ms,
-                "last_seen_ms": state.clock.to_unix_ms(ferrolink_proto::Instant::from_millis(
-                    c.last_seen.load(std::sync::atomic::Ordering::Relaxed),
-                )),
-                "functions": c.registered().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
     let last_seen = state.last_seen();
     let keys: Vec<Value> = keys
         .iter()
@@ -341,7 +343,7 @@ pub(crate) async fn overview(
                 "device": k.device,
                 "created_at": k.created_at,
                 "revoked_at": k.revoked_at,
-                "online": live.iter().filter(|c| c.key_id == k.id).count(),
+                "online": devices.iter().filter(|d| d["key"] == k.id.0.as_str()).count(),
                 "last_seen_ms": seen.map(|s| s.0),
                 "last_address": seen.map(|s| s.1.clone()),
             })
@@ -353,6 +355,10 @@ pub(crate) async fn overview(
         "apps": apps,
         "keys": keys,
         "devices": devices,
+        // This server's id in its cluster (`null` alone), and the others
+        // that answered with their uplinks.
+        "node": state.cluster.get().map(|c| c.node()),
+        "nodes": nodes,
         "calls": state.monitor.recent_calls(),
         "calls_not_logged": state.monitor.unrecorded_calls(),
         "connections": {

@@ -548,3 +548,122 @@ async fn the_official_clients_on_two_servers_see_each_others_rows() {
     log(&c, "12");
     assert_eq!(count(&a), 42);
 }
+
+/// The dashboard of any server shows the devices of every server, and
+/// which server holds each; a device connecting elsewhere appears without
+/// a reload (in a real browser).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_shows_the_devices_of_every_server() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    let node_of = |server: &TestServer| {
+        let addr = server.addr();
+        async move {
+            ferrolink_testkit::http::request(addr, "GET", "/_/health", &[], None)
+                .await
+                .json()["node"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (node_a, node_b) = (node_of(&a).await, node_of(&b).await);
+    let key = |device: &str| {
+        a.store()
+            .create_key("demo", Privilege::Server, Some(device))
+            .unwrap()
+            .1
+            .expose()
+            .to_owned()
+    };
+    let (mut pico, _) = RawClient::authenticated(&a.url(), &key("pico-a")).await;
+    pico.register("blink").await;
+    let (session, _) = crate::web::operator_login(&b).await;
+    let state = |server: &TestServer| {
+        let (addr, session) = (server.admin_addr(), session.clone());
+        async move {
+            ferrolink_testkit::http::request(
+                addr,
+                "GET",
+                "/_/admin/api/state",
+                &[("cookie", &session)],
+                None,
+            )
+            .await
+            .json()
+        }
+    };
+    // Heartbeats make A known to B within a second or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = state(&b).await;
+        if s["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["device"] == "pico-a")
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "pico-a never listed on B: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(s["node"], node_b.as_str());
+    let pico_a = s["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == "pico-a")
+        .unwrap();
+    assert_eq!(pico_a["node"], node_a.as_str(), "{s}");
+    assert_eq!(pico_a["functions"], json!(["blink"]), "{s}");
+    assert_eq!(s["nodes"], json!([{"node": node_a, "uplinks": 1}]), "{s}");
+    let demo = s["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "demo")
+        .unwrap();
+    assert_eq!(
+        demo["functions"],
+        json!([{"name": "blink", "providers": 1, "provided_by": ["pico-a"], "shared": false}]),
+        "{s}"
+    );
+    let online = |s: &serde_json::Value, device: &str| {
+        s["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["device"] == device)
+            .map(|k| k["online"].clone())
+    };
+    assert_eq!(online(&s, "pico-a"), Some(json!(1)), "{s}");
+
+    // In the browser: B's dashboard names A as pico-a's server, and a
+    // device connecting to A later appears by itself.
+    let later = key("pico-later");
+    let a_url = a.url();
+    let connect_later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (mut c, _) = RawClient::authenticated(&a_url, &later).await;
+        c.register("later").await;
+        // Held until the browser has seen it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(c);
+    });
+    b.create_operator("viewer", "viewer password");
+    ferrolink_testkit::browser::run(
+        "dashboard_cluster.mjs",
+        &[
+            ("BASE", b.admin_origin()),
+            ("OP_NAME", "viewer".to_owned()),
+            ("OP_PASSWORD", "viewer password".to_owned()),
+            ("NODE", node_a),
+        ],
+    )
+    .await;
+    connect_later.abort();
+    drop(pico);
+}

@@ -729,7 +729,7 @@ async fn app_pages_cannot_reach_or_drive_the_dashboard() {
 
 /// Logs an operator in through the dashboard's form; returns the session
 /// cookie and the CSRF token the API wants with every change.
-async fn operator_login(server: &TestServer) -> (String, String) {
+pub(crate) async fn operator_login(server: &TestServer) -> (String, String) {
     server.create_operator("ops", "operator password");
     let (addr, origin) = (server.admin_addr(), server.admin_origin());
     let form = request(addr, "GET", "/_/admin", &[], None).await;
