@@ -16,7 +16,10 @@
 //!    before and after opening N connections (default 10,000).
 //!
 //! With `--hostile` it measures the server under attack instead (see
-//! `hostile.rs`); with `--tables` the data-table storage (`tables.rs`).
+//! `hostile.rs`); with `--tables` the data-table storage (`tables.rs`);
+//! with `--cluster` calls between servers of a cluster (`cluster.rs`); with
+//! `--storm` a reconnect storm after a server of a cluster dies
+//! (`storm.rs`).
 //!
 //! The load generator runs on one thread of this process; the server runs
 //! with its default runtime. Figures are printed as a Markdown report.
@@ -42,6 +45,7 @@ use ferrolink_proto::message::Outcome;
 
 mod cluster;
 mod hostile;
+mod storm;
 mod tables;
 
 /// ferrolink benchmarks (see the crate docs for what is measured).
@@ -95,6 +99,11 @@ struct Args {
     /// SQLite, chart queries), with this many rows.
     #[arg(long, value_name = "ROWS", num_args = 0..=1, default_missing_value = "1000000")]
     tables: Option<usize>,
+    /// Measure a reconnect storm instead: this many devices (each with a
+    /// key of its own) on one server of a three-server cluster, that
+    /// server killed, the time until all are back on the other two.
+    #[arg(long, value_name = "DEVICES", num_args = 0..=1, default_missing_value = "10000")]
+    storm: Option<usize>,
 }
 
 const IN_FLIGHT: [usize; 3] = [1, 16, 256];
@@ -120,29 +129,33 @@ fn start_server(bin: &PathBuf) -> Result<Server> {
 }
 
 fn start_server_with(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
+    let pending: &[&str] = if extra.contains(&"--max-pending-calls") {
+        &[]
+    } else {
+        &["--max-pending-calls", "4096"]
+    };
+    let mut args = vec![
+        // The idle-memory measurement opens 10,000 uplinks with one key
+        // from one address.
+        "--max-connections-per-address",
+        "100000",
+        "--max-connections-per-key",
+        "100000",
+    ];
+    args.extend_from_slice(pending);
+    args.extend_from_slice(extra);
+    start_server_plain(bin, &args)
+}
+
+/// `ferrolink serve` on a loopback port with the dashboard off and `extra`
+/// arguments (the default limits otherwise).
+fn start_server_plain(bin: &PathBuf, extra: &[&str]) -> Result<Server> {
     use std::io::{BufRead as _, BufReader};
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(bin)
         .arg("--data")
         .arg(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            // The idle-memory measurement opens 10,000 uplinks with one
-            // key from one address.
-            "--max-connections-per-address",
-            "100000",
-            "--max-connections-per-key",
-            "100000",
-        ])
-        .args(if extra.contains(&"--max-pending-calls") {
-            &[][..]
-        } else {
-            &["--max-pending-calls", "4096"][..]
-        })
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -860,6 +873,9 @@ fn main() -> Result<()> {
         }
         if args.cluster {
             return cluster::run(&args).await;
+        }
+        if let Some(devices) = args.storm {
+            return storm::run(&args.server, devices).await;
         }
         let server = start_server(&args.server)?;
         println!("# ferrolink benchmark\n");
