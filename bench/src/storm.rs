@@ -119,7 +119,11 @@ async fn device(
         ferrolink_proto::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     // Servers to try, in order: A first, then B and C alternately (half
     // the fleet starts with each).
-    let order = if i.is_multiple_of(2) { [0, 1, 2] } else { [0, 2, 1] };
+    let order = if i.is_multiple_of(2) {
+        [0, 1, 2]
+    } else {
+        [0, 2, 1]
+    };
     let mut next = 0;
     let mut first = true;
     loop {

@@ -46,6 +46,11 @@ use crate::state::ServerState;
 
 /// The queue group every server's shared-name subscriptions join.
 const QUEUE: &str = "ferrolink";
+/// How long a call for a name no server holds exactly waits for a server
+/// whose pattern matches it (the sweep answers it after this).
+const MATCH_WAIT: Duration = Duration::from_millis(300);
+/// The header a server answering a pattern question gives its id in.
+const MATCHED: &str = "Ferrolink-Matched";
 /// Where a server asks every other for the uplinks it holds (for its
 /// dashboard).
 const UPLINKS: &str = "ferrolink.uplinks";
@@ -103,6 +108,20 @@ struct Pending {
     deadline: Instant,
     /// The text of `NoServerFunctionError` if no server has the name.
     missing: String,
+    /// The call as sent, kept to send it again to a server whose pattern
+    /// matches its name if no server holds the name itself.
+    resend: Option<Resend>,
+}
+
+/// A call kept for sending again (see [`Pending::resend`]).
+struct Resend {
+    app: String,
+    name: String,
+    device: Option<String>,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+    /// When servers holding patterns were asked about the name.
+    asked: Option<std::time::Instant>,
 }
 
 fn hex(s: &str) -> String {
@@ -136,10 +155,21 @@ fn unhex(s: &str) -> Option<String> {
 
 /// The subject of `name` in `app`, and of `name` on `device`.
 fn subject(app: &str, name: &str, device: Option<&str>) -> String {
+    tail("ferrolink.call", app, name, device)
+}
+
+/// `prefix.<app>.<name>[.<device>]`, each hex-encoded.
+fn tail(prefix: &str, app: &str, name: &str, device: Option<&str>) -> String {
     match device {
-        Some(d) => format!("ferrolink.call.{}.{}.{}", hex(app), hex(name), hex(d)),
-        None => format!("ferrolink.call.{}.{}", hex(app), hex(name)),
+        Some(d) => format!("{prefix}.{}.{}.{}", hex(app), hex(name), hex(d)),
+        None => format!("{prefix}.{}.{}", hex(app), hex(name)),
     }
+}
+
+/// What a server holding providers registered as patterns for `app`
+/// subscribes to: questions "does a pattern of yours match this name?".
+fn patterns_subject(app: &str) -> String {
+    format!("ferrolink.match.{}.>", hex(app))
 }
 
 impl Cluster {
@@ -189,6 +219,14 @@ impl Cluster {
             .await
             .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
         tokio::spawn(Self::answer_uplinks(Arc::downgrade(&cluster), asked));
+        // Calls sent to this server alone: those for a name its patterns
+        // match (see `serve_match`).
+        let direct = cluster
+            .client
+            .subscribe(format!("ferrolink.direct.{}.>", cluster.node))
+            .await
+            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        tokio::spawn(Self::serve_direct(Arc::downgrade(&cluster), direct));
         tokio::spawn(Self::receive_events(Arc::downgrade(&cluster), events));
         tokio::spawn(Self::receive_replies(Arc::downgrade(&cluster), replies));
         tokio::spawn(Self::watch_nodes(Arc::downgrade(&cluster), beats));
@@ -286,19 +324,61 @@ impl Cluster {
         }
     }
 
-    fn on_reply(&self, call: u64, m: &async_nats::Message) {
+    fn on_reply(self: &Arc<Self>, call: u64, m: &async_nats::Message) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let header = |h: &str| header(m, h);
+        let reply = || format!("ferrolink.reply.{}.{call}", self.node);
         if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-            if let Some(p) = pending.remove(&call) {
-                let answer = Answer::error(call, error_type::NO_SERVER_FUNCTION, &p.missing);
-                let _ = p.caller.enqueue(Outbound::Answer(answer));
+            let Some(p) = pending.get_mut(&call) else {
+                return;
+            };
+            match p.resend.as_mut() {
+                // No server holds the name itself: ask the servers that
+                // hold patterns of the app whether one matches it.
+                Some(r) if r.asked.is_none() => {
+                    r.asked = Some(std::time::Instant::now());
+                    let question = tail("ferrolink.match", &r.app, &r.name, r.device.as_deref());
+                    let client = self.client.clone();
+                    let reply = reply();
+                    tokio::spawn(async move {
+                        let _ = client
+                            .publish_with_reply(question, reply, Bytes::new())
+                            .await;
+                    });
+                }
+                // Nor does any pattern.
+                _ => {
+                    if let Some(p) = pending.remove(&call) {
+                        let answer =
+                            Answer::error(call, error_type::NO_SERVER_FUNCTION, &p.missing);
+                        let _ = p.caller.enqueue(Outbound::Answer(answer));
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(node) = header(MATCHED) {
+            // The first server whose pattern matches takes the call.
+            if let Some(p) = pending.get_mut(&call)
+                && p.resend.as_ref().is_some_and(|r| r.asked.is_some())
+                && let Some(r) = p.resend.take()
+                && !node.contains(['.', '*', '>', ' '])
+            {
+                p.sent = std::time::Instant::now();
+                let subject = tail(
+                    &format!("ferrolink.direct.{node}"),
+                    &r.app,
+                    &r.name,
+                    r.device.as_deref(),
+                );
+                self.send(call, p.caller.clone(), subject, r.headers, r.payload);
             }
             return;
         }
         if let Some(node) = header(TAKEN) {
             if let Some(p) = pending.get_mut(&call) {
                 p.node = Some(node);
+                p.resend = None;
             }
             return;
         }
@@ -391,6 +471,16 @@ impl Cluster {
             .collect()
     }
 
+    /// Serves the calls sent to this server alone.
+    async fn serve_direct(cluster: Weak<Self>, mut calls: async_nats::Subscriber) {
+        while let Some(request) = calls.next().await {
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            tokio::spawn(async move { cluster.serve(request).await });
+        }
+    }
+
     /// Answers other servers asking for this server's uplinks.
     async fn answer_uplinks(cluster: Weak<Self>, mut asked: async_nats::Subscriber) {
         while let Some(m) = asked.next().await {
@@ -479,11 +569,20 @@ impl Cluster {
         };
         let connected = self.connected();
         let mut failed = Vec::new();
+        let mut unmatched = Vec::new();
         {
             let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.retain(|call, p| {
                 if p.deadline <= now {
+                    return false;
+                }
+                if p.resend
+                    .as_ref()
+                    .and_then(|r| r.asked)
+                    .is_some_and(|t| t.elapsed() >= MATCH_WAIT)
+                {
+                    unmatched.push((*call, p.caller.clone(), p.missing.clone()));
                     return false;
                 }
                 let gone = match &p.node {
@@ -497,6 +596,10 @@ impl Cluster {
                 }
                 !gone
             });
+        }
+        for (call, caller, missing) in unmatched {
+            let answer = Answer::error(call, error_type::NO_SERVER_FUNCTION, &missing);
+            let _ = caller.enqueue(Outbound::Answer(answer));
         }
         for (call, caller) in failed {
             let answer = Answer::error(
@@ -516,21 +619,30 @@ impl Cluster {
     /// A local connection (on `device`, if it has one) registered `name`
     /// of `app`: serve calls for it from other servers.
     pub(crate) fn provide(self: &Arc<Self>, app: &str, name: &str, device: Option<&str>) {
-        self.hold(subject(app, name, None), true);
-        if let Some(d) = device {
-            self.hold(subject(app, name, Some(d)), false);
+        for (s, shared) in Self::subjects(app, name, device) {
+            self.hold(s, shared);
         }
+    }
+
+    /// The subjects a registration of `name` holds, and whether each is
+    /// shared with other servers' providers (a queue group): a plain name's
+    /// own (and its device's); for a pattern, the app's pattern questions.
+    fn subjects(app: &str, name: &str, device: Option<&str>) -> Vec<(String, bool)> {
+        if crate::names::is_pattern(name) {
+            return vec![(patterns_subject(app), false)];
+        }
+        let mut out = vec![(subject(app, name, None), true)];
+        if let Some(d) = device {
+            out.push((subject(app, name, Some(d)), false));
+        }
+        out
     }
 
     /// A local connection's registrations ended.
     pub(crate) fn withdraw(&self, app: &str, names: &[Box<str>], device: Option<&str>) {
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
-            let mut subjects = vec![subject(app, name, None)];
-            if let Some(d) = device {
-                subjects.push(subject(app, name, Some(d)));
-            }
-            for s in subjects {
+            for (s, _) in Self::subjects(app, name, device) {
                 if let Some((count, _)) = subs.get_mut(&s) {
                     *count -= 1;
                     if *count == 0
@@ -598,7 +710,8 @@ impl Cluster {
         subs.insert(subject, (1, task));
     }
 
-    /// Answers a call from another server through the local providers.
+    /// Answers a call from another server through the local providers (or
+    /// a question about a name, see [`Cluster::serve_match`]).
     async fn serve(&self, request: async_nats::Message) {
         let Some(reply) = request.reply.clone() else {
             return;
@@ -606,6 +719,9 @@ impl Cluster {
         let Some(state) = self.state.upgrade() else {
             return;
         };
+        if request.subject.starts_with("ferrolink.match.") {
+            return self.serve_match(&state, &request, reply).await;
+        }
         let mut taken = async_nats::HeaderMap::new();
         taken.insert(TAKEN, self.node.as_str());
         let _ = self
@@ -646,6 +762,45 @@ impl Cluster {
             .await
         {
             tracing::warn!(error = %e, "cannot answer a call from another server");
+        }
+    }
+
+    /// Answers "does a provider of yours match this name?" — asked when no
+    /// server holds the name itself — with this server's id if one does
+    /// (the asker then sends the call to `ferrolink.direct.<id>`), and not
+    /// at all otherwise.
+    async fn serve_match(
+        &self,
+        state: &ServerState,
+        request: &async_nats::Message,
+        reply: async_nats::Subject,
+    ) {
+        let parts: Vec<&str> = request.subject.as_str().split('.').collect();
+        let (app, name, device) = match parts.as_slice() {
+            ["ferrolink", "match", app, name] => (unhex(app), unhex(name), None),
+            ["ferrolink", "match", app, name, device] => {
+                (unhex(app), unhex(name), Some(unhex(device)))
+            }
+            _ => return,
+        };
+        let (Some(app), Some(name)) = (app, name) else {
+            return;
+        };
+        let device = match device {
+            Some(Some(d)) => Some(d),
+            Some(None) => return,
+            None => None,
+        };
+        if matches!(
+            state.app(&app).route(&name, device.as_deref()),
+            crate::calls::registry::Route::Provider(_)
+        ) {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(MATCHED, self.node.as_str());
+            let _ = self
+                .client
+                .publish_with_headers(reply, headers, Bytes::new())
+                .await;
         }
     }
 
@@ -711,6 +866,7 @@ impl Cluster {
         payload.push_str(args);
         payload.push_str(kwargs);
         payload.push_str(objects);
+        let payload = Bytes::from(payload);
         let subject = subject(&caller.app, name, device);
         let missing = match device {
             Some(d) => format!(
@@ -729,15 +885,37 @@ impl Cluster {
                     sent: std::time::Instant::now(),
                     deadline,
                     missing,
+                    resend: Some(Resend {
+                        app: caller.app.to_string(),
+                        name: name.to_owned(),
+                        device: device.map(str::to_owned),
+                        headers: headers.clone(),
+                        payload: payload.clone(),
+                        asked: None,
+                    }),
                 },
             );
+        self.send(call, caller.clone(), subject, headers, payload);
+        Ok(())
+    }
+
+    /// Publishes call `call` of `caller` on `subject`, its answer to come
+    /// back on this server's reply subject; a publish that fails answers
+    /// the caller at once.
+    fn send(
+        self: &Arc<Self>,
+        call: u64,
+        caller: Arc<Peer>,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+    ) {
         let reply = format!("ferrolink.reply.{}.{call}", self.node);
         let client = self.client.clone();
-        let caller = caller.clone();
         let cluster = self.clone();
         tokio::spawn(async move {
             let sent = client
-                .publish_with_reply_and_headers(subject, reply, headers, Bytes::from(payload))
+                .publish_with_reply_and_headers(subject, reply, headers, payload)
                 .await;
             if let Err(e) = sent {
                 cluster
@@ -762,7 +940,6 @@ impl Cluster {
                 let _ = caller.enqueue(Outbound::Answer(answer));
             }
         });
-        Ok(())
     }
 }
 
@@ -837,8 +1014,11 @@ fn parse_request(m: &async_nats::Message) -> Result<RemoteCall<'_>, String> {
     let bad = |what: &str| format!("a call from another server had {what}");
     let parts: Vec<&str> = m.subject.as_str().split('.').collect();
     let (app, name, device) = match parts.as_slice() {
-        ["ferrolink", "call", app, name] => (*app, *name, None),
-        ["ferrolink", "call", app, name, device] => (*app, *name, Some(*device)),
+        ["ferrolink", "call", app, name] | ["ferrolink", "direct", _, app, name] => {
+            (*app, *name, None)
+        }
+        ["ferrolink", "call", app, name, device]
+        | ["ferrolink", "direct", _, app, name, device] => (*app, *name, Some(*device)),
         _ => return Err(bad("an unknown subject")),
     };
     let app = unhex(app).ok_or_else(|| bad("a bad app"))?;

@@ -716,9 +716,7 @@ impl Core {
                 if !registered.iter().any(|n| **n == *name) {
                     tracing::debug!(conn = self.peer.id, name = %shown(&name), "registered");
                     // Once per name and connection, as `finish` withdraws.
-                    if let Some(cluster) = self.state.cluster.get()
-                        && !crate::names::is_pattern(&name)
-                    {
+                    if let Some(cluster) = self.state.cluster.get() {
                         cluster.provide(&self.peer.app, &name, self.peer.device.as_deref());
                     }
                     registered.push(name.into());
@@ -1010,11 +1008,7 @@ impl Core {
         let registered = self.peer.registered();
         self.app.unregister_all(&self.peer, &registered);
         if let Some(cluster) = self.state.cluster.get() {
-            let exact: Vec<Box<str>> = registered
-                .into_iter()
-                .filter(|n| !crate::names::is_pattern(n))
-                .collect();
-            cluster.withdraw(&self.peer.app, &exact, self.peer.device.as_deref());
+            cluster.withdraw(&self.peer.app, &registered, self.peer.device.as_deref());
         }
         if self.peer.browser.is_some() {
             self.app.remove_browser(&self.peer);

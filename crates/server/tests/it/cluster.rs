@@ -667,3 +667,70 @@ async fn every_dashboard_shows_the_devices_of_every_server() {
     connect_later.abort();
     drop(pico);
 }
+
+/// Names registered as regular expressions are reached from other servers:
+/// the server whose pattern matches takes the call; a name nothing matches
+/// still fails fast.
+#[tokio::test(flavor = "multi_thread")]
+async fn names_registered_as_patterns_are_reached_from_other_servers() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    let c = node(&database, &nats.url()).await;
+    let key = a.create_key("demo", Privilege::Server, Some("sensors"));
+    let (mut sensors, _) = RawClient::authenticated(&a.url(), &key).await;
+    sensors
+        .send_json(&json!({"type": "REGISTER", "name": "sensor_[0-9]+"}))
+        .await;
+    let (mut motors, _) = RawClient::authenticated(&c.url(), &c.server_key).await;
+    motors
+        .send_json(&json!({"type": "REGISTER", "name": "motor_.*"}))
+        .await;
+    let (mut caller, _) = RawClient::authenticated(&b.url(), &b.client_key).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    async fn send(caller: &mut RawClient, command: &str) {
+        caller
+            .send_json(&json!({"type": "CALL", "id": command, "command": command, "args": [1], "kwargs": {}}))
+            .await;
+    }
+    async fn serve(p: &mut RawClient, expect: &str) {
+        let call = p.recv_json().await;
+        assert_eq!(call["command"], expect, "{call}");
+        assert_eq!(call["args"], json!([1]), "{call}");
+        p.send_json(&json!({"id": call["id"], "response": expect}))
+            .await;
+    }
+    send(&mut caller, "sensor_7").await;
+    serve(&mut sensors, "sensor_7").await;
+    assert_eq!(caller.recv_json().await["response"], "sensor_7");
+    send(&mut caller, "motor_left").await;
+    serve(&mut motors, "motor_left").await;
+    assert_eq!(caller.recv_json().await["response"], "motor_left");
+    send(&mut caller, "sensor_12@sensors").await;
+    serve(&mut sensors, "sensor_12").await;
+    assert_eq!(caller.recv_json().await["response"], "sensor_12");
+    for missing in ["sensor_x", "valve_1", "sensor_3@elsewhere"] {
+        let started = Instant::now();
+        send(&mut caller, missing).await;
+        let reply = caller.recv_json().await;
+        assert_eq!(
+            reply["error"]["type"], "anvil.server.NoServerFunctionError",
+            "{missing}: {reply}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{missing}: {:?}",
+            started.elapsed()
+        );
+    }
+    // The pattern's provider leaves: its name is no longer served.
+    drop(sensors);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(&mut caller, "sensor_7").await;
+    let reply = caller.recv_json().await;
+    assert_eq!(
+        reply["error"]["type"], "anvil.server.NoServerFunctionError",
+        "{reply}"
+    );
+}

@@ -69,7 +69,7 @@ async fn two_servers_on_one_postgres_database_share_keys_and_revocations() {
 }
 
 #[test]
-fn the_cli_manages_apps_and_keys_in_postgres_and_says_what_it_cannot_do_there() {
+fn the_cli_manages_apps_keys_and_tables_in_postgres_and_says_what_it_cannot_do_there() {
     let url = ferrolink_testkit::postgres::database();
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
@@ -98,9 +98,29 @@ fn the_cli_manages_apps_and_keys_in_postgres_and_says_what_it_cannot_do_there() 
     // Nothing went into the data directory's SQLite database.
     assert!(!dir.path().join(ferrolink::storage::DB_FILE).exists());
 
-    let (ok, _, err) = run(&["table", "list", "--app", "plant"]);
-    assert!(!ok);
-    assert!(err.contains("without --database"), "{err}");
+    // Data tables live there too.
+    let (ok, _, err) = run(&[
+        "table",
+        "create",
+        "--app",
+        "plant",
+        "moisture",
+        "--column",
+        "pct:number",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "table",
+        "add-row",
+        "--app",
+        "plant",
+        "moisture",
+        r#"{"pct": 41.5}"#,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, listed, err) = run(&["table", "list", "--app", "plant"]);
+    assert!(ok && listed.contains("moisture\trows=1"), "{listed}{err}");
+    assert!(!dir.path().join(ferrolink::storage::DB_FILE).exists());
     let (ok, _, err) = run(&["backup", "/tmp/never"]);
     assert!(!ok);
     assert!(err.contains("pg_dump"), "{err}");
