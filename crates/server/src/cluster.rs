@@ -219,6 +219,12 @@ impl Cluster {
             .await
             .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
         tokio::spawn(Self::answer_uplinks(Arc::downgrade(&cluster), asked));
+        let logouts = cluster
+            .client
+            .subscribe("ferrolink.logout.*")
+            .await
+            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        tokio::spawn(Self::receive_logouts(Arc::downgrade(&cluster), logouts));
         // Calls sent to this server alone: those for a name its patterns
         // match (see `serve_match`).
         let direct = cluster
@@ -469,6 +475,41 @@ impl Cluster {
             .filter(|(_, seen)| seen.elapsed() < NODE_SILENCE)
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Tells the other servers that a user of `app` logged out (`login` is
+    /// the hash of the login cookie): they close that login's sessions.
+    pub(crate) fn publish_logout(&self, app: &str, login: &[u8; 32]) {
+        let subject = format!("ferrolink.logout.{}", hex(app));
+        let payload = Bytes::copy_from_slice(login);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(subject, payload).await {
+                tracing::warn!(error = %e, "cannot tell the cluster about a log-out");
+            }
+        });
+    }
+
+    /// Closes the sessions of logins that logged out on other servers.
+    async fn receive_logouts(cluster: Weak<Self>, mut logouts: async_nats::Subscriber) {
+        while let Some(m) = logouts.next().await {
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            let Some(state) = cluster.state.upgrade() else {
+                return;
+            };
+            let app = m.subject.strip_prefix("ferrolink.logout.").and_then(unhex);
+            let (Some(app), Ok(login)) = (app, <[u8; 32]>::try_from(&m.payload[..])) else {
+                continue;
+            };
+            let closed = state
+                .app(&app)
+                .close_login(&login, crate::calls::registry::LOGGED_OUT);
+            if closed > 0 {
+                tracing::info!(app = %app, sessions = closed, "closed the sessions of a login that logged out elsewhere");
+            }
+        }
     }
 
     /// Serves the calls sent to this server alone.
@@ -982,6 +1023,7 @@ fn remote_session(
             ip: "cluster".to_owned(),
             app: app.to_owned(),
             browser: Some(Box::new(crate::calls::peer::BrowserSession {
+                login: None,
                 id,
                 email,
                 channels: Mutex::default(),

@@ -185,6 +185,9 @@ pub(crate) struct BrowserSession {
     /// record stands for it in a call from there; events for it go back
     /// over NATS).
     pub(crate) elsewhere: bool,
+    /// The hash of the login cookie it was opened with, if a user was
+    /// logged in: logging out closes every session of that login.
+    pub(crate) login: Option<[u8; 32]>,
 }
 
 /// Who a connection is, as known when it was accepted.

@@ -70,6 +70,9 @@ struct Registry {
     stale: HashSet<Box<str>>,
 }
 
+/// Why a logged-out login's browser sessions close.
+pub(crate) const LOGGED_OUT: &str = "logged out";
+
 /// Most distinct patterns per app.
 const MAX_PATTERNS: usize = 256;
 
@@ -200,6 +203,22 @@ impl AppRuntime {
         for c in self.browsers().iter() {
             c.close_with(reason.to_owned());
         }
+    }
+
+    /// Asks the open browser sessions of the login whose cookie hash is
+    /// `login` to close with `reason`; answers how many.
+    pub(crate) fn close_login(&self, login: &[u8; 32], reason: &str) -> usize {
+        let mut closed = 0;
+        for c in self.browsers().iter() {
+            if c.browser
+                .as_ref()
+                .is_some_and(|b| b.login.as_ref() == Some(login))
+            {
+                c.close_with(reason.to_owned());
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Number of open browser sessions.

@@ -115,11 +115,15 @@ pub(crate) async fn session_endpoint(
     state
         .app(&app.name)
         .set_anonymous_calls(app.anonymous_calls);
+    let login = cookie(&headers, &user_cookie(&app.name))
+        .filter(|_| email.is_some())
+        .map(auth::token_hash);
     let browser = BrowserSession {
         id: auth::new_token()[..22].to_owned(),
         email,
         channels: std::sync::Mutex::default(),
         elsewhere: false,
+        login,
     };
     let st = state.clone();
     Ok(crate::web::websocket::upgrade(
@@ -244,6 +248,15 @@ pub(crate) async fn logout(
     if let Some(token) = cookie(&headers, &name) {
         let hash = auth::token_hash(token);
         blocking(&state, move |s| s.delete_user_session(&hash)).await?;
+        // The login's open pages (every tab, on every server) are logged
+        // out too: their session websockets close and reopen anonymous.
+        let closed = state
+            .app(&app.name)
+            .close_login(&hash, crate::calls::registry::LOGGED_OUT);
+        if let Some(cluster) = state.cluster.get() {
+            cluster.publish_logout(&app.name, &hash);
+        }
+        tracing::info!(app = %app.name, sessions = closed, "user logged out");
     }
     let mut res = Json(serde_json::json!({ "user": null })).into_response();
     res.headers_mut().append(

@@ -734,3 +734,42 @@ async fn names_registered_as_patterns_are_reached_from_other_servers() {
         "{reply}"
     );
 }
+
+/// Logging out on one server logs the login out of its pages on every
+/// server: their session websockets close at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn logging_out_on_one_server_closes_that_logins_sessions_on_the_others() {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let a = node(&database, &nats.url()).await;
+    let b = node(&database, &nats.url()).await;
+    let creds = json!({"email": "ada@example.org", "password": "correct horse"});
+    let made = crate::web::post_json(&a, "/_/auth/signup?app=demo", creds, None).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let cookie = made.cookie("flk_u_demo").unwrap();
+    // Pages of that login on B (the session lives in the shared database).
+    let (mut page, hello) = crate::web::session(&b, Some(&cookie)).await;
+    assert_eq!(hello["user"], "ada@example.org");
+    let (mut anonymous, _) = crate::web::session(&b, None).await;
+    let out = crate::web::post_json(&a, "/_/auth/logout?app=demo", json!({}), Some(&cookie)).await;
+    assert_eq!(out.status, 200);
+    let started = Instant::now();
+    let (fatal, end) = page.recv_until_closed().await;
+    assert!(
+        fatal.as_deref() == Some("logged out")
+            || matches!(&end, ferrolink_testkit::raw::Received::Close(_, r) if r == "logged out"),
+        "{fatal:?} {end:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        anonymous.recv_within(Duration::from_millis(300)).await,
+        None
+    );
+    // Reopened, the page is anonymous.
+    let (_, hello) = crate::web::session(&b, Some(&cookie)).await;
+    assert_eq!(hello["user"], serde_json::Value::Null);
+}

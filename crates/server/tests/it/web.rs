@@ -169,11 +169,32 @@ async fn accounts_sign_up_log_in_and_out_with_safe_cookies() {
     )
     .await;
     assert_eq!(me.json()["user"], "ada@example.org");
-    let (_ws, s) = session(&server, Some(&cookie)).await;
+    let (mut tab_1, s) = session(&server, Some(&cookie)).await;
     assert_eq!(s["user"], "ada@example.org");
+    let (mut tab_2, _) = session(&server, Some(&cookie)).await;
+    // The same user logged in from another browser, and an anonymous page.
+    let other_login = post_json(&server, "/_/auth/login?app=demo", creds.clone(), None)
+        .await
+        .cookie("flk_u_demo")
+        .unwrap();
+    let (mut elsewhere, _) = session(&server, Some(&other_login)).await;
+    let (mut anonymous, _) = session(&server, None).await;
 
     let out = post_json(&server, "/_/auth/logout?app=demo", json!({}), Some(&cookie)).await;
     assert_eq!(out.status, 200);
+    // Every page of that login is logged out at once: its session
+    // websockets close (and reopen anonymous); others stay.
+    for tab in [&mut tab_1, &mut tab_2] {
+        let (fatal, end) = tab.recv_until_closed().await;
+        assert!(
+            fatal.as_deref() == Some("logged out")
+                || matches!(&end, ferrolink_testkit::raw::Received::Close(_, r) if r == "logged out"),
+            "{fatal:?} {end:?}"
+        );
+    }
+    for open in [&mut elsewhere, &mut anonymous] {
+        assert_eq!(open.recv_within(Duration::from_millis(300)).await, None);
+    }
     let me = request(
         server.addr(),
         "GET",
