@@ -69,7 +69,51 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The shell command that starts the server of `dir` on `port`.
+fn start_command(bin: &Path, dir: &Path, port: u16) -> String {
+    format!(
+        "{pg_ctl} -D {data} -l {log} -w -o \"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200\" start >/dev/null",
+        pg_ctl = bin.join("pg_ctl").display(),
+        data = dir.join("data").display(),
+        log = dir.join("postgres.log").display(),
+        sock = dir.display(),
+    )
+}
+
 impl TestPostgres {
+    /// A server of the caller's own (to stop and start again), stopped when
+    /// this process ends.
+    pub fn private() -> Self {
+        Self::start()
+    }
+
+    /// Runs `script` as the server's user and checks that it succeeded.
+    fn shell(&self, script: &str) {
+        let status = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", "sh", "-c", script])
+                .status()
+        } else {
+            Command::new("sh").args(["-c", script]).status()
+        }
+        .expect("run pg_ctl");
+        assert!(status.success(), "{script} failed");
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        self.shell(&format!(
+            "{} -D {} stop -m fast -w >/dev/null",
+            self.bin.join("pg_ctl").display(),
+            self._dir.path().join("data").display()
+        ));
+    }
+
+    /// Starts the server again after [`TestPostgres::stop`], on its port.
+    pub fn resume(&self) {
+        self.shell(&start_command(&self.bin, self._dir.path(), self.port));
+    }
+
     fn start() -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -110,11 +154,10 @@ impl TestPostgres {
         // The shell starts the server, waits for its standard input to
         // close (this process ending), then stops it.
         let script = format!(
-            "{pg_ctl} -D {data} -l {log} -w -o \"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200\" start >/dev/null && read _ignored; {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1",
+            "{} && read _ignored; {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1",
+            start_command(&bin, dir.path(), port),
             pg_ctl = bin.join("pg_ctl").display(),
             data = data.display(),
-            log = log.display(),
-            sock = dir.path().display(),
         );
         let watchdog = if is_root() {
             Command::new("runuser")

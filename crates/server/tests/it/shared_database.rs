@@ -137,3 +137,68 @@ fn the_cli_manages_apps_keys_and_tables_in_postgres_and_says_what_it_cannot_do_t
     assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
     assert!(!err.contains(":pw@"), "the password is not shown: {err}");
 }
+
+/// PostgreSQL down: connected devices keep working and the keys the server
+/// has loaded still authenticate; a key it cannot check is told to try
+/// again (never that it is wrong, which would stop a device retrying);
+/// `/_/ready` says why it is not ready. PostgreSQL back: all of it returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_postgres_down_devices_keep_working_and_new_keys_are_told_to_retry() {
+    let pg = std::sync::Arc::new(ferrolink_testkit::postgres::TestPostgres::private());
+    let url = pg.database();
+    let server = node(&url).await;
+    let (mut device, _) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    device.register("ping").await;
+    let (mut caller, _) = RawClient::authenticated(&server.url(), &server.client_key).await;
+    let ready = |server: &TestServer| {
+        let addr = server.addr();
+        async move { ferrolink_testkit::http::request(addr, "GET", "/_/ready", &[], None).await }
+    };
+    assert_eq!(ready(&server).await.status, 200);
+
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
+    // Calls between connected uplinks do not touch the database.
+    for i in 0..3 {
+        caller
+            .send_json(&json!({"type": "CALL", "id": i.to_string(), "command": "ping", "args": [], "kwargs": {}}))
+            .await;
+        let call = device.recv_json().await;
+        device
+            .send_json(&json!({"id": call["id"], "response": "pong"}))
+            .await;
+        assert_eq!(caller.recv_json().await["response"], "pong");
+    }
+    // A key the server has loaded reconnects.
+    let (_again, reply) = RawClient::authenticated(&server.url(), &server.server_key).await;
+    assert_eq!(reply["auth"], "OK");
+    // One it has not: try again, not "wrong key".
+    let mut unknown = RawClient::connect(&server.url()).await;
+    unknown
+        .send_json(&json!({"key": ferrolink::keys::Secret::generate().expose(), "v": 8}))
+        .await;
+    let (fatal, _) = unknown.recv_until_closed().await;
+    assert!(
+        fatal
+            .as_deref()
+            .is_some_and(|e| e.contains("try again shortly")),
+        "{fatal:?}"
+    );
+    let r = ready(&server).await;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("database"), "{}", r.body);
+
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.resume())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ready(&server).await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // New keys work again (the server checks them in the database).
+    let key = server.create_key("demo", Privilege::Server, Some("pico-new"));
+    let (_new, reply) = RawClient::authenticated(&server.url(), &key).await;
+    assert_eq!(reply["auth"], "OK");
+}
