@@ -113,6 +113,18 @@ struct Pending {
     resend: Option<Resend>,
 }
 
+/// A server's view of its cluster, for its metrics.
+pub(crate) struct View {
+    /// Whether NATS is connected.
+    pub(crate) connected: bool,
+    /// Other servers heard from lately.
+    pub(crate) peers: usize,
+    /// Calls sent to other servers and not answered yet.
+    pub(crate) pending: usize,
+    /// Subscriptions held for names provided here.
+    pub(crate) subscriptions: usize,
+}
+
 /// A call kept for sending again (see [`Pending::resend`]).
 struct Resend {
     app: String,
@@ -464,6 +476,20 @@ impl Cluster {
                     changes.retain(|n, _| cluster.nodes.lock().unwrap_or_else(|p| p.into_inner()).contains_key(n));
                 }
             }
+        }
+    }
+
+    /// What the metrics show of this server's place in the cluster.
+    pub(crate) fn view(&self) -> View {
+        View {
+            connected: self.connected(),
+            peers: self.live_nodes().len(),
+            pending: self.pending.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            subscriptions: self
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
         }
     }
 

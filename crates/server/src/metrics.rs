@@ -320,7 +320,51 @@ pub(crate) fn render(state: &ServerState) -> String {
         "Bytes written to uplink and browser session websockets.",
     );
     let _ = writeln!(out, "ferrolink_sent_bytes_total {}", load(&m.bytes_out));
+    if let Some(cluster) = state.cluster.get() {
+        cluster_metrics(&mut out, cluster);
+    }
     out
+}
+
+/// A server of a cluster: which one, and how it sees the others.
+fn cluster_metrics(out: &mut String, cluster: &crate::cluster::Cluster) {
+    let view = cluster.view();
+    header(
+        out,
+        "ferrolink_cluster_node_info",
+        "gauge",
+        "This server's id in its cluster (the label; always 1).",
+    );
+    let _ = writeln!(
+        out,
+        "ferrolink_cluster_node_info{{node=\"{}\"}} 1",
+        label_value(cluster.node())
+    );
+    for (name, help, value) in [
+        (
+            "ferrolink_cluster_connected",
+            "1 while the cluster's NATS server is connected.",
+            u64::from(view.connected),
+        ),
+        (
+            "ferrolink_cluster_peers",
+            "Other servers heard from within the last 3.5 s.",
+            view.peers as u64,
+        ),
+        (
+            "ferrolink_cluster_calls_pending",
+            "Calls sent to other servers and not answered yet.",
+            view.pending as u64,
+        ),
+        (
+            "ferrolink_cluster_subscriptions",
+            "NATS subscriptions held for names provided here.",
+            view.subscriptions as u64,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 #[cfg(test)]

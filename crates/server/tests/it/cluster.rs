@@ -146,6 +146,27 @@ async fn a_device_is_addressed_by_name_on_another_server_and_unknown_names_fail_
         .await;
     answer(&mut one, "pump-1").await;
     assert_eq!(caller.recv_json().await["response"], "pump-1");
+    // Calls for the name alone are shared between the two servers'
+    // devices (one NATS queue group).
+    let mut served = std::collections::BTreeMap::new();
+    for i in 0..24 {
+        caller
+            .send_json(&json!({"type": "CALL", "id": format!("s{i}"), "command": "whoami", "args": [], "kwargs": {}}))
+            .await;
+        let who = tokio::select! {
+            call = one.recv_json() => {
+                one.send_json(&json!({"id": call["id"], "response": "pump-1"})).await;
+                "pump-1"
+            }
+            call = two.recv_json() => {
+                two.send_json(&json!({"id": call["id"], "response": "pump-2"})).await;
+                "pump-2"
+            }
+        };
+        assert_eq!(caller.recv_json().await["response"], who);
+        *served.entry(who).or_insert(0) += 1;
+    }
+    assert_eq!(served.len(), 2, "both devices serve the name: {served:?}");
 
     let started = Instant::now();
     caller
@@ -640,6 +661,17 @@ async fn every_dashboard_shows_the_devices_of_every_server() {
             .map(|k| k["online"].clone())
     };
     assert_eq!(online(&s, "pico-a"), Some(json!(1)), "{s}");
+    // Each server's metrics say which server it is and what it sees.
+    let scrape = ferrolink_testkit::http::request(b.admin_addr(), "GET", "/_/metrics", &[], None)
+        .await
+        .body;
+    for line in [
+        format!("ferrolink_cluster_node_info{{node=\"{node_b}\"}} 1"),
+        "ferrolink_cluster_connected 1".to_owned(),
+        "ferrolink_cluster_peers 1".to_owned(),
+    ] {
+        assert!(scrape.lines().any(|l| l == line), "{line} in {scrape}");
+    }
 
     // In the browser: B's dashboard names A as pico-a's server, and a
     // device connecting to A later appears by itself.
