@@ -6,17 +6,37 @@
 
 use anyhow::Result;
 
-use crate::{Args, Cpu, Endpoint, IN_FLIGHT, SIZES, median, nats_routed, routed, start_nats};
+use crate::{Args, Cpu, Endpoint, IN_FLIGHT, Nats, SIZES, median, nats_routed, routed, start_nats};
+
+/// What the servers of a cluster share: a PostgreSQL database (on the
+/// tests' server) and a NATS server, both started for the run.
+pub(crate) struct Shared {
+    database: String,
+    pub(crate) nats: Nats,
+}
+
+impl Shared {
+    pub(crate) async fn start() -> Result<Self> {
+        Ok(Self {
+            database: ferrolink_testkit::postgres::database(),
+            nats: start_nats().await?,
+        })
+    }
+
+    /// The database's URL.
+    pub(crate) fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The arguments of `ferrolink serve` that make a server of it.
+    pub(crate) fn args(&self) -> [&str; 4] {
+        ["--database", &self.database, "--cluster", &self.nats.url]
+    }
+}
 
 pub(crate) async fn run(args: &Args) -> Result<()> {
-    let database = ferrolink_testkit::postgres::database();
-    let nats = start_nats().await?;
-    let shared = [
-        "--database",
-        database.as_str(),
-        "--cluster",
-        nats.url.as_str(),
-    ];
+    let cluster = Shared::start().await?;
+    let (shared, nats) = (cluster.args(), &cluster.nats);
     let a = crate::start_server_with(&args.server, &shared)?;
     let b = crate::start_server_with(&args.server, &shared)?;
     let single = crate::start_server(&args.server)?;
@@ -61,7 +81,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         for &n in &in_flight {
             let (mut natss, mut ones, mut crosses) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.repeat.max(1) {
-                natss.push(nats_routed(&nats, size, n, args.seconds).await?);
+                natss.push(nats_routed(nats, size, n, args.seconds).await?);
                 ones.push(routed(&one, size, n, args.seconds).await?);
                 crosses.push(routed(&cross, size, n, args.seconds).await?);
             }

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{start_nats, start_server_plain, ws_config};
+use crate::{start_server_plain, ws_config};
 
 /// Source addresses the devices are spread over.
 const ADDRESSES: usize = 100;
@@ -194,14 +194,8 @@ async fn until(tally: &Tally, n: usize, what: &str) -> Result<Duration> {
 }
 
 pub(crate) async fn run(bin: &PathBuf, n: usize) -> Result<()> {
-    let database = ferrolink_testkit::postgres::database();
-    let nats = start_nats().await?;
-    let shared = [
-        "--database",
-        database.as_str(),
-        "--cluster",
-        nats.url.as_str(),
-    ];
+    let cluster = crate::cluster::Shared::start().await?;
+    let shared = cluster.args();
     let mut a = start_server_plain(bin, &shared)?;
     let b = start_server_plain(bin, &shared)?;
     let c = start_server_plain(bin, &shared)?;
@@ -214,7 +208,7 @@ pub(crate) async fn run(bin: &PathBuf, n: usize) -> Result<()> {
     );
     let made = Instant::now();
     let keys: Vec<String> = tokio::task::spawn_blocking({
-        let database = database.clone();
+        let database = cluster.database().to_owned();
         move || -> Result<Vec<String>> {
             let dir = tempfile::tempdir()?;
             let store = ferrolink::storage::Store::open_database(dir.path(), Some(&database))?;
@@ -306,6 +300,6 @@ pub(crate) async fn run(bin: &PathBuf, n: usize) -> Result<()> {
         "\nthe client's first backoff is 0–0.5 s: a device that is refused nothing is back within 0.5 s plus its handshake"
     );
     fleet.abort_all();
-    drop((b, c, nats));
+    drop((b, c, cluster));
     Ok(())
 }

@@ -175,11 +175,17 @@ impl From<postgres::Error> for DbError {
 
 /// `$1`, `$2`, … as SQLite's `?1`, `?2`, ….
 fn sqlite_sql(sql: &str) -> String {
+    renumber(sql, '$', '?')
+}
+
+/// `sql` with each parameter mark `from` (followed by a digit) written as
+/// `to`: the two databases spell numbered parameters `?1` and `$1`.
+pub(crate) fn renumber(sql: &str, from: char, to: char) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
+        if c == from && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push(to);
         } else {
             out.push(c);
         }

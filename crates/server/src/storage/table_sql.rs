@@ -80,16 +80,7 @@ pub(crate) fn postgres_error(shown: &str, e: postgres::Error) -> StoreError {
 
 /// `?1`-style parameters as PostgreSQL's `$1`.
 fn postgres_sql(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('$');
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    super::sql::renumber(sql, '?', '$')
 }
 
 /// A value as a PostgreSQL parameter of whatever type the statement wants
