@@ -46,6 +46,10 @@ use crate::state::ServerState;
 
 /// The queue group every server's shared-name subscriptions join.
 const QUEUE: &str = "ferrolink";
+/// How long a server serves a call from another server before it tells
+/// the asker that it took it (calls answered sooner need no note: the
+/// asker fails a call nobody announced after [`NODE_SILENCE`]).
+const TAKEN_AFTER: Duration = Duration::from_millis(250);
 /// How long a call for a name no server holds exactly waits for a server
 /// whose pattern matches it (the sweep answers it after this).
 const MATCH_WAIT: Duration = Duration::from_millis(300);
@@ -95,6 +99,9 @@ pub(crate) struct Cluster {
     pending: Mutex<HashMap<u64, Pending>>,
     /// Other servers: when each was last heard from.
     nodes: Mutex<HashMap<String, std::time::Instant>>,
+    /// Calls to publish, in order (bounded by the callers' in-flight
+    /// limits: every queued call is a pending call of a caller).
+    outbox: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
 
 /// A call waiting for another server's answer.
@@ -201,6 +208,7 @@ impl Cluster {
             })?;
         let node = format!("{:016x}", rand::random::<u64>());
         tracing::info!(node = %node, nats = %crate::storage::redact_url(url), "joining the cluster");
+        let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Self {
             client,
             subscriptions: Mutex::default(),
@@ -209,7 +217,13 @@ impl Cluster {
             node,
             pending: Mutex::default(),
             nodes: Mutex::default(),
+            outbox,
         });
+        tokio::spawn(Self::publish_calls(
+            Arc::downgrade(&cluster),
+            cluster.client.clone(),
+            queued,
+        ));
         let replies = cluster
             .client
             .subscribe(format!("ferrolink.reply.{}.*", cluster.node))
@@ -654,8 +668,9 @@ impl Cluster {
                 }
                 let gone = match &p.node {
                     Some(n) => silent.contains(n) || (!nodes.contains_key(n) && !connected),
-                    // Taking a call is said at once; silence means the
-                    // server that received it died first.
+                    // A call still running is announced after
+                    // `TAKEN_AFTER`; silence for longer means the server
+                    // that received it died first.
                     None => p.sent.elapsed() >= NODE_SILENCE,
                 };
                 if gone {
@@ -789,12 +804,6 @@ impl Cluster {
         if request.subject.starts_with("ferrolink.match.") {
             return self.serve_match(&state, &request, reply).await;
         }
-        let mut taken = async_nats::HeaderMap::new();
-        taken.insert(TAKEN, self.node.as_str());
-        let _ = self
-            .client
-            .publish_with_headers(reply.clone(), taken, Bytes::new())
-            .await;
         let (outcome, body) = match parse_request(&request) {
             Ok(call) => {
                 let caller = self.caller(&state, &call.app, call.privilege);
@@ -809,7 +818,24 @@ impl Cluster {
                     depth: call.depth,
                     origin,
                 };
-                caller.call_raw(&state, request).await
+                let answered = caller.call_raw(&state, request);
+                tokio::pin!(answered);
+                // Most calls are answered before the asking server needs to
+                // know who took them; one still running after a moment is
+                // announced, so that the asker fails it at once if this
+                // server dies.
+                tokio::select! {
+                    done = &mut answered => done,
+                    () = tokio::time::sleep(TAKEN_AFTER) => {
+                        let mut taken = async_nats::HeaderMap::new();
+                        taken.insert(TAKEN, self.node.as_str());
+                        let _ = self
+                            .client
+                            .publish_with_headers(reply.clone(), taken, Bytes::new())
+                            .await;
+                        answered.await
+                    }
+                }
             }
             Err(message) => {
                 let mut body = String::new();
@@ -977,14 +1003,53 @@ impl Cluster {
         headers: async_nats::HeaderMap,
         payload: Bytes,
     ) {
-        let reply = format!("ferrolink.reply.{}.{call}", self.node);
-        let client = self.client.clone();
-        let cluster = self.clone();
-        tokio::spawn(async move {
+        let send = Queued {
+            call,
+            caller,
+            subject,
+            reply: format!("ferrolink.reply.{}.{call}", self.node),
+            headers,
+            payload,
+        };
+        if let Err(unsent) = self.outbox.send(send) {
+            // The sending task is gone with the cluster's client.
+            let s = unsent.0;
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&s.call);
+            let answer = Answer::error(
+                s.call,
+                error_type::UPLINK_DISCONNECTED,
+                "this server is leaving the cluster",
+            );
+            let _ = s.caller.enqueue(Outbound::Answer(answer));
+        }
+    }
+
+    /// Publishes the calls [`Cluster::send`] queues, in order, on one task
+    /// (no task per call); a publish that fails answers its caller at once.
+    async fn publish_calls(
+        cluster: Weak<Self>,
+        client: async_nats::Client,
+        mut outbox: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+    ) {
+        while let Some(Queued {
+            call,
+            caller,
+            subject,
+            reply,
+            headers,
+            payload,
+        }) = outbox.recv().await
+        {
             let sent = client
                 .publish_with_reply_and_headers(subject, reply, headers, payload)
                 .await;
             if let Err(e) = sent {
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
                 cluster
                     .pending
                     .lock()
@@ -1006,8 +1071,18 @@ impl Cluster {
                 };
                 let _ = caller.enqueue(Outbound::Answer(answer));
             }
-        });
+        }
     }
+}
+
+/// A call queued for publishing (see [`Cluster::publish_calls`]).
+struct Queued {
+    call: u64,
+    caller: Arc<Peer>,
+    subject: String,
+    reply: String,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
 }
 
 /// A call for another server.
