@@ -145,37 +145,22 @@ impl Conn<'_> {
         matches!(self, Self::Postgres { .. })
     }
 
-    fn pg_err(&self, e: postgres::Error) -> StoreError {
-        match self {
-            Self::Postgres { shown, .. } => postgres_error(shown, e),
-            Self::Sqlite { .. } => unreachable!("a PostgreSQL error from SQLite"),
-        }
-    }
-
-    /// Maps an SQLite failure (as [`sqlite_error`]).
-    pub(crate) fn sqlite_err(&self, e: rusqlite::Error) -> StoreError {
-        match self {
-            Self::Sqlite { path, .. } => sqlite_error(path, e),
-            Self::Postgres { .. } => StoreError::BadTable(e.to_string()),
-        }
-    }
-
     /// Runs one statement; the number of rows it changed.
     pub(crate) fn exec(&self, sql: &str, vals: &[Sql]) -> Result<u64, StoreError> {
         match self {
-            Self::Sqlite { conn, .. } => conn
+            Self::Sqlite { conn, path } => conn
                 .prepare_cached(sql)
                 .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals.iter())))
                 .map(|n| n as u64)
-                .map_err(|e| self.sqlite_err(e)),
-            Self::Postgres { client, .. } => {
+                .map_err(|e| sqlite_error(path, e)),
+            Self::Postgres { client, shown } => {
                 let params: Vec<PgValue<'_>> = vals.iter().map(PgValue).collect();
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     params.iter().map(|p| p as _).collect();
                 client
                     .borrow_mut()
                     .execute(postgres_sql(sql).as_str(), &refs)
-                    .map_err(|e| self.pg_err(e))
+                    .map_err(|e| postgres_error(shown, e))
             }
         }
     }
@@ -183,11 +168,13 @@ impl Conn<'_> {
     /// Runs statements without parameters (schema changes).
     pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite { conn, .. } => conn.execute_batch(sql).map_err(|e| self.sqlite_err(e)),
-            Self::Postgres { client, .. } => client
+            Self::Sqlite { conn, path } => {
+                conn.execute_batch(sql).map_err(|e| sqlite_error(path, e))
+            }
+            Self::Postgres { client, shown } => client
                 .borrow_mut()
                 .batch_execute(sql)
-                .map_err(|e| self.pg_err(e)),
+                .map_err(|e| postgres_error(shown, e)),
         }
     }
 
@@ -201,8 +188,8 @@ impl Conn<'_> {
     ) -> Result<(), StoreError> {
         let mut row = Vec::new();
         match self {
-            Self::Sqlite { conn, .. } => {
-                let err = |e| self.sqlite_err(e);
+            Self::Sqlite { conn, path } => {
+                let err = |e| sqlite_error(path, e);
                 let mut stmt = conn.prepare_cached(sql).map_err(err)?;
                 let width = stmt.column_count();
                 let mut rows = stmt
@@ -217,17 +204,18 @@ impl Conn<'_> {
                 }
                 Ok(())
             }
-            Self::Postgres { client, .. } => {
+            Self::Postgres { client, shown } => {
                 use postgres::fallible_iterator::FallibleIterator as _;
+                let err = |e| postgres_error(shown, e);
                 let params: Vec<PgValue<'_>> = vals.iter().map(PgValue).collect();
                 let mut client = client.borrow_mut();
                 let mut rows = client
                     .query_raw(postgres_sql(sql).as_str(), params.iter())
-                    .map_err(|e| self.pg_err(e))?;
-                while let Some(r) = rows.next().map_err(|e| self.pg_err(e))? {
+                    .map_err(err)?;
+                while let Some(r) = rows.next().map_err(err)? {
                     row.clear();
                     for i in 0..r.len() {
-                        row.push(pg_value(&r, i).map_err(|e| self.pg_err(e))?);
+                        row.push(pg_value(&r, i).map_err(err)?);
                     }
                     f(&row)?;
                 }
