@@ -194,18 +194,31 @@ fn patterns_subject(app: &str) -> String {
 impl Cluster {
     /// Connects to the NATS server at `url` (in the background: the
     /// server starts, and keeps trying, while NATS is away).
-    pub(crate) async fn join(url: &str, state: Weak<ServerState>) -> Result<Arc<Self>, String> {
-        let client = async_nats::ConnectOptions::new()
+    /// With `ca`, the NATS server must speak TLS with a certificate from
+    /// one of the authorities in that PEM file (so must a `tls://` URL,
+    /// against the system's roots).
+    pub(crate) async fn join(
+        url: &str,
+        ca: Option<&std::path::Path>,
+        state: Weak<ServerState>,
+    ) -> Result<Arc<Self>, String> {
+        let mut options = async_nats::ConnectOptions::new()
             .name("ferrolink")
-            .retry_on_initial_connect()
-            .connect(url)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot use the cluster's NATS server at {}: {e}",
-                    crate::storage::redact_url(url)
-                )
-            })?;
+            .retry_on_initial_connect();
+        if let Some(ca) = ca {
+            // Read here so that a wrong path is a start-up error, not a
+            // connection that silently never comes.
+            std::fs::metadata(ca).map_err(|e| format!("--cluster-ca {}: {e}", ca.display()))?;
+            options = options
+                .require_tls(true)
+                .add_root_certificates(ca.to_owned());
+        }
+        let client = options.connect(url).await.map_err(|e| {
+            format!(
+                "cannot use the cluster's NATS server at {}: {e}",
+                crate::storage::redact_url(url)
+            )
+        })?;
         let node = format!("{:016x}", rand::random::<u64>());
         tracing::info!(node = %node, nats = %crate::storage::redact_url(url), "joining the cluster");
         let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();

@@ -16,15 +16,17 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The data directory (the SQLite database, app files, certificates).
     pub data_dir: PathBuf,
-    /// A `postgres://` URL: apps, keys, accounts and trust bundles are kept
-    /// there, shared with other servers given the same URL, instead of in
-    /// the data directory's SQLite database. Data tables are not available
-    /// with it yet.
+    /// A `postgres://` URL: apps, keys, accounts, trust bundles and data
+    /// tables are kept there, shared with other servers given the same
+    /// URL, instead of in the data directory's SQLite database.
     pub database: Option<String>,
-    /// A `nats://` URL: calls for functions this server does not hold go
-    /// to the other servers connected to the same NATS server (with a
-    /// shared `database`), and theirs come here (docs/cluster.md).
+    /// A `nats://` (or `tls://`) URL: calls for functions this server does
+    /// not hold go to the other servers connected to the same NATS server
+    /// (with a shared `database`), and theirs come here (docs/cluster.md).
     pub cluster: Option<String>,
+    /// PEM certificates of the authorities the NATS server's certificate
+    /// must chain to; given, the connection to NATS must be TLS.
+    pub cluster_ca: Option<PathBuf>,
     /// Deadline of a routed call; past it the caller gets `anvil.server.TimeoutError`.
     pub call_timeout: Duration,
     /// Largest websocket message accepted, in bytes.
@@ -132,6 +134,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             database: None,
             cluster: None,
+            cluster_ca: None,
             call_timeout: Duration::from_secs(30),
             max_frame_bytes: 4 * 1024 * 1024,
             max_pending_calls: 1024,

@@ -224,7 +224,8 @@ impl Server {
         let data_dir = config.data_dir.clone();
         let state = Arc::new(ServerState::new(config, store, origin, admin_https)?);
         if let Some(url) = &state.config.cluster {
-            let cluster = cluster::Cluster::join(url, Arc::downgrade(&state))
+            let ca = state.config.cluster_ca.as_deref();
+            let cluster = cluster::Cluster::join(url, ca, Arc::downgrade(&state))
                 .await
                 .map_err(StartError::Cluster)?;
             let _ = state.cluster.set(cluster);

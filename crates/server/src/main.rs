@@ -350,6 +350,16 @@ struct ServeArgs {
     /// (docs/cluster.md).
     #[arg(long, env = "FERROLINK_CLUSTER", value_name = "URL")]
     cluster: Option<String>,
+    /// PEM file of the certificate authorities the cluster's NATS server
+    /// must present a certificate from: the connection to NATS is then
+    /// TLS, and refused if the server's certificate does not verify.
+    #[arg(
+        long,
+        env = "FERROLINK_CLUSTER_CA",
+        value_name = "PEM",
+        requires = "cluster"
+    )]
+    cluster_ca: Option<PathBuf>,
     /// Deadline of a routed call, in milliseconds.
     #[arg(long, env = "FERROLINK_CALL_TIMEOUT_MS", default_value_t = 30_000)]
     call_timeout_ms: u64,
@@ -1397,6 +1407,7 @@ fn server_config(data: &Path, database: Option<&str>, args: ServeArgs) -> Result
     let mut config = ServerConfig::new(args.listen, data);
     config.database = database.map(str::to_owned);
     config.cluster = args.cluster.clone();
+    config.cluster_ca = args.cluster_ca.clone();
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
     config.max_frame_bytes = args.max_frame_bytes;
     config.max_pending_calls = args.max_pending_calls.max(1);

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct TestNats {
     child: Child,
     port: u16,
+    /// `--tlscert` and `--tlskey`, for a server that requires TLS.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl TestNats {
@@ -18,13 +20,31 @@ impl TestNats {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        Self::start_on(port)
+        Self::start_on(port, None)
     }
 
-    fn start_on(port: u16) -> Self {
+    /// Starts a NATS server that requires TLS, with the certificate and key
+    /// in those PEM files.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        Self::start_on(port, Some((cert.to_owned(), key.to_owned())))
+    }
+
+    fn start_on(port: u16, tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Self {
         let bin = crate::apt_install("nats-server", "/usr/sbin/nats-server");
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some((cert, key)) = &tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -34,7 +54,7 @@ impl TestNats {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        Self { child, port, tls }
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -52,7 +72,7 @@ impl TestNats {
     /// (clients reconnect to it by themselves).
     pub fn resume(&mut self) {
         let port = self.port;
-        let fresh = Self::start_on(port);
+        let fresh = Self::start_on(port, self.tls.take());
         *self = fresh;
     }
 }

@@ -805,3 +805,61 @@ async fn logging_out_on_one_server_closes_that_logins_sessions_on_the_others() {
     let (_, hello) = crate::web::session(&b, Some(&cookie)).await;
     assert_eq!(hello["user"], serde_json::Value::Null);
 }
+
+/// With `--cluster-ca`, servers reach NATS over TLS and only trust a NATS
+/// server whose certificate chains to that authority: calls cross; a
+/// server given another authority never joins (and says so in /_/health).
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_reach_nats_over_tls_and_refuse_a_server_they_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ferrolink_testkit::pki::Ca::root("cluster CA");
+    let (cert, key) = ca.leaf(&["127.0.0.1", "localhost"]).write(dir.path());
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, &ca.pem).unwrap();
+    let other = ferrolink_testkit::pki::Ca::root("someone else");
+    let other_pem = dir.path().join("other.pem");
+    std::fs::write(&other_pem, &other.pem).unwrap();
+    let nats = TestNats::start_tls(&cert, &key);
+    let database = ferrolink_testkit::postgres::database();
+    let over_tls = |ca: std::path::PathBuf| {
+        let (database, url) = (database.clone(), nats.url());
+        TestServer::start_with(move |c| {
+            c.database = Some(database);
+            c.cluster = Some(url);
+            c.cluster_ca = Some(ca);
+        })
+    };
+    let a = over_tls(ca_pem.clone()).await;
+    let b = over_tls(ca_pem.clone()).await;
+    let (mut provider, _) = RawClient::authenticated(&a.url(), &a.server_key).await;
+    provider.register("ping").await;
+    let (mut caller, _) = RawClient::authenticated(&b.url(), &b.client_key).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        caller
+            .send_json(
+                &json!({"type": "CALL", "id": "1", "command": "ping", "args": [], "kwargs": {}}),
+            )
+            .await;
+        if let Some(ferrolink_testkit::raw::Received::Text(_)) =
+            provider.recv_within(Duration::from_millis(300)).await
+        {
+            break;
+        }
+        let _ = caller.recv_within(Duration::from_millis(10)).await;
+        assert!(Instant::now() < deadline, "the call never crossed over TLS");
+    }
+    let health = |server: &TestServer| {
+        let addr = server.addr();
+        async move {
+            ferrolink_testkit::http::request(addr, "GET", "/_/health", &[], None)
+                .await
+                .json()
+        }
+    };
+    assert_eq!(health(&a).await["cluster"], "connected");
+    // Trusting another authority: never connected.
+    let c = over_tls(other_pem).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(health(&c).await["cluster"], "disconnected");
+}
