@@ -84,7 +84,14 @@ impl TestPostgres {
     /// A server of the caller's own (to stop and start again), stopped when
     /// this process ends.
     pub fn private() -> Self {
-        Self::start()
+        Self::start_with(None)
+    }
+
+    /// A server of the caller's own that takes TCP connections over TLS
+    /// only (`hostssl` in `pg_hba.conf`), with this certificate chain and
+    /// key (PEM).
+    pub fn private_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem, key_pem)))
     }
 
     /// Runs `script` as the server's user and checks that it succeeded.
@@ -115,6 +122,10 @@ impl TestPostgres {
     }
 
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("temp dir");
         if is_root() {
@@ -149,6 +160,39 @@ impl TestPostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            let write = |name: &str, text: &str, mode: u32| {
+                use std::os::unix::fs::PermissionsExt as _;
+                let path = data.join(name);
+                std::fs::write(&path, text).expect("write TLS file");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod");
+                if is_root() {
+                    let ok = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&path)
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    assert!(ok, "chown {}", path.display());
+                }
+            };
+            write("server.crt", cert, 0o644);
+            write("server.key", key, 0o600);
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+            text.push_str("\nssl = on\n");
+            std::fs::write(&conf, text).expect("postgresql.conf");
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            let only_tls: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, only_tls).expect("pg_hba.conf");
+        }
         let port = free_port();
         let log = dir.path().join("postgres.log");
         // The shell starts the server, waits for its standard input to

@@ -464,7 +464,8 @@ impl Store {
         let shown = sql::redact(url);
         let pg = sql::Postgres::connect(url).map_err(|e| match e {
             DbError::Postgres(source) => StoreError::Unavailable(format!(
-                "cannot connect to PostgreSQL at {shown}: {source}; check that it runs and that --database (or FERROLINK_DATABASE) names it"
+                "cannot connect to PostgreSQL at {shown}: {}; check that it runs and that --database (or FERROLINK_DATABASE) names it",
+                sql::causes(&source)
             )),
             other => db_error(other, None, &shown),
         })?;
@@ -1131,5 +1132,69 @@ pub(crate) mod tests {
         );
         let err = Store::open_database(dir.path(), Some("mysql://x")).unwrap_err();
         assert!(err.to_string().contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn postgres_over_tls_is_verified_against_the_authority_given() {
+        use ferrolink_testkit::pki::Ca;
+        let ca = Ca::root("database CA");
+        let leaf = ca.leaf(&["127.0.0.1", "localhost"]);
+        let pg =
+            ferrolink_testkit::postgres::TestPostgres::private_tls(&leaf.chain_pem, &leaf.key_pem);
+        let url = pg.database();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.display().to_string()
+        };
+        let (right, wrong) = (
+            write("ca.pem", &ca.pem),
+            write("other.pem", &Ca::root("other").pem),
+        );
+        let open = |url: &str| Store::open_database(dir.path(), Some(url));
+        // This server takes TLS only: a plain connection is turned away.
+        let plain = open(&url).unwrap_err();
+        assert!(
+            plain.to_string().contains("cannot connect to PostgreSQL"),
+            "{plain}"
+        );
+        // With the authority that signed its certificate: records and data
+        // tables (their own pooled connections) both go over TLS.
+        for verified in [
+            format!("{url}?sslrootcert={right}"),
+            format!("{url}?sslmode=verify-full&sslrootcert={right}"),
+        ] {
+            let store = open(&verified).unwrap();
+            store.create_app("a").ok();
+            store
+                .create_table(
+                    "a",
+                    format!("t{}", verified.len()).as_str(),
+                    &["x:number".parse().unwrap()],
+                )
+                .unwrap();
+        }
+        // Another authority: refused, and the message says why.
+        let err = open(&format!("{url}?sslrootcert={wrong}")).unwrap_err();
+        let text = format!("{err}");
+        assert!(
+            text.contains("cannot connect") && text.to_lowercase().contains("certificate"),
+            "{text}"
+        );
+        // TLS asked for without an authority: refused before connecting.
+        for unverified in [
+            format!("{url}?sslmode=require"),
+            format!("{url}?sslmode=verify-full"),
+        ] {
+            let err = open(&unverified).unwrap_err();
+            assert!(err.to_string().contains("sslrootcert=PATH"), "{err}");
+        }
+        let err = open(&format!(
+            "{url}?sslrootcert={}",
+            dir.path().join("none.pem").display()
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("none.pem"), "{err}");
     }
 }

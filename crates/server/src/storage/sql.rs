@@ -333,13 +333,121 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-fn pg_connect(url: &str) -> Result<postgres::Client, postgres::Error> {
-    let mut config: postgres::Config = url.parse()?;
+fn pg_connect(url: &str) -> Result<postgres::Client, DbError> {
+    let (config, tls) = pg_target(url, "ferrolink").map_err(DbError::Unavailable)?;
+    Ok(config.connect(tls)?)
+}
+
+/// The PostgreSQL client configuration `url` asks for, named
+/// `application`, and its TLS: with `sslrootcert=PEM` in the URL (libpq's
+/// name) the connection must be TLS and the server's certificate must
+/// chain to an authority in that file and name the host (libpq's
+/// `verify-full`; `sslmode=verify-full` or `verify-ca` may say so too).
+/// Without it the connection is plain, and `sslmode=require` is refused
+/// (it would encrypt without knowing whom to).
+pub(crate) fn pg_target(
+    url: &str,
+    application: &str,
+) -> Result<(postgres::Config, tokio_postgres_rustls::MakeRustlsConnect), String> {
+    use postgres::config::SslMode;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let shown = redact(url);
+    let (url, root, verify) = take_tls_params(url);
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| format!("--database {shown}: {e}"))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(5));
     }
-    config.application_name("ferrolink");
-    config.connect(postgres::NoTls)
+    config.application_name(application);
+    let mut roots = rustls::RootCertStore::empty();
+    match root {
+        Some(path) => {
+            let pem = std::fs::read(&path)
+                .map_err(|e| format!("--database {shown}: sslrootcert {path}: {e}"))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "sslrootcert {path} holds no PEM certificate; give the authority PostgreSQL's certificate is signed by"
+                ));
+            }
+            config.ssl_mode(SslMode::Require);
+        }
+        None if verify || config.get_ssl_mode() == SslMode::Require => {
+            return Err(format!(
+                "--database {shown}: TLS needs sslrootcert=PATH in the URL (the PEM file of the authority PostgreSQL's certificate is signed by), so that the server is verified"
+            ));
+        }
+        None => {
+            config.ssl_mode(SslMode::Disable);
+        }
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((config, tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
+}
+
+/// `e` and the errors under it, as one line (the `postgres` crate's own
+/// text leaves out why, e.g. which certificate check failed).
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+/// `url` without the TLS parameters the `postgres` crate does not read:
+/// `sslrootcert=PATH` (answered apart) and `sslmode=verify-full` /
+/// `verify-ca` (answered as whether verification was asked for). Both the
+/// URL form (`…?a=b&c=d`) and the `key=value` form are read.
+fn take_tls_params(url: &str) -> (String, Option<String>, bool) {
+    let (mut root, mut verify) = (None, false);
+    let mut keep = |pair: &str| -> bool {
+        match pair.split_once('=') {
+            Some(("sslrootcert", v)) => {
+                root = Some(v.to_owned());
+                false
+            }
+            Some(("sslmode", "verify-full" | "verify-ca")) => {
+                verify = true;
+                false
+            }
+            _ => true,
+        }
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query.split('&').filter(|p| keep(p)).collect();
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|p| keep(p))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rest, root, verify)
 }
 
 impl Postgres {
@@ -361,7 +469,7 @@ impl Postgres {
                         Some(c)
                     }
                     Err(e) => {
-                        let _ = connected.send(Err(e));
+                        let _ = connected.send(Err::<(), DbError>(e));
                         return;
                     }
                 };

@@ -371,18 +371,13 @@ impl PgPool {
                 None => break,
             }
         }
-        let mut config: postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("--database {}: {e}", self.shown)))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(std::time::Duration::from_secs(5));
-        }
-        config.application_name("ferrolink-tables");
-        config.connect(postgres::NoTls).map_err(|e| {
+        let (config, tls) = super::sql::pg_target(&self.url, "ferrolink-tables")
+            .map_err(StoreError::Unavailable)?;
+        config.connect(tls).map_err(|e| {
             StoreError::Unavailable(format!(
-                "the data tables cannot reach PostgreSQL at {}: {e}; check that it runs",
-                self.shown
+                "the data tables cannot reach PostgreSQL at {}: {}; check that it runs",
+                self.shown,
+                super::sql::causes(&e)
             ))
         })
     }
