@@ -1072,6 +1072,7 @@ impl Store {
         }
         self.app(app)?;
         self.write(app, |t| {
+            t.lock_catalogue(0)?;
             let tx = &t.conn;
             if table_id(tx, app, name)?.is_some() {
                 return Err(bad(format!("app \"{app}\" already has a table \"{name}\"")));
@@ -1716,6 +1717,28 @@ impl Tables<'_> {
                 meta.name, column.name
             )));
         }
+        // Other servers on the same PostgreSQL database change the
+        // catalogue concurrently (two devices on two servers adding rows
+        // with the same new field): decide under the table's lock on the
+        // catalogue as it is now. SQLite's one writer needs none of it.
+        let fresh;
+        let meta = if self.conn.is_postgres() {
+            self.lock_catalogue(meta.id)?;
+            fresh = self.table(&meta.name)?;
+            if let Some(c) = fresh.columns.iter().find(|c| c.column.name == column.name) {
+                return if c.column.kind == column.kind {
+                    Ok(fresh)
+                } else {
+                    Err(bad(format!(
+                        "table \"{}\" already has a column \"{}\" ({}): another server added it just now",
+                        meta.name, column.name, c.column.kind
+                    )))
+                };
+            }
+            &fresh
+        } else {
+            meta
+        };
         if meta.columns.len() >= MAX_COLUMNS {
             return Err(bad(format!("at most {MAX_COLUMNS} columns per table")));
         }
@@ -1724,6 +1747,20 @@ impl Tables<'_> {
         }
         Store::insert_column(&self.conn, meta.id, column)?;
         self.table(&meta.name)
+    }
+
+    /// On PostgreSQL, waits for (and holds until the transaction ends) the
+    /// lock on catalogue entry `key` (a table's id; 0 for the app's list of
+    /// tables), so that servers sharing the database change it one at a
+    /// time. Nothing on SQLite, whose writes are one at a time anyway.
+    fn lock_catalogue(&self, key: i64) -> Result<(), StoreError> {
+        if self.conn.is_postgres() {
+            self.conn.batch(&format!(
+                "SELECT pg_advisory_xact_lock(727384502, {})",
+                key.rem_euclid(i64::from(i32::MAX))
+            ))?;
+        }
+        Ok(())
     }
 
     /// Whether row `id` exists and matches `query`'s conditions.
@@ -2150,6 +2187,70 @@ mod tests {
         let tables = a.tables("greenhouse").unwrap();
         let devices = tables.iter().find(|t| t.name == "devices").unwrap();
         assert!(devices.columns.iter().any(|c| c.name == "room"));
+    }
+
+    #[test]
+    fn servers_adding_the_same_column_or_table_at_once_both_succeed_or_are_told_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = ferrolink_testkit::postgres::database();
+        let a = Store::open_database(dir.path(), Some(&url)).unwrap();
+        greenhouse(&a);
+        let b = Store::open_database(dir.path(), Some(&url)).unwrap();
+        // Both read the table without the column, then both add it.
+        let ready = std::sync::Barrier::new(2);
+        let add = |store: &Store, kind: &str| {
+            store.write("greenhouse", |t| {
+                let meta = t.table("devices")?;
+                ready.wait();
+                t.add_column(&meta, &format!("room:{kind}").parse().unwrap())
+                    .map(|m| m.columns.len())
+            })
+        };
+        let (one, two) = std::thread::scope(|s| {
+            let one = s.spawn(|| add(&a, "text"));
+            let two = s.spawn(|| add(&b, "text"));
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        assert_eq!((one.unwrap(), two.unwrap()), (3, 3));
+        // The same name with another type: the loser is told what is there.
+        let (one, two) = std::thread::scope(|s| {
+            let one = s.spawn(|| {
+                a.write("greenhouse", |t| {
+                    let meta = t.table("devices")?;
+                    ready.wait();
+                    t.add_column(&meta, &"floor:number".parse().unwrap())
+                        .map(drop)
+                })
+            });
+            let two = s.spawn(|| {
+                b.write("greenhouse", |t| {
+                    let meta = t.table("devices")?;
+                    ready.wait();
+                    t.add_column(&meta, &"floor:text".parse().unwrap())
+                        .map(drop)
+                })
+            });
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        let lost = one.err().or(two.err()).expect("one of them loses");
+        assert!(
+            lost.to_string().contains("another server added it"),
+            "{lost}"
+        );
+        // Two servers creating one table: one creates it, the other is told.
+        let made: Vec<_> = std::thread::scope(|s| {
+            [&a, &b]
+                .map(|store| s.spawn(move || store.create_table("greenhouse", "valves", &[])))
+                .map(|h| h.join().unwrap())
+                .into_iter()
+                .collect()
+        });
+        assert_eq!(made.iter().filter(|r| r.is_ok()).count(), 1, "{made:?}");
+        let refused = made.into_iter().find_map(Result::err).unwrap();
+        assert!(
+            refused.to_string().contains("already has a table"),
+            "{refused}"
+        );
     }
 
     #[test]
