@@ -20,6 +20,22 @@ async fn node(database: &str, nats: &str) -> TestServer {
     .await
 }
 
+/// `N` servers on a fresh database and a NATS server of their own; the
+/// NATS server and the database's URL come back too, for more servers or
+/// to stop NATS.
+async fn servers<const N: usize>() -> (TestNats, String, [TestServer; N]) {
+    let nats = TestNats::start();
+    let database = ferrolink_testkit::postgres::database();
+    let mut all = Vec::with_capacity(N);
+    for _ in 0..N {
+        all.push(node(&database, &nats.url()).await);
+    }
+    let Ok(all) = all.try_into() else {
+        unreachable!("{N} servers were started")
+    };
+    (nats, database, all)
+}
+
 /// A server of the cluster as a process of its own (to be killed with
 /// SIGKILL): it, its uplink URL, and its data directory.
 fn server_process(
@@ -65,10 +81,7 @@ struct ProviderOnA {
 }
 
 async fn provider_on_a() -> ProviderOnA {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
+    let (nats, _database, [a, b]) = servers().await;
     let mut provider = PyProcess::spawn("provider.py", &[&a.url(), &a.server_key]);
     provider.expect_line("READY", WAIT);
     until_served(&b, &b.client_key, "add", json!([1, 2])).await;
@@ -118,10 +131,7 @@ async fn answer(p: &mut RawClient, who: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_is_addressed_by_name_on_another_server_and_unknown_names_fail_fast() {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
+    let (nats, database, [a, b]) = servers().await;
     let key_1 = a.create_key("demo", Privilege::Server, Some("pump-1"));
     let key_2 = a.create_key("demo", Privilege::Server, Some("pump-2"));
     // Two devices provide the same name, one on each server.
@@ -370,10 +380,7 @@ async fn killing_a_server_under_500_calls_in_flight_answers_every_caller() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_raised_on_one_server_reach_sessions_on_the_others() {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
+    let (_nats, _database, [a, b]) = servers().await;
     let (mut here, _) = crate::web::session(&a, None).await;
     let (mut there, there_id) = crate::web::session(&b, None).await;
     let (mut other, _) = crate::web::session(&b, None).await;
@@ -469,10 +476,7 @@ async fn a_device_whose_server_is_killed_comes_back_through_another_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_user_on_one_server_is_seen_by_a_device_on_another() {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
+    let (_nats, _database, [a, b]) = servers().await;
     // The device on A asks who the browser's user is (a nested call), and
     // raises an event with no target (back to the calling browser).
     let device = ferrolink_client::Client::builder(a.url(), &a.server_key)
@@ -575,10 +579,7 @@ async fn the_official_clients_on_two_servers_see_each_others_rows() {
 /// a reload (in a real browser).
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_shows_the_devices_of_every_server() {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
+    let (_nats, _database, [a, b]) = servers().await;
     let node_of = |server: &TestServer| {
         let addr = server.addr();
         async move {
@@ -705,10 +706,7 @@ async fn every_dashboard_shows_the_devices_of_every_server() {
 /// still fails fast.
 #[tokio::test(flavor = "multi_thread")]
 async fn names_registered_as_patterns_are_reached_from_other_servers() {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
+    let (nats, database, [a, b]) = servers().await;
     let c = node(&database, &nats.url()).await;
     let key = a.create_key("demo", Privilege::Server, Some("sensors"));
     let (mut sensors, _) = RawClient::authenticated(&a.url(), &key).await;
@@ -771,10 +769,7 @@ async fn names_registered_as_patterns_are_reached_from_other_servers() {
 /// server: their session websockets close at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn logging_out_on_one_server_closes_that_logins_sessions_on_the_others() {
-    let nats = TestNats::start();
-    let database = ferrolink_testkit::postgres::database();
-    let a = node(&database, &nats.url()).await;
-    let b = node(&database, &nats.url()).await;
+    let (_nats, _database, [a, b]) = servers().await;
     let creds = json!({"email": "ada@example.org", "password": "correct horse"});
     let made = crate::web::post_json(&a, "/_/auth/signup?app=demo", creds, None).await;
     assert_eq!(made.status, 200, "{}", made.body);
