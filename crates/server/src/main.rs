@@ -47,11 +47,11 @@ struct Cli {
         default_value = "./ferrolink-data"
     )]
     data: PathBuf,
-    /// A PostgreSQL database for apps, keys, accounts and trust bundles
-    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/NAME), shared by every
-    /// server and command given the same URL; without it they are kept in
-    /// SQLite in the data directory. Data tables are not available with
-    /// --database yet.
+    /// A PostgreSQL database for apps, keys, accounts, trust bundles and
+    /// data tables (postgres://USER[:PASSWORD]@HOST[:PORT]/NAME; add
+    /// ?sslrootcert=CA.pem for TLS), shared by every server and command
+    /// given the same URL; without it they are kept in SQLite in the data
+    /// directory.
     #[arg(long, global = true, env = "FERROLINK_DATABASE", value_name = "URL")]
     database: Option<String>,
     /// A TOML file of `serve` settings (see `ferrolink config default`);
