@@ -238,44 +238,67 @@ impl Cluster {
             queued,
         ));
         let replies = cluster
-            .client
             .subscribe(format!("ferrolink.reply.{}.*", cluster.node))
-            .await
-            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
-        let beats = cluster
-            .client
-            .subscribe("ferrolink.node.*")
-            .await
-            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
-        let events = cluster
-            .client
-            .subscribe("ferrolink.event.*")
-            .await
-            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
-        let asked = cluster
-            .client
-            .subscribe(UPLINKS)
-            .await
-            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+            .await?;
+        let beats = cluster.subscribe("ferrolink.node.*").await?;
+        let events = cluster.subscribe("ferrolink.event.*").await?;
+        let asked = cluster.subscribe(UPLINKS).await?;
         tokio::spawn(Self::answer_uplinks(Arc::downgrade(&cluster), asked));
-        let logouts = cluster
-            .client
-            .subscribe("ferrolink.logout.*")
-            .await
-            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+        let logouts = cluster.subscribe("ferrolink.logout.*").await?;
         tokio::spawn(Self::receive_logouts(Arc::downgrade(&cluster), logouts));
         // Calls sent to this server alone: those for a name its patterns
         // match (see `serve_match`).
         let direct = cluster
-            .client
             .subscribe(format!("ferrolink.direct.{}.>", cluster.node))
-            .await
-            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))?;
+            .await?;
         tokio::spawn(Self::serve_direct(Arc::downgrade(&cluster), direct));
         tokio::spawn(Self::receive_events(Arc::downgrade(&cluster), events));
         tokio::spawn(Self::receive_replies(Arc::downgrade(&cluster), replies));
         tokio::spawn(Self::watch_nodes(Arc::downgrade(&cluster), beats));
         Ok(cluster)
+    }
+
+    /// Subscribes to `subject` (while joining: a failure stops the start).
+    async fn subscribe(
+        &self,
+        subject: impl async_nats::subject::ToSubject,
+    ) -> Result<async_nats::Subscriber, String> {
+        self.client
+            .subscribe(subject)
+            .await
+            .map_err(|e| format!("cannot subscribe on the cluster's NATS server: {e}"))
+    }
+
+    /// Publishes on a task of its own (the caller does not wait for NATS);
+    /// a failure is logged as not having done `what`.
+    fn publish_soon(
+        &self,
+        subject: String,
+        reply: Option<String>,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+        what: &'static str,
+    ) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let sent = match reply {
+                Some(r) => {
+                    client
+                        .publish_with_reply_and_headers(subject, r, headers, payload)
+                        .await
+                }
+                None => client.publish_with_headers(subject, headers, payload).await,
+            };
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "cannot {what}");
+            }
+        });
+    }
+
+    /// The subject on which the answer (and "taken" note) of call `call`
+    /// reaches this server.
+    fn reply_subject(&self, call: u64) -> String {
+        format!("ferrolink.reply.{}.{call}", self.node)
     }
 
     /// Sends an event raised here (its finished `frame`) to the browser
@@ -305,14 +328,13 @@ impl Cluster {
         if let Some(c) = channel {
             headers.insert(CHANNEL, hex(c).as_str());
         }
-        let subject = format!("ferrolink.event.{}", hex(app));
-        let client = self.client.clone();
-        let frame = Bytes::from(frame.to_owned());
-        tokio::spawn(async move {
-            if let Err(e) = client.publish_with_headers(subject, headers, frame).await {
-                tracing::warn!(error = %e, "cannot send an event to the other servers");
-            }
-        });
+        self.publish_soon(
+            format!("ferrolink.event.{}", hex(app)),
+            None,
+            headers,
+            Bytes::from(frame.to_owned()),
+            "send an event to the other servers",
+        );
     }
 
     /// Delivers events raised on other servers to the sessions here.
@@ -369,10 +391,9 @@ impl Cluster {
         }
     }
 
-    fn on_reply(self: &Arc<Self>, call: u64, m: &async_nats::Message) {
+    fn on_reply(&self, call: u64, m: &async_nats::Message) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let header = |h: &str| header(m, h);
-        let reply = || format!("ferrolink.reply.{}.{call}", self.node);
         if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             let Some(p) = pending.get_mut(&call) else {
                 return;
@@ -382,14 +403,13 @@ impl Cluster {
                 // hold patterns of the app whether one matches it.
                 Some(r) if r.asked.is_none() => {
                     r.asked = Some(std::time::Instant::now());
-                    let question = tail("ferrolink.match", &r.app, &r.name, r.device.as_deref());
-                    let client = self.client.clone();
-                    let reply = reply();
-                    tokio::spawn(async move {
-                        let _ = client
-                            .publish_with_reply(question, reply, Bytes::new())
-                            .await;
-                    });
+                    self.publish_soon(
+                        tail("ferrolink.match", &r.app, &r.name, r.device.as_deref()),
+                        Some(self.reply_subject(call)),
+                        async_nats::HeaderMap::new(),
+                        Bytes::new(),
+                        "ask the cluster which pattern matches a name",
+                    );
                 }
                 // Nor does any pattern.
                 _ => {
@@ -416,7 +436,10 @@ impl Cluster {
                     &r.name,
                     r.device.as_deref(),
                 );
-                self.send(call, p.caller.clone(), subject, r.headers, r.payload);
+                let caller = p.caller.clone();
+                // `send` may take the lock itself (when it cannot send).
+                drop(pending);
+                self.send(call, caller, subject, r.headers, r.payload);
             }
             return;
         }
@@ -495,12 +518,15 @@ impl Cluster {
                         let _ = cluster.client.publish(subject, count).await;
                     }
                     cluster.sweep();
-                    let now = cluster.live_nodes().len();
+                    let now = cluster.live_nodes();
                     if now != live {
                         live = now;
                         state.monitor.changed_elsewhere();
                     }
-                    changes.retain(|n, _| cluster.nodes.lock().unwrap_or_else(|p| p.into_inner()).contains_key(n));
+                    {
+                        let nodes = cluster.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                        changes.retain(|n, _| nodes.contains_key(n));
+                    }
                 }
             }
         }
@@ -510,7 +536,7 @@ impl Cluster {
     pub(crate) fn view(&self) -> View {
         View {
             connected: self.connected(),
-            peers: self.live_nodes().len(),
+            peers: self.live_nodes(),
             pending: self.pending.lock().unwrap_or_else(|p| p.into_inner()).len(),
             subscriptions: self
                 .subscriptions
@@ -520,27 +546,25 @@ impl Cluster {
         }
     }
 
-    /// The other servers heard from within [`NODE_SILENCE`].
-    fn live_nodes(&self) -> Vec<String> {
+    /// How many other servers were heard from within [`NODE_SILENCE`].
+    fn live_nodes(&self) -> usize {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes
-            .iter()
-            .filter(|(_, seen)| seen.elapsed() < NODE_SILENCE)
-            .map(|(n, _)| n.clone())
-            .collect()
+            .values()
+            .filter(|seen| seen.elapsed() < NODE_SILENCE)
+            .count()
     }
 
     /// Tells the other servers that a user of `app` logged out (`login` is
     /// the hash of the login cookie): they close that login's sessions.
     pub(crate) fn publish_logout(&self, app: &str, login: &[u8; 32]) {
-        let subject = format!("ferrolink.logout.{}", hex(app));
-        let payload = Bytes::copy_from_slice(login);
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = client.publish(subject, payload).await {
-                tracing::warn!(error = %e, "cannot tell the cluster about a log-out");
-            }
-        });
+        self.publish_soon(
+            format!("ferrolink.logout.{}", hex(app)),
+            None,
+            async_nats::HeaderMap::new(),
+            Bytes::copy_from_slice(login),
+            "tell the cluster about a log-out",
+        );
     }
 
     /// Closes the sessions of logins that logged out on other servers.
@@ -556,9 +580,7 @@ impl Cluster {
             let (Some(app), Ok(login)) = (app, <[u8; 32]>::try_from(&m.payload[..])) else {
                 continue;
             };
-            let closed = state
-                .app(&app)
-                .close_login(&login, crate::calls::registry::LOGGED_OUT);
+            let closed = state.app(&app).close_login(&login);
             if closed > 0 {
                 tracing::info!(app = %app, sessions = closed, "closed the sessions of a login that logged out elsewhere");
             }
@@ -606,7 +628,7 @@ impl Cluster {
     pub(crate) async fn uplinks_elsewhere(
         &self,
     ) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
-        let expected = self.live_nodes().len();
+        let expected = self.live_nodes();
         let (mut uplinks, mut nodes) = (Vec::new(), Vec::new());
         if expected == 0 || !self.connected() {
             return (uplinks, nodes);
@@ -1009,7 +1031,7 @@ impl Cluster {
     /// back on this server's reply subject; a publish that fails answers
     /// the caller at once.
     fn send(
-        self: &Arc<Self>,
+        &self,
         call: u64,
         caller: Arc<Peer>,
         subject: String,
@@ -1020,7 +1042,7 @@ impl Cluster {
             call,
             caller,
             subject,
-            reply: format!("ferrolink.reply.{}.{call}", self.node),
+            reply: self.reply_subject(call),
             headers,
             payload,
         };

@@ -70,9 +70,6 @@ struct Registry {
     stale: HashSet<Box<str>>,
 }
 
-/// Why a logged-out login's browser sessions close.
-pub(crate) const LOGGED_OUT: &str = "logged out";
-
 /// Most distinct patterns per app.
 const MAX_PATTERNS: usize = 256;
 
@@ -206,15 +203,15 @@ impl AppRuntime {
     }
 
     /// Asks the open browser sessions of the login whose cookie hash is
-    /// `login` to close with `reason`; answers how many.
-    pub(crate) fn close_login(&self, login: &[u8; 32], reason: &str) -> usize {
+    /// `login` to close ("logged out"); answers how many.
+    pub(crate) fn close_login(&self, login: &[u8; 32]) -> usize {
         let mut closed = 0;
         for c in self.browsers().iter() {
             if c.browser
                 .as_ref()
                 .is_some_and(|b| b.login.as_ref() == Some(login))
             {
-                c.close_with(reason.to_owned());
+                c.close_with("logged out".to_owned());
                 closed += 1;
             }
         }

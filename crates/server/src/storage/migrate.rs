@@ -166,8 +166,13 @@ fn restart(table: &str, id: &str) -> String {
     )
 }
 
+/// Rows sent to PostgreSQL in one statement at most (one round trip for
+/// many rows), and the bytes of values held for one statement at most.
+const BATCH_ROWS: usize = 500;
+const BATCH_BYTES: usize = 8 << 20;
+
 /// Copies every row of `table` (its `columns`, a list) from `from` into
-/// `to`; answers how many.
+/// `to`, many rows per statement; answers how many.
 fn copy_rows(
     from: &Conn<'_>,
     to: &Conn<'_>,
@@ -175,17 +180,53 @@ fn copy_rows(
     columns: &str,
 ) -> Result<u64, StoreError> {
     let width = columns.split(", ").count();
-    let marks: Vec<String> = (1..=width).map(|i| format!("?{i}")).collect();
-    let insert = format!(
-        "INSERT INTO {table} ({columns}) VALUES ({})",
-        marks.join(", ")
-    );
-    let mut n = 0;
+    // PostgreSQL takes at most 65,535 parameters in a statement.
+    let per_statement = BATCH_ROWS.min(60_000 / width.max(1)).max(1);
+    let insert = |rows: usize| {
+        let tuples: Vec<String> = (0..rows)
+            .map(|r| {
+                let marks: Vec<String> =
+                    (1..=width).map(|c| format!("?{}", r * width + c)).collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        format!(
+            "INSERT INTO {table} ({columns}) VALUES {}",
+            tuples.join(", ")
+        )
+    };
+    let full = insert(per_statement);
+    let (mut values, mut bytes, mut n) = (Vec::new(), 0, 0u64);
+    let flush = |values: &mut Vec<Sql>| -> Result<(), StoreError> {
+        let rows = values.len() / width;
+        if rows > 0 {
+            if rows == per_statement {
+                to.exec(&full, values)?;
+            } else {
+                to.exec(&insert(rows), values)?;
+            }
+            values.clear();
+        }
+        Ok(())
+    };
     from.each(&format!("SELECT {columns} FROM {table}"), &[], |row| {
-        to.exec(&insert, row)?;
+        bytes += row
+            .iter()
+            .map(|v| match v {
+                Sql::Text(t) => t.len(),
+                Sql::Blob(b) => b.len(),
+                _ => 8,
+            })
+            .sum::<usize>();
+        values.extend_from_slice(row);
         n += 1;
+        if values.len() / width >= per_statement || bytes >= BATCH_BYTES {
+            flush(&mut values)?;
+            bytes = 0;
+        }
         Ok(())
     })?;
+    flush(&mut values)?;
     Ok(n)
 }
 

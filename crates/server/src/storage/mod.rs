@@ -472,7 +472,7 @@ impl Store {
         let store = Self {
             db: Database::Postgres(pg),
             readers: Mutex::default(),
-            pg_tables: Some(table_sql::PgPool::new(url, &shown)),
+            pg_tables: Some(table_sql::PgPool::new(url, &shown)?),
             fresh: false,
         };
         let migrations: Vec<String> = PG_MIGRATIONS.iter().map(|m| (*m).to_owned()).collect();

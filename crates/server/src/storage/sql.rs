@@ -333,10 +333,8 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-fn pg_connect(url: &str) -> Result<postgres::Client, DbError> {
-    let (config, tls) = pg_target(url, "ferrolink").map_err(DbError::Unavailable)?;
-    Ok(config.connect(tls)?)
-}
+/// Where and how to connect to PostgreSQL (see [`pg_target`]).
+pub(crate) type PgTarget = (postgres::Config, tokio_postgres_rustls::MakeRustlsConnect);
 
 /// The PostgreSQL client configuration `url` asks for, named
 /// `application`, and its TLS: with `sslrootcert=PEM` in the URL (libpq's
@@ -345,10 +343,7 @@ fn pg_connect(url: &str) -> Result<postgres::Client, DbError> {
 /// `verify-full`; `sslmode=verify-full` or `verify-ca` may say so too).
 /// Without it the connection is plain, and `sslmode=require` is refused
 /// (it would encrypt without knowing whom to).
-pub(crate) fn pg_target(
-    url: &str,
-    application: &str,
-) -> Result<(postgres::Config, tokio_postgres_rustls::MakeRustlsConnect), String> {
+pub(crate) fn pg_target(url: &str, application: &str) -> Result<PgTarget, String> {
     use postgres::config::SslMode;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
@@ -457,13 +452,15 @@ impl Postgres {
         let (jobs, queue) = mpsc::channel::<PgJob>();
         let (connected, first) = mpsc::sync_channel(1);
         let shown = redact(url);
-        let url = url.to_owned();
+        // Read once (the URL and the authority's file): reconnections use it.
+        let (config, tls) = pg_target(url, "ferrolink").map_err(DbError::Unavailable)?;
+        let connect = move || config.connect(tls.clone()).map_err(DbError::from);
         // The client is made on its own thread too: it runs an async
         // runtime inside, which may not start on a runtime's thread.
         std::thread::Builder::new()
             .name("ferrolink-postgres".into())
             .spawn(move || {
-                let mut client = match pg_connect(&url) {
+                let mut client = match connect() {
                     Ok(c) => {
                         let _ = connected.send(Ok(()));
                         Some(c)
@@ -475,7 +472,7 @@ impl Postgres {
                 };
                 for job in queue {
                     if client.as_ref().is_none_or(postgres::Client::is_closed) {
-                        client = pg_connect(&url).ok();
+                        client = connect().ok();
                     }
                     job(&mut client);
                 }

@@ -337,7 +337,8 @@ impl Conn<'_> {
 /// a transaction of its own, off the thread the store's other statements
 /// use, so a long search does not hold logins up).
 pub(crate) struct PgPool {
-    url: String,
+    /// Read once from the URL (and the authority's file).
+    target: super::sql::PgTarget,
     pub(crate) shown: String,
     idle: Mutex<Vec<postgres::Client>>,
 }
@@ -352,12 +353,13 @@ impl std::fmt::Debug for PgPool {
 const IDLE: usize = 8;
 
 impl PgPool {
-    pub(crate) fn new(url: &str, shown: &str) -> Self {
-        Self {
-            url: url.to_owned(),
+    pub(crate) fn new(url: &str, shown: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            target: super::sql::pg_target(url, "ferrolink-tables")
+                .map_err(StoreError::Unavailable)?,
             shown: shown.to_owned(),
             idle: Mutex::default(),
-        }
+        })
     }
 
     /// An open connection: an idle one, or a new one. Must be called off
@@ -371,9 +373,8 @@ impl PgPool {
                 None => break,
             }
         }
-        let (config, tls) = super::sql::pg_target(&self.url, "ferrolink-tables")
-            .map_err(StoreError::Unavailable)?;
-        config.connect(tls).map_err(|e| {
+        let (config, tls) = &self.target;
+        config.connect(tls.clone()).map_err(|e| {
             StoreError::Unavailable(format!(
                 "the data tables cannot reach PostgreSQL at {}: {}; check that it runs",
                 self.shown,

@@ -764,10 +764,21 @@ const READERS: usize = 8;
 /// every login needs) for long.
 pub const QUERY_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs `f` with SQLite interrupting any statement still running
+/// Runs `f` on the tables of `app` on SQLite connection `conn` (of the
+/// file at `path`), with SQLite interrupting any statement still running
 /// [`QUERY_TIME`] after the start.
-fn bounded<T>(conn: &rusqlite::Connection, f: impl FnOnce() -> T) -> T {
-    bounded_for(conn, QUERY_TIME, f)
+fn on_sqlite<T>(
+    conn: &rusqlite::Connection,
+    path: &std::path::Path,
+    app: &str,
+    f: impl FnOnce(&Tables<'_>) -> T,
+) -> T {
+    bounded_for(conn, QUERY_TIME, || {
+        f(&Tables {
+            conn: Conn::Sqlite { conn, path },
+            app,
+        })
+    })
 }
 
 fn bounded_for<T>(
@@ -842,12 +853,7 @@ impl TableTransaction {
                 let sp = conn
                     .savepoint()
                     .map_err(|e| E::from(sqlite_error(path, e)))?;
-                let out = bounded(&sp, || {
-                    f(&Tables {
-                        conn: Conn::Sqlite { conn: &sp, path },
-                        app,
-                    })
-                })?;
+                let out = on_sqlite(&sp, path, app, f)?;
                 sp.commit().map_err(|e| E::from(sqlite_error(path, e)))?;
                 Ok(out)
             }
@@ -923,14 +929,7 @@ impl Store {
         let out = conn
             .execute_batch("BEGIN")
             .map_err(|e| E::from(sqlite_error(path, e)))
-            .and_then(|()| {
-                bounded(&conn, || {
-                    f(&Tables {
-                        conn: Conn::Sqlite { conn: &conn, path },
-                        app,
-                    })
-                })
-            });
+            .and_then(|()| on_sqlite(&conn, path, app, f));
         let ended = conn.execute_batch("ROLLBACK").is_ok();
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if ended && readers.len() < READERS {
@@ -954,12 +953,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| E::from(sqlite_error(path, e)))?;
-        let out = bounded(&tx, || {
-            f(&Tables {
-                conn: Conn::Sqlite { conn: &tx, path },
-                app,
-            })
-        })?;
+        let out = on_sqlite(&tx, path, app, f)?;
         tx.commit().map_err(|e| E::from(sqlite_error(path, e)))?;
         Ok(out)
     }

@@ -94,10 +94,14 @@ pub(crate) async fn session_endpoint(
     check_origin(&state, &headers)?;
     let app = resolve_app(&state, q.app).await?;
     let email = cookie_user(&state, &headers, &app.name).await?;
+    // The login it belongs to (logging out closes it), if a user is in.
+    let login = cookie(&headers, &user_cookie(&app.name))
+        .filter(|_| email.is_some())
+        .map(auth::token_hash);
     // One logged-in browser session, or one address for anonymous ones.
-    let who = match cookie(&headers, &user_cookie(&app.name)) {
-        Some(token) if email.is_some() => format!("user:{:x?}", auth::token_hash(token)),
-        _ => format!("anonymous:{}", crate::edge::limits::block(peer.ip())),
+    let who = match login {
+        Some(hash) => format!("user:{hash:x?}"),
+        None => format!("anonymous:{}", crate::edge::limits::block(peer.ip())),
     };
     let limit = state.config.limits.per_browser;
     let Some(place) = state.browsers.take(who, limit) else {
@@ -115,9 +119,6 @@ pub(crate) async fn session_endpoint(
     state
         .app(&app.name)
         .set_anonymous_calls(app.anonymous_calls);
-    let login = cookie(&headers, &user_cookie(&app.name))
-        .filter(|_| email.is_some())
-        .map(auth::token_hash);
     let browser = BrowserSession {
         id: auth::new_token()[..22].to_owned(),
         email,
@@ -250,9 +251,7 @@ pub(crate) async fn logout(
         blocking(&state, move |s| s.delete_user_session(&hash)).await?;
         // The login's open pages (every tab, on every server) are logged
         // out too: their session websockets close and reopen anonymous.
-        let closed = state
-            .app(&app.name)
-            .close_login(&hash, crate::calls::registry::LOGGED_OUT);
+        let closed = state.app(&app.name).close_login(&hash);
         if let Some(cluster) = state.cluster.get() {
             cluster.publish_logout(&app.name, &hash);
         }

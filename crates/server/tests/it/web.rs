@@ -33,6 +33,20 @@ pub(crate) async fn post_json(
     .await
 }
 
+/// The dashboard's state (`/_/admin/api/state`) as the operator whose
+/// session cookie is `session` sees it.
+pub(crate) async fn admin_state(addr: std::net::SocketAddr, session: &str) -> serde_json::Value {
+    request(
+        addr,
+        "GET",
+        "/_/admin/api/state",
+        &[("cookie", session)],
+        None,
+    )
+    .await
+    .json()
+}
+
 /// Opens a browser session as a page of the server would.
 pub(crate) async fn session(
     server: &TestServer,
@@ -573,15 +587,7 @@ async fn the_dashboard_api_needs_a_session_and_its_csrf_token() {
     assert_eq!(created.status, 200, "{}", created.body);
     let key = created.json()["key"].as_str().unwrap().to_owned();
     let (_device, _) = RawClient::authenticated(&server.url(), &key).await;
-    let state = request(
-        addr,
-        "GET",
-        "/_/admin/api/state",
-        &[("cookie", &session)],
-        None,
-    )
-    .await
-    .json();
+    let state = admin_state(addr, &session).await;
     let dev = state["devices"]
         .as_array()
         .unwrap()
